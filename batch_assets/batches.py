@@ -1,0 +1,70 @@
+"""What one batch run does, step by step, in plain Python the assets call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from batch_assets.checkpoints import Frontier
+from batch_assets.chunks import Chunk, Chunks, Resume
+from batch_assets.datasets import Dataset
+from batch_assets.errors import BatchError
+from batch_assets.readers import CsvLayout, iter_csv_chunks
+from batch_assets.s3_objects import opener
+from batch_assets.tracking import BatchCounts, Source
+from batch_assets.validation import validate_chunk
+
+
+def read_source(client: Any, source: Source, dataset: Dataset, *, chunk_size: int) -> Chunks:
+    """The source object as validated chunks: `valid` rows and `rejected` rows with reasons.
+
+    The object is streamed (a resumed read starts at the byte after the last durable chunk)
+    and pinned to the ETag in `source`.
+    """
+    open_stream = opener(client, source)
+    layout = CsvLayout(dataset.columns)
+
+    def produce(resume: Resume) -> Iterator[Chunk]:
+        chunks = iter_csv_chunks(
+            open_stream, name=source.uri, layout=layout, chunk_size=chunk_size, resume=resume
+        )
+        for chunk in chunks:
+            frame = validate_chunk(chunk.frame, dataset.schema, dataset.columns)
+            yield Chunk(chunk.index, frame, chunk.state)
+
+    return Chunks(produce, origin={"uri": source.uri, "etag": source.etag})
+
+
+def on_error(chunks: Chunks, handler: Callable[[BatchError], None]) -> Chunks:
+    """The same chunks; a `BatchError` raised while producing them is first given to
+    `handler` (to record the batch as failed), then raised on."""
+    inner = chunks.iter
+
+    def produce(resume: Resume) -> Iterator[Chunk]:
+        try:
+            yield from inner(resume)
+        except BatchError as exc:
+            handler(exc)
+            raise
+
+    return Chunks(
+        produce, listeners=chunks.listeners, origin=chunks.origin, rows=chunks.rows,
+        counts=chunks.counts,
+    )
+
+
+def counts_while_reading(frontier: Frontier) -> BatchCounts:
+    """Batch counts while the source is read: every row read so far is known, none processed."""
+    return BatchCounts(
+        total=frontier.rows, processed=0, rejected=frontier.counts.get("rejected", 0), failed=0
+    )
+
+
+def counts_while_processing(raw_rows: int, raw_counts: dict[str, int], frontier: Frontier) -> BatchCounts:
+    """Batch counts while records are processed, from the read totals and the frontier."""
+    return BatchCounts(
+        total=raw_rows,
+        processed=frontier.counts.get("processed", 0),
+        rejected=raw_counts.get("rejected", 0),
+        failed=frontier.counts.get("failed", 0),
+    )

@@ -1,0 +1,285 @@
+"""Chunk checkpoints: Parquet files and a frontier per (asset, partition, lineage).
+
+Layout under a base (a local folder or `s3://bucket/prefix`):
+
+    <asset>/<partition>/<lineage>/chunk-000000.parquet ...
+    <asset>/<partition>/<lineage>/frontier.json
+    <asset>/<partition>/latest.json           lineage of the last complete output
+
+A lineage is a run and its retries and re-executions (Dagster's root run id): they resume
+after its frontier. The frontier is written after the chunk file it covers, so a frontier
+never points past a chunk that is not durable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import urlparse
+
+import polars as pl
+
+from batch_assets.chunks import Chunk, Chunks, Resume
+from batch_assets.readers import STATUS
+
+FrontierState = Literal["in_progress", "complete"]
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The last durable chunk of one output and what it took to get there.
+
+    Attributes:
+        chunks: number of durable chunks (the next chunk index).
+        rows: rows in those chunks.
+        counts: rows per `_status` value in those chunks.
+        state: the producer state after the last durable chunk.
+        status: `complete` once the producer is exhausted.
+        computed: chunks computed by each attempt, in order (a resumed attempt starts after
+            the chunks before it).
+        source: what the output was computed from (an S3 URI and ETag), to refuse a resume
+            over a changed source.
+    """
+
+    chunks: int = 0
+    rows: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    status: FrontierState = "in_progress"
+    computed: list[int] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def resume(self) -> Resume:
+        return Resume(next_index=self.chunks, state=self.state)
+
+    def advanced(self, chunk: Chunk, counts: dict[str, int]) -> Frontier:
+        merged = dict(self.counts)
+        for status, n in counts.items():
+            merged[status] = merged.get(status, 0) + n
+        computed = [*self.computed[:-1], self.computed[-1] + 1] if self.computed else [1]
+        return replace(
+            self,
+            chunks=chunk.index + 1,
+            rows=self.rows + chunk.frame.height,
+            counts=merged,
+            state=dict(chunk.state),
+            computed=computed,
+        )
+
+
+class Storage(Protocol):
+    def put(self, path: str, data: bytes) -> None: ...
+    def get(self, path: str) -> bytes | None: ...
+    def delete_tree(self, path: str) -> None: ...
+    def children(self, path: str) -> list[str]: ...
+
+
+class LocalStorage:
+    """A local folder; every write is atomic (temporary file, fsync, rename)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def put(self, path: str, data: bytes) -> None:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+
+    def get(self, path: str) -> bytes | None:
+        try:
+            return (self.root / path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete_tree(self, path: str) -> None:
+        shutil.rmtree(self.root / path, ignore_errors=True)
+
+    def children(self, path: str) -> list[str]:
+        folder = self.root / path
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+class S3Storage:
+    """A prefix of an S3 bucket; a `put_object` is atomic on its own."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def _key(self, path: str) -> str:
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def put(self, path: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
+
+    def get(self, path: str) -> bytes | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"]
+        except self.client.exceptions.NoSuchKey:
+            return None
+        data: bytes = body.read()
+        return data
+
+    def _keys(self, path: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
+        prefix = self._key(path).rstrip("/") + "/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        options = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            options["Delimiter"] = delimiter
+        yield from paginator.paginate(**options)
+
+    def delete_tree(self, path: str) -> None:
+        for page in self._keys(path, None):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+    def children(self, path: str) -> list[str]:
+        names: set[str] = set()
+        for page in self._keys(path, "/"):
+            for item in page.get("CommonPrefixes", []):
+                names.add(item["Prefix"].rstrip("/").rsplit("/", 1)[-1])
+            for item in page.get("Contents", []):
+                names.add(item["Key"].rsplit("/", 1)[-1])
+        return sorted(names)
+
+
+def storage_for(base: str, *, s3_client: Any = None) -> Storage:
+    """A `Storage` for a local folder or an `s3://bucket/prefix` base."""
+    if base.startswith("s3://"):
+        parsed = urlparse(base)
+        if s3_client is None:
+            raise ValueError(f"checkpoint base {base} is on S3 but no S3 client was given")
+        return S3Storage(s3_client, parsed.netloc, parsed.path)
+    return LocalStorage(base)
+
+
+class CheckpointStore:
+    """Chunks and frontiers of every (asset, partition, lineage) under one storage."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    @staticmethod
+    def _dir(asset: str, partition: str, lineage: str | None = None) -> str:
+        parts = [asset, partition] if lineage is None else [asset, partition, lineage]
+        return "/".join(parts)
+
+    def frontier(self, asset: str, partition: str, lineage: str) -> Frontier | None:
+        data = self.storage.get(f"{self._dir(asset, partition, lineage)}/frontier.json")
+        return Frontier(**json.loads(data)) if data else None
+
+    def save_frontier(self, asset: str, partition: str, lineage: str, frontier: Frontier) -> None:
+        self.storage.put(
+            f"{self._dir(asset, partition, lineage)}/frontier.json",
+            json.dumps(asdict(frontier)).encode(),
+        )
+
+    def write_chunk(self, asset: str, partition: str, lineage: str, chunk: Chunk) -> None:
+        buffer = io.BytesIO()
+        chunk.frame.write_parquet(buffer, compression="lz4", statistics=False)
+        self.storage.put(
+            f"{self._dir(asset, partition, lineage)}/chunk-{chunk.index:06d}.parquet",
+            buffer.getvalue(),
+        )
+
+    def read_chunk(self, asset: str, partition: str, lineage: str, index: int) -> pl.DataFrame:
+        path = f"{self._dir(asset, partition, lineage)}/chunk-{index:06d}.parquet"
+        data = self.storage.get(path)
+        if data is None:
+            raise FileNotFoundError(f"checkpoint chunk {path} is missing")
+        return pl.read_parquet(io.BytesIO(data))
+
+    def mark_latest(self, asset: str, partition: str, lineage: str) -> None:
+        """Records `lineage` as the complete output to read, and drops older lineages."""
+        self.storage.put(
+            f"{self._dir(asset, partition)}/latest.json",
+            json.dumps({"lineage": lineage}).encode(),
+        )
+        for name in self.storage.children(self._dir(asset, partition)):
+            if name not in (lineage, "latest.json"):
+                self.storage.delete_tree(self._dir(asset, partition, name))
+
+    def latest(self, asset: str, partition: str) -> str | None:
+        data = self.storage.get(f"{self._dir(asset, partition)}/latest.json")
+        return str(json.loads(data)["lineage"]) if data else None
+
+    def discard(self, asset: str, partition: str) -> None:
+        """Drops every checkpoint of (asset, partition), so the next run starts over."""
+        self.storage.delete_tree(self._dir(asset, partition))
+
+
+def store_chunks(
+    store: CheckpointStore,
+    chunks: Chunks,
+    *,
+    asset: str,
+    partition: str,
+    lineage: str,
+    source: dict[str, Any] | None = None,
+) -> tuple[Frontier, int]:
+    """Writes `chunks` durably, resuming after the lineage's frontier.
+
+    Each chunk is written, then the frontier advanced past it, then the chunks' listeners
+    are told. A lineage whose frontier is complete is not recomputed; one whose source
+    differs from `source` starts over.
+
+    Returns:
+        The final frontier and the index of the first chunk this call computed.
+    """
+    frontier = store.frontier(asset, partition, lineage)
+    if frontier is not None and source is not None and frontier.source != source:
+        frontier = None
+    if frontier is None:
+        frontier = Frontier(source=dict(source or {}))
+    if frontier.status == "complete":
+        return frontier, frontier.chunks
+    first = frontier.chunks
+    frontier = replace(frontier, computed=[*frontier.computed, 0])
+    for chunk in chunks.iter(frontier.resume()):
+        store.write_chunk(asset, partition, lineage, chunk)
+        counts = chunk.frame.group_by(STATUS).len()
+        frontier = frontier.advanced(chunk, dict(zip(counts[STATUS], counts["len"], strict=True)))
+        store.save_frontier(asset, partition, lineage, frontier)
+        for listener in chunks.listeners:
+            listener(chunk, frontier)
+    frontier = replace(frontier, status="complete")
+    store.save_frontier(asset, partition, lineage, frontier)
+    store.mark_latest(asset, partition, lineage)
+    return frontier, first
+
+
+def load_chunks(store: CheckpointStore, *, asset: str, partition: str) -> tuple[Chunks, Frontier]:
+    """The latest complete output of (asset, partition), as lazy chunks read one at a time."""
+    lineage = store.latest(asset, partition)
+    frontier = store.frontier(asset, partition, lineage) if lineage else None
+    if lineage is None or frontier is None or frontier.status != "complete":
+        raise FileNotFoundError(
+            f"no complete checkpoint of {asset} for partition {partition}; "
+            f"materialize {asset} for this partition first"
+        )
+
+    def produce(resume: Resume) -> Iterator[Chunk]:
+        for index in range(resume.next_index, frontier.chunks):
+            yield Chunk(index, store.read_chunk(asset, partition, lineage, index))
+
+    chunks = Chunks(
+        produce,
+        origin={"asset": asset, "lineage": lineage},
+        rows=frontier.rows,
+        counts=frontier.counts,
+    )
+    return chunks, frontier

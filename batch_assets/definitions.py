@@ -1,0 +1,43 @@
+"""The one `Definitions` of the code location: every dataset, resource and sensor.
+
+Environments differ by configuration only: the environment variables below point the same
+code at the embedded local stack or at AWS and a real Postgres.
+
+- `BATCH_ASSETS_PG_URL`: Postgres for results, rejected rows and batch tracking.
+- `BATCH_ASSETS_BUCKET`: the S3 bucket of the datasets' inboxes.
+- `BATCH_ASSETS_CHECKPOINT_BASE`: a folder or `s3://bucket/prefix` for chunk checkpoints.
+- boto3's own variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials) for S3.
+"""
+
+from __future__ import annotations
+
+from dagster import Definitions, EnvVar
+from dagster_aws.s3 import S3Resource
+
+from batch_assets.datasets import DATASETS
+from batch_assets.factory import CHECKPOINTS, build_dataset
+from batch_assets.failures import batch_run_failure_sensor
+from batch_assets.io_managers.checkpoint import CheckpointIOManager
+from batch_assets.resources.postgres import PostgresResource
+from batch_assets.resources.settings import BatchSettings
+
+
+def build_definitions() -> Definitions:
+    s3 = S3Resource()
+    return Definitions.merge(
+        *(build_dataset(dataset) for dataset in DATASETS),
+        Definitions(
+            sensors=[batch_run_failure_sensor],
+            resources={
+                "s3": s3,
+                "postgres": PostgresResource(url=EnvVar("BATCH_ASSETS_PG_URL")),
+                "settings": BatchSettings(bucket=EnvVar("BATCH_ASSETS_BUCKET")),
+                CHECKPOINTS: CheckpointIOManager(
+                    base=EnvVar("BATCH_ASSETS_CHECKPOINT_BASE"), s3=s3
+                ),
+            },
+        ),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,116 @@
+"""The embedded local stack: a real Postgres (pgserver) and moto's S3 server on loopback.
+
+Nothing needs to be installed or running: `LocalStack.start` initializes (or reopens) a
+Postgres data folder, starts moto's server on a free port, creates the bucket and the
+databases, and returns the environment that points every resource at them. The same code
+runs against AWS and a real Postgres when those variables name them instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+import psycopg
+
+log = logging.getLogger(__name__)
+
+BUCKET = "batch-assets"
+REGION = "us-east-1"
+RESULTS_DB = "batch_assets"
+DAGSTER_DB = "dagster"
+
+
+@dataclass
+class LocalStack:
+    """A running local stack; `stop()` (or the context manager) shuts it down."""
+
+    home: Path
+    env: dict[str, str]
+    _pg: Any = field(repr=False)
+    _moto: Any = field(repr=False)
+
+    @classmethod
+    def start(cls, home: str | Path, *, bucket: str = BUCKET) -> LocalStack:
+        """Starts Postgres under `home/pg` and moto's server, then creates what is missing.
+
+        Args:
+            home: a folder for the stack's state (Postgres data, checkpoints, DAGSTER_HOME).
+            bucket: the S3 bucket to create.
+        """
+        import pgserver
+        from moto.server import ThreadedMotoServer
+
+        home = Path(home).resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        pg = pgserver.get_server(home / "pg", cleanup_mode="stop")
+        socket_dir = str(home / "pg")
+        admin_url = f"postgresql://postgres:@/postgres?host={quote(socket_dir)}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            for name in (RESULTS_DB, DAGSTER_DB):
+                if name not in existing:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        host, port = moto.get_host_and_port()
+        env = {
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "BATCH_ASSETS_PG_URL": f"postgresql://postgres:@/{RESULTS_DB}?host={socket_dir}",
+            "BATCH_ASSETS_DAGSTER_PG_URL": (
+                f"postgresql+psycopg2://postgres:@/{DAGSTER_DB}?host={socket_dir}"
+            ),
+            "BATCH_ASSETS_BUCKET": bucket,
+            "BATCH_ASSETS_CHECKPOINT_BASE": str(home / "checkpoints"),
+            "DAGSTER_HOME": str(home / "dagster"),
+        }
+        stack = cls(home, env, pg, moto)
+        try:
+            stack.s3().create_bucket(Bucket=bucket)
+        except Exception:
+            stack.stop()
+            raise
+        (home / "dagster").mkdir(exist_ok=True)
+        log.info("local stack: Postgres at %s, S3 at %s", socket_dir, env["AWS_ENDPOINT_URL"])
+        return stack
+
+    def s3(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.env["AWS_ENDPOINT_URL"],
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def apply(self) -> None:
+        """Points this process (and the processes it starts) at the stack."""
+        os.environ.update(self.env)
+
+    def write_env_file(self) -> Path:
+        """Writes `home/env`, to `source` in another shell."""
+        path = self.home / "env"
+        path.write_text("".join(f"export {k}='{v}'\n" for k, v in sorted(self.env.items())))
+        return path
+
+    def stop(self) -> None:
+        try:
+            self._moto.stop()
+        finally:
+            self._pg.cleanup()
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,34 @@
+"""Processors: plain functions from a chunk to a chunk, capturing per-record failures.
+
+A processor receives a chunk whose `_status` is `valid` or `rejected` and returns it with its
+output columns added; a valid record becomes `processed`, or `failed` with `_error` set when
+processing it raised. Rejected records pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class Processor:
+    """A named processor and the columns it adds.
+
+    Attributes:
+        name: how the dataset entry refers to it.
+        fn: a picklable top-level function, so it can run in worker processes.
+        columns: the output columns and their polars types.
+        summary_column: the column whose value counts make a batch's summary.
+        summary_labels: labels always present in the summary, even at zero.
+        parallel: whether to run in a pool of processes (CPU-bound processors).
+    """
+
+    name: str
+    fn: Callable[[pl.DataFrame], pl.DataFrame]
+    columns: dict[str, pl.DataType]
+    summary_column: str | None = None
+    summary_labels: tuple[str, ...] = ()
+    parallel: bool = False

@@ -1,0 +1,89 @@
+"""Sentiment scoring with VADER, whose lexicon ships inside the vaderSentiment package.
+
+Labels follow VADER's standard thresholds on the compound score: positive at >= 0.05,
+negative at <= -0.05, neutral between. `score` is the strength of that label in [0, 1]:
+`abs(compound)` for positive and negative, `1 - abs(compound)` for neutral; `compound`
+itself is kept beside it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import polars as pl
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from batch_assets.processors import Processor
+from batch_assets.readers import STATUS
+
+THRESHOLD = 0.05
+ERROR = "_error"
+
+
+@lru_cache(maxsize=1)
+def _analyzer() -> SentimentIntensityAnalyzer:
+    return SentimentIntensityAnalyzer()
+
+
+def label_for(compound: float) -> str:
+    if compound >= THRESHOLD:
+        return "positive"
+    if compound <= -THRESHOLD:
+        return "negative"
+    return "neutral"
+
+
+def score_sentiment(frame: pl.DataFrame, *, text_column: str = "text") -> pl.DataFrame:
+    """Adds `sentiment`, `score` and `compound` to the valid rows of a chunk.
+
+    A record whose scoring raises becomes `failed` with the exception in `_error`; the
+    others become `processed`. Rows not `valid` keep their status and get nulls.
+    """
+    analyzer = _analyzer()
+    compounds: list[float | None] = []
+    errors: list[str | None] = []
+    # VADER scores one string at a time; this loop is the processor's whole cost.
+    for text, status in zip(frame[text_column], frame[STATUS], strict=True):
+        if status != "valid":
+            compounds.append(None)
+            errors.append(None)
+            continue
+        try:
+            compounds.append(float(analyzer.polarity_scores(text)["compound"]))
+            errors.append(None)
+        except Exception as exc:  # every record's failure is kept, never raised
+            compounds.append(None)
+            errors.append(f"{type(exc).__name__}: {exc}"[:1000])
+    compound = pl.col("compound")
+    return frame.with_columns(
+        pl.Series("compound", compounds, dtype=pl.Float64),
+        pl.Series(ERROR, errors, dtype=pl.String),
+    ).with_columns(
+        pl.when(compound >= THRESHOLD)
+        .then(pl.lit("positive"))
+        .when(compound <= -THRESHOLD)
+        .then(pl.lit("negative"))
+        .when(compound.is_not_null())
+        .then(pl.lit("neutral"))
+        .alias("sentiment"),
+        pl.when(compound.abs() >= THRESHOLD)
+        .then(compound.abs())
+        .otherwise(1 - compound.abs())
+        .alias("score"),
+        pl.when(pl.col(STATUS) != "valid")
+        .then(pl.col(STATUS))
+        .when(pl.col(ERROR).is_not_null())
+        .then(pl.lit("failed"))
+        .otherwise(pl.lit("processed"))
+        .alias(STATUS),
+    )
+
+
+SENTIMENT = Processor(
+    name="sentiment",
+    fn=score_sentiment,
+    columns={"sentiment": pl.String(), "score": pl.Float64(), "compound": pl.Float64()},
+    summary_column="sentiment",
+    summary_labels=("positive", "negative", "neutral"),
+    parallel=True,
+)

@@ -1,0 +1,1 @@
+"""Dagster resources: thin, configurable handles on S3 and Postgres."""

@@ -1,0 +1,28 @@
+"""Settings shared by every dataset's assets and sensor."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+
+class BatchSettings(ConfigurableResource):  # type: ignore[misc]
+    """Where batches land and how they are worked through."""
+
+    bucket: str = Field(description="The S3 bucket holding the datasets' inbox prefixes.")
+    max_objects_per_tick: int = Field(
+        default=100, description="New objects a sensor tick turns into runs at most."
+    )
+    chunk_size: int = Field(
+        default=0, description="Records per chunk; 0 keeps each dataset's own chunk size."
+    )
+    workers: int = Field(
+        default=0,
+        description="Processes scoring chunks in parallel; 0 uses every core, 1 scores "
+        "in the step's own process.",
+    )
+
+    def worker_count(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)

@@ -1,0 +1,1 @@
+"""pandera (polars) models of the datasets' records."""

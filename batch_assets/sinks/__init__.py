@@ -1,0 +1,1 @@
+"""Sinks: the write logic of each destination, plain and testable without Dagster."""

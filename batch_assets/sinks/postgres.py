@@ -1,0 +1,248 @@
+"""The Postgres sink: a dataset's results and rejected rows, replaced per batch.
+
+One transaction deletes the batch's rows and COPYs the new ones, so a reload (retry,
+re-execution, re-upload) never duplicates a row and readers never see half a batch.
+Results carry `seq`, their dense position among the batch's results in source order, and
+the primary key `(batch_id, seq)` makes any page of one batch an index range scan.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from batch_assets.chunks import Chunks
+from batch_assets.processors.sentiment import ERROR
+from batch_assets.readers import LINE, REASON, RECORD, STATUS
+from batch_assets.tracking import ensure_schema
+
+_SQL_TYPES: dict[type[pl.DataType], str] = {
+    pl.String: "text",
+    pl.Float64: "double precision",
+    pl.Int64: "bigint",
+    pl.Boolean: "boolean",
+}
+
+
+@dataclass(frozen=True)
+class ResultsTables:
+    """The two tables of one dataset: `<dataset>_results` and `<dataset>_rejected`.
+
+    Attributes:
+        dataset: the dataset name, the tables' prefix.
+        columns: record columns then processor columns, with their polars types.
+        record_columns: the columns that came from the source record.
+    """
+
+    dataset: str
+    columns: dict[str, pl.DataType]
+    record_columns: tuple[str, ...]
+
+    @property
+    def results(self) -> str:
+        return f"{self.dataset}_results"
+
+    @property
+    def rejected(self) -> str:
+        return f"{self.dataset}_rejected"
+
+    def ddl(self) -> sql.Composed:
+        columns = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_sql_type(dtype)))
+            for name, dtype in self.columns.items()
+        )
+        return sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {results} (
+                batch_id text NOT NULL,
+                seq bigint NOT NULL,
+                line bigint NOT NULL,
+                {columns},
+                status text NOT NULL CHECK (status IN ('processed', 'failed')),
+                error text,
+                PRIMARY KEY (batch_id, seq)
+            );
+            CREATE INDEX IF NOT EXISTS {failed_index} ON {results} (batch_id)
+                WHERE status = 'failed';
+            CREATE TABLE IF NOT EXISTS {rejected} (
+                batch_id text NOT NULL,
+                line bigint NOT NULL,
+                reason text NOT NULL,
+                record text,
+                PRIMARY KEY (batch_id, line)
+            );
+            """
+        ).format(
+            results=sql.Identifier(self.results),
+            rejected=sql.Identifier(self.rejected),
+            failed_index=sql.Identifier(f"{self.results}_failed"),
+            columns=columns,
+        )
+
+    def ensure(self, conn: psycopg.Connection) -> None:
+        ensure_schema(conn, self.ddl().as_string(conn))
+
+
+def _sql_type(dtype: pl.DataType) -> str:
+    for kind, name in _SQL_TYPES.items():
+        if isinstance(dtype, kind):
+            return name
+    raise TypeError(f"no Postgres type for polars {dtype}")
+
+
+@dataclass(frozen=True)
+class LoadStats:
+    results: int
+    processed: int
+    failed: int
+    rejected: int
+    chunks: int
+
+
+def replace_batch(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, chunks: Chunks
+) -> LoadStats:
+    """Replaces the batch's rows with those of `chunks`, inside the caller's transaction.
+
+    `processed` and `failed` rows go to the results table in source order; `rejected` rows
+    go to the rejected table with their reason. One chunk is in memory at a time.
+    """
+    columns = list(tables.columns)
+    results_copy = sql.SQL(
+        "COPY {} (batch_id, seq, line, {}, status, error) FROM STDIN WITH (FORMAT csv)"
+    ).format(sql.Identifier(tables.results), sql.SQL(", ").join(map(sql.Identifier, columns)))
+    rejected_copy = sql.SQL(
+        "COPY {} (batch_id, line, reason, record) FROM STDIN WITH (FORMAT csv)"
+    ).format(sql.Identifier(tables.rejected))
+    seq = processed = failed = rejected = n_chunks = 0
+    with conn.cursor() as cur:
+        for table in (tables.results, tables.rejected):
+            cur.execute(
+                sql.SQL("DELETE FROM {} WHERE batch_id = %s").format(sql.Identifier(table)),
+                (batch_id,),
+            )
+        for chunk in chunks:
+            n_chunks += 1
+            frame = chunk.frame
+            kept = frame.filter(pl.col(STATUS).is_in(["processed", "failed"]))
+            if kept.height:
+                rows = kept.select(
+                    pl.lit(batch_id).alias("batch_id"),
+                    pl.int_range(seq + 1, seq + 1 + kept.height, dtype=pl.Int64).alias("seq"),
+                    pl.col(LINE),
+                    *columns,
+                    pl.col(STATUS),
+                    pl.col(ERROR) if ERROR in kept.columns else pl.lit(None, pl.String),
+                )
+                _copy(cur, results_copy, rows)
+                seq += kept.height
+                n_failed = int((kept[STATUS] == "failed").sum())
+                failed += n_failed
+                processed += kept.height - n_failed
+            bad = frame.filter(pl.col(STATUS) == "rejected")
+            if bad.height:
+                rows = bad.select(
+                    pl.lit(batch_id).alias("batch_id"),
+                    pl.col(LINE),
+                    pl.col(REASON),
+                    pl.coalesce(
+                        pl.col(RECORD),
+                        pl.concat_str(
+                            [
+                                pl.col(c).fill_null("").str.slice(0, 1000)
+                                for c in tables.record_columns
+                            ],
+                            separator=",",
+                        ),
+                    ),
+                )
+                _copy(cur, rejected_copy, rows)
+                rejected += bad.height
+    return LoadStats(seq, processed, failed, rejected, n_chunks)
+
+
+def _copy(cur: psycopg.Cursor, statement: sql.Composed, rows: pl.DataFrame) -> None:
+    buffer = io.BytesIO()
+    rows.write_csv(buffer, include_header=False)
+    with cur.copy(statement) as copy:
+        copy.write(buffer.getbuffer())
+
+
+def summarize(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, column: str,
+    labels: tuple[str, ...],
+) -> dict[str, int]:
+    """Counts of the batch's processed results per value of `column`."""
+    summary = dict.fromkeys(labels, 0)
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT {col}, count(*) FROM {table} WHERE batch_id = %s "
+                "AND status = 'processed' GROUP BY {col}"
+            ).format(col=sql.Identifier(column), table=sql.Identifier(tables.results)),
+            (batch_id,),
+        )
+        for value, count in cur.fetchall():
+            summary[str(value)] = int(count)
+    return summary
+
+
+def stored_counts(conn: psycopg.Connection, tables: ResultsTables, batch_id: str) -> tuple[int, int, int]:
+    """The batch's processed, rejected and failed rows as stored in Postgres."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*) FILTER (WHERE status = 'processed'), "
+                "count(*) FILTER (WHERE status = 'failed') FROM {} WHERE batch_id = %s"
+            ).format(sql.Identifier(tables.results)),
+            (batch_id,),
+        )
+        processed, failed = cur.fetchone() or (0, 0)
+        cur.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s").format(
+                sql.Identifier(tables.rejected)
+            ),
+            (batch_id,),
+        )
+        (rejected,) = cur.fetchone() or (0,)
+    return int(processed), int(rejected), int(failed)
+
+
+def duplicate_ids(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, *, limit: int = 20
+) -> dict[str, int]:
+    """Ids that appear more than once among the batch's results, with their counts."""
+    key = tables.record_columns[0]
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT {key}, count(*) FROM {table} WHERE batch_id = %s GROUP BY {key} "
+                "HAVING count(*) > 1 ORDER BY count(*) DESC, {key} LIMIT %s"
+            ).format(key=sql.Identifier(key), table=sql.Identifier(tables.results)),
+            (batch_id, limit),
+        )
+        return {str(value): int(n) for value, n in cur.fetchall()}
+
+
+def preview_markdown(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, *, rows: int = 10
+) -> str:
+    """The batch's first results as a Markdown table, long values cut at 80 characters."""
+    columns = ["line", *tables.columns, "status"]
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT {} FROM {} WHERE batch_id = %s ORDER BY seq LIMIT %s").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(tables.results)
+            ),
+            (batch_id, rows),
+        )
+        records = cur.fetchall()
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in records:
+        cells = (str(v)[:80].replace("|", "\\|").replace("\n", " ") for v in record)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,202 @@
+"""Batch job tracking: `batch_jobs` and the `batch_sources` manifest, in Postgres.
+
+A batch moves `queued -> processing -> completed | failed`. Counts are written as absolute
+values taken from the checkpoint frontier, so a resumed run never counts a row twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+
+BatchStatus = Literal["queued", "processing", "completed", "failed"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_jobs (
+    batch_id text PRIMARY KEY,
+    dataset text NOT NULL,
+    source_uri text,
+    source_etag text,
+    status text NOT NULL CHECK (status IN ('queued', 'processing', 'completed', 'failed')),
+    total_count bigint NOT NULL DEFAULT 0,
+    processed_count bigint NOT NULL DEFAULT 0,
+    rejected_count bigint NOT NULL DEFAULT 0,
+    failed_count bigint NOT NULL DEFAULT 0,
+    progress_percent double precision NOT NULL DEFAULT 0,
+    summary jsonb,
+    error text,
+    run_id text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    completed_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS batch_jobs_recent ON batch_jobs (dataset, created_at DESC);
+CREATE TABLE IF NOT EXISTS batch_sources (
+    batch_id text NOT NULL,
+    source_uri text NOT NULL,
+    etag text NOT NULL,
+    size bigint NOT NULL,
+    last_modified timestamptz NOT NULL,
+    state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'loaded')),
+    PRIMARY KEY (batch_id, source_uri)
+);
+"""
+
+# Serializes concurrent CREATE TABLE IF NOT EXISTS, which races on Postgres's catalog.
+_SCHEMA_LOCK = 726_411_001
+
+
+def ensure_schema(conn: psycopg.Connection, ddl: str) -> None:
+    """Runs idempotent DDL under an advisory lock held until the transaction ends."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        cur.execute(ddl)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source object of a batch."""
+
+    uri: str
+    etag: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    total: int
+    processed: int
+    rejected: int
+    failed: int
+
+    @property
+    def progress_percent(self) -> float:
+        if self.total == 0:
+            return 0.0
+        done = self.processed + self.rejected + self.failed
+        return round(min(100.0, 100.0 * done / self.total), 2)
+
+
+class BatchJobs:
+    """The `batch_jobs` and `batch_sources` tables, one connection's worth of calls."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+
+    def ensure(self) -> None:
+        ensure_schema(self.conn, SCHEMA)
+
+    def register(self, batch_id: str, dataset: str, sources: list[Source]) -> None:
+        """Queues a batch for its sources, replacing what an earlier version named."""
+        first = sources[0]
+        with self.conn.cursor() as cur:
+            cur.execute(
+                """
+                INSERT INTO batch_jobs (batch_id, dataset, source_uri, source_etag, status)
+                VALUES (%s, %s, %s, %s, 'queued')
+                ON CONFLICT (batch_id) DO UPDATE SET
+                    source_uri = EXCLUDED.source_uri, source_etag = EXCLUDED.source_etag,
+                    status = 'queued', total_count = 0, processed_count = 0,
+                    rejected_count = 0, failed_count = 0, progress_percent = 0,
+                    summary = NULL, error = NULL, run_id = NULL, created_at = now(),
+                    started_at = NULL, completed_at = NULL, updated_at = now()
+                """,
+                (batch_id, dataset, first.uri, first.etag),
+            )
+            cur.execute("DELETE FROM batch_sources WHERE batch_id = %s", (batch_id,))
+            cur.executemany(
+                "INSERT INTO batch_sources (batch_id, source_uri, etag, size, last_modified) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                [(batch_id, s.uri, s.etag, s.size, s.last_modified) for s in sources],
+            )
+
+    def sources(self, batch_id: str) -> list[Source]:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT source_uri, etag, size, last_modified FROM batch_sources "
+                "WHERE batch_id = %s ORDER BY source_uri",
+                (batch_id,),
+            )
+            return [Source(*row) for row in cur.fetchall()]
+
+    def start(self, batch_id: str, *, run_id: str, source: Source) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                """
+                UPDATE batch_jobs SET status = 'processing', run_id = %s, error = NULL,
+                    source_uri = %s, source_etag = %s,
+                    started_at = coalesce(started_at, now()), completed_at = NULL,
+                    updated_at = now()
+                WHERE batch_id = %s
+                """,
+                (run_id, source.uri, source.etag, batch_id),
+            )
+
+    def progress(self, batch_id: str, counts: BatchCounts) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                """
+                UPDATE batch_jobs SET total_count = %s, processed_count = %s,
+                    rejected_count = %s, failed_count = %s, progress_percent = %s,
+                    updated_at = now()
+                WHERE batch_id = %s
+                """,
+                (
+                    counts.total, counts.processed, counts.rejected, counts.failed,
+                    counts.progress_percent, batch_id,
+                ),
+            )
+
+    def complete(self, batch_id: str, counts: BatchCounts, summary: dict[str, int]) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                """
+                UPDATE batch_jobs SET status = 'completed', total_count = %s,
+                    processed_count = %s, rejected_count = %s, failed_count = %s,
+                    progress_percent = 100, summary = %s, error = NULL,
+                    completed_at = now(), updated_at = now()
+                WHERE batch_id = %s
+                """,
+                (
+                    counts.total, counts.processed, counts.rejected, counts.failed,
+                    json.dumps(summary), batch_id,
+                ),
+            )
+            cur.execute(
+                "UPDATE batch_sources SET state = 'loaded' WHERE batch_id = %s", (batch_id,)
+            )
+
+    def fail(self, batch_id: str, error: str) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "UPDATE batch_jobs SET status = 'failed', error = %s, updated_at = now() "
+                "WHERE batch_id = %s",
+                (error[:4000], batch_id),
+            )
+
+    def get(self, batch_id: str) -> dict[str, Any] | None:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("SELECT * FROM batch_jobs WHERE batch_id = %s", (batch_id,))
+            return cur.fetchone()
+
+
+def status_document(row: dict[str, Any]) -> dict[str, Any]:
+    """The public status of a batch: the keys the demo's `--json` and the API print."""
+    return {
+        "batch_id": row["batch_id"],
+        "status": row["status"],
+        "total_count": row["total_count"],
+        "processed_count": row["processed_count"],
+        "rejected_count": row["rejected_count"],
+        "failed_count": row["failed_count"],
+        "progress_percent": float(row["progress_percent"]),
+        "summary": row["summary"],
+        "error": row["error"],
+    }
