@@ -197,7 +197,6 @@ def build_dataset(dataset: Dataset) -> Definitions:
     job = define_asset_job(
         f"{name}_job",
         selection=AssetSelection.assets(raw, processed, postgres_table),
-        partitions_def=partitions,
         description=f"Reads, validates, processes and loads one {name} batch.",
     )
 

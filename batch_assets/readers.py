@@ -102,7 +102,7 @@ class _RawAdapter(io.RawIOBase):
 
 def read_header(lines: _Lines, layout: CsvLayout) -> list[str]:
     """Reads the header record and checks that it names every required column."""
-    reader = csv.reader(lines)
+    reader = csv.reader(lines, strict=True)
     try:
         header = next(reader, None)
         while header == []:
@@ -169,7 +169,9 @@ def iter_csv_chunks(
         header = read_header(lines, layout)
     positions = [header.index(column) for column in layout.columns]
     width = len(header)
-    reader = csv.reader(lines)
+    # strict: an unterminated quote is an error at its line, not the rest of the file
+    # swallowed into one field.
+    reader = csv.reader(lines, strict=True)
     index = resume.next_index
     while True:
         columns: list[list[str | None]] = [[] for _ in layout.columns]

@@ -1,0 +1,90 @@
+"""Session fixtures: the embedded Postgres and moto's S3 server, on loopback, stopped at the end.
+
+When `BATCH_ASSETS_TEST_PG_URL` is set, Postgres-backed tests also run against that server,
+each session in a schema of its own that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from dagster import DagsterInstance
+
+from batch_assets.local_stack import LocalStack
+
+EXTERNAL_PG = os.environ.get("BATCH_ASSETS_TEST_PG_URL")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    home = Path(tmp_path_factory.mktemp("stack"))
+    saved = dict(os.environ)
+    with LocalStack.start(home) as running:
+        running.apply()
+        (Path(running.env["DAGSTER_HOME"]) / "dagster.yaml").write_text(
+            (Path(__file__).parent.parent / "dagster.yaml").read_text()
+        )
+        yield running
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _schema_url(url: str, schema: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(scope="session")
+def external_pg_url() -> Iterator[str]:
+    if not EXTERNAL_PG:
+        pytest.skip("BATCH_ASSETS_TEST_PG_URL is not set")
+    schema = f"batch_assets_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(EXTERNAL_PG, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield _schema_url(EXTERNAL_PG, schema)
+    finally:
+        with psycopg.connect(EXTERNAL_PG, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+PG_TARGETS = ["embedded", pytest.param("external", marks=pytest.mark.external_pg)]
+
+
+@pytest.fixture(params=PG_TARGETS)
+def pg_url(request: pytest.FixtureRequest, stack: LocalStack) -> Iterator[str]:
+    """The results Postgres: the embedded server, and the external one when configured."""
+    if request.param == "embedded":
+        yield stack.env["BATCH_ASSETS_PG_URL"]
+        return
+    url: str = request.getfixturevalue("external_pg_url")
+    previous = os.environ["BATCH_ASSETS_PG_URL"]
+    os.environ["BATCH_ASSETS_PG_URL"] = url
+    try:
+        yield url
+    finally:
+        os.environ["BATCH_ASSETS_PG_URL"] = previous
+
+
+@pytest.fixture
+def s3(stack: LocalStack) -> Any:
+    return stack.s3()
+
+
+@pytest.fixture
+def bucket(stack: LocalStack) -> str:
+    return stack.env["BATCH_ASSETS_BUCKET"]
+
+
+@pytest.fixture(scope="session")
+def instance(stack: LocalStack) -> Iterator[DagsterInstance]:
+    """A Dagster instance on the embedded Postgres, configured by the repository's dagster.yaml."""
+    with DagsterInstance.get() as dagster_instance:
+        yield dagster_instance

@@ -1,0 +1,83 @@
+"""Driving whole batches in tests: drop an object, let the sensor see it, run the partition."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
+
+from batch_assets.datasets import REVIEWS, Dataset
+from batch_assets.runner import Tick, evaluate_inbox_sensor, run_partition
+from batch_assets.tracking import BatchJobs
+
+
+def settings_config(*, chunk_size: int = 50, workers: int = 1) -> dict[str, Any]:
+    settings = {
+        "bucket": os.environ["BATCH_ASSETS_BUCKET"], "chunk_size": chunk_size, "workers": workers,
+    }
+    return {"resources": {"settings": {"config": settings}}}
+
+
+@dataclass
+class Inbox:
+    """One dataset's inbox with the sensor cursor carried from test to test, as the daemon would."""
+
+    defs: Definitions
+    instance: DagsterInstance
+    s3: Any
+    bucket: str
+    dataset: Dataset = REVIEWS
+    cursor: str | None = None
+    run_keys: set[str] = field(default_factory=set)
+
+    def drop(self, name: str, data: bytes) -> str:
+        key = f"{self.dataset.prefix}{name}"
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return key
+
+    def tick(self) -> Tick:
+        tick = evaluate_inbox_sensor(self.defs, self.instance, self.dataset, self.cursor)
+        self.cursor = tick.cursor
+        # the daemon launches a run key once, ever
+        tick.run_requests[:] = [r for r in tick.run_requests if r.run_key not in self.run_keys]
+        self.run_keys.update(str(r.run_key) for r in tick.run_requests)
+        return tick
+
+    def run(self, batch_id: str, **config: Any) -> ExecuteInProcessResult:
+        return run_partition(
+            self.defs, self.instance, self.dataset, batch_id, run_config=settings_config(**config)
+        )
+
+    def drop_and_run(self, name: str, data: bytes, **config: Any) -> tuple[str, ExecuteInProcessResult]:
+        self.drop(name, data)
+        tick = self.tick()
+        assert len(tick.run_requests) == 1, tick
+        batch_id = str(tick.run_requests[0].partition_key)
+        return batch_id, self.run(batch_id, **config)
+
+
+def batch_row(url: str, batch_id: str) -> dict[str, Any]:
+    with psycopg.connect(url) as conn:
+        row = BatchJobs(conn).get(batch_id)
+    assert row is not None, batch_id
+    return row
+
+
+def results(url: str, batch_id: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT seq, line, id, text, sentiment, status FROM reviews_results "
+            "WHERE batch_id = %s ORDER BY seq",
+            (batch_id,),
+        ).fetchall()
+
+
+def rejected(url: str, batch_id: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT line, reason FROM reviews_rejected WHERE batch_id = %s ORDER BY line",
+            (batch_id,),
+        ).fetchall()

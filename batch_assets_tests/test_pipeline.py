@@ -1,0 +1,135 @@
+"""Whole batches through Dagster on the embedded Postgres and moto's S3 server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance
+
+from batch_assets.definitions import build_definitions
+from batch_assets.local_stack import LocalStack
+from batch_assets_tests.pipeline_helpers import Inbox, batch_row, rejected, results
+
+
+@pytest.fixture(scope="session")
+def sensor_state() -> dict[str, Any]:
+    return {"cursor": None, "run_keys": set()}
+
+
+@pytest.fixture
+def inbox(
+    stack: LocalStack, instance: DagsterInstance, pg_url: str, sensor_state: dict[str, Any]
+) -> Iterator[Inbox]:
+    box = Inbox(build_definitions(), instance, stack.s3(), stack.env["BATCH_ASSETS_BUCKET"],
+                cursor=sensor_state["cursor"], run_keys=sensor_state["run_keys"])
+    yield box
+    sensor_state["cursor"] = box.cursor
+
+
+TRICKY = (
+    "\ufeffid,text\n"
+    "1,\"Great product, works well\"\n"
+    "2,\"Terrible.\nNever again.\"\n"
+    "3,too,many,fields\n"
+    "4,\n"
+    "5\n"
+    "1,Duplicate id but a fine review\n"
+    "6,The box arrived\n"
+    f"7,{'word ' * 400_000}\n"
+    "8,Love it\n"
+)
+
+
+def test_every_row_is_loaded_rejected_or_failed(inbox: Inbox, pg_url: str) -> None:
+    batch_id, run = inbox.drop_and_run("tricky.csv", TRICKY.encode(), chunk_size=3)
+    assert run.success
+    row = batch_row(pg_url, batch_id)
+    assert (row["status"], row["total_count"], row["processed_count"], row["rejected_count"],
+            row["failed_count"], row["progress_percent"]) == ("completed", 9, 5, 4, 0, 100.0)
+    assert sum(row["summary"].values()) == 5
+    assert [(line, rid, status) for _, line, rid, _, _, status in results(pg_url, batch_id)] == [
+        (2, "1", "processed"), (3, "2", "processed"), (8, "1", "processed"),
+        (9, "6", "processed"), (11, "8", "processed"),
+    ]
+    assert [seq for seq, *_ in results(pg_url, batch_id)] == [1, 2, 3, 4, 5]
+    assert rejected(pg_url, batch_id) == [
+        (5, "expected 2 fields as in the header, found 4"),
+        (6, "text is empty"),
+        (7, "expected 2 fields as in the header, found 1"),
+        (10, "text is 2,000,000 characters, over the limit of 1,000,000"),
+    ]
+    checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
+    assert checks["row_accounting"].passed
+    assert not checks["unique_ids"].passed
+    assert checks["unique_ids"].metadata["duplicated_ids"].value == {"1": 2}
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("missing-text.csv", b"id,body\n1,hello\n", r"required column\(s\) text missing"),
+        ("empty.csv", b"", "the file is empty"),
+        ("latin1.csv", b"id,text\n1,ok\n2,caf\xe9\n", r"line 3 is not valid UTF-8"),
+    ],
+)
+def test_file_level_problems_fail_the_batch_naming_the_file(
+    inbox: Inbox, pg_url: str, name: str, data: bytes, message: str
+) -> None:
+    batch_id, run = inbox.drop_and_run(name, data)
+    assert not run.success
+    row = batch_row(pg_url, batch_id)
+    assert row["status"] == "failed"
+    assert f"s3://{inbox.bucket}/inbox/reviews/{name}" in row["error"]
+    assert pytest.approx(0) == row["processed_count"]
+    import re
+
+    assert re.search(message, row["error"])
+    assert results(pg_url, batch_id) == []
+
+
+def test_header_only_completes_with_no_rows(inbox: Inbox, pg_url: str) -> None:
+    batch_id, run = inbox.drop_and_run("header-only.csv", b"id,text\n")
+    assert run.success
+    row = batch_row(pg_url, batch_id)
+    assert (row["status"], row["total_count"], row["processed_count"]) == ("completed", 0, 0)
+
+
+def test_reupload_with_new_content_replaces_the_batch(inbox: Inbox, pg_url: str) -> None:
+    batch_id, run = inbox.drop_and_run("again.csv", b"id,text\n1,good\n2,bad\n3,fine\n")
+    assert run.success and len(results(pg_url, batch_id)) == 3
+    assert inbox.tick().run_requests == []  # unchanged object: no second run
+
+    inbox.drop("again.csv", b"id,text\n10,I love it\n11,I hate it\n")
+    tick = inbox.tick()
+    assert [r.partition_key for r in tick.run_requests] == [batch_id]
+    assert inbox.run(batch_id).success
+    assert [(rid, line) for _, line, rid, *_ in results(pg_url, batch_id)] == [
+        ("10", 2), ("11", 3)
+    ]
+    row = batch_row(pg_url, batch_id)
+    assert (row["status"], row["total_count"], row["processed_count"]) == ("completed", 2, 2)
+
+
+def test_rerunning_a_partition_never_duplicates_rows(inbox: Inbox, pg_url: str) -> None:
+    data = "id,text\n" + "".join(f"{i},review number {i} is great\n" for i in range(500))
+    batch_id, run = inbox.drop_and_run("rerun.csv", data.encode(), chunk_size=64, workers=2)
+    assert run.success
+    assert inbox.run(batch_id, chunk_size=100).success
+    rows = results(pg_url, batch_id)
+    assert [r[2] for r in rows] == [str(i) for i in range(500)]
+    assert {r[4] for r in rows} == {"positive"}
+
+
+def test_paging_one_batch_is_an_index_range_scan(inbox: Inbox, pg_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan: Any = conn.execute(
+            "EXPLAIN SELECT * FROM reviews_results WHERE batch_id = 'x' "
+            "AND seq > 5000 AND seq <= 5050 ORDER BY seq"
+        ).fetchall()
+    text = "\n".join(r[0] for r in plan)
+    assert "Index Scan using reviews_results_pkey" in text, text

@@ -1,0 +1,83 @@
+"""Validation reasons and sentiment scoring, without servers."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from batch_assets.processors import sentiment
+from batch_assets.processors.sentiment import score_sentiment
+from batch_assets.readers import LINE, REASON, RECORD, STATUS
+from batch_assets.schemas.reviews import ReviewRecord
+from batch_assets.validation import validate_chunk
+
+
+def chunk(ids: list[str | None], texts: list[str | None], statuses: list[str] | None = None,
+          ) -> pl.DataFrame:
+    n = len(ids)
+    return pl.DataFrame(
+        {
+            LINE: list(range(2, n + 2)),
+            "id": ids,
+            "text": texts,
+            STATUS: statuses or ["valid"] * n,
+            REASON: [None if s == "valid" else "expected 2 fields" for s in
+                     (statuses or ["valid"] * n)],
+            RECORD: [None] * n,
+        },
+        schema_overrides={REASON: pl.String, RECORD: pl.String},
+    )
+
+
+def test_every_failure_of_a_row_is_in_its_reason() -> None:
+    frame = validate_chunk(
+        chunk(["1", "", "3", None, "5"], ["fine", "x" * 1_000_001, "", "t", None],
+              ["valid"] * 4 + ["rejected"]),
+        ReviewRecord, ("id", "text"),
+    )
+    assert frame.select(LINE, STATUS, REASON).rows() == [
+        (2, "valid", None),
+        (3, "rejected", "id is empty; text is 1,000,001 characters, over the limit of 1,000,000"),
+        (4, "rejected", "text is empty"),
+        (5, "rejected", "id is missing"),
+        (6, "rejected", "expected 2 fields"),
+    ]
+
+
+def test_a_valid_chunk_is_returned_unchanged() -> None:
+    frame = chunk(["1", "2"], ["a", "b"])
+    assert validate_chunk(frame, ReviewRecord, ("id", "text")).equals(frame)
+
+
+def test_labels_follow_the_compound_thresholds() -> None:
+    frame = score_sentiment(
+        chunk(["1", "2", "3", "4"], ["I love this, it is wonderful", "Terrible, I hate it",
+                                    "The box arrived", "x"], ["valid"] * 3 + ["rejected"])
+    )
+    rows = frame.select("sentiment", STATUS).rows()
+    assert rows == [("positive", "processed"), ("negative", "processed"),
+                    ("neutral", "processed"), (None, "rejected")]
+    scores = frame["score"].to_list()
+    compounds = frame["compound"].to_list()
+    assert scores[0] == pytest.approx(abs(compounds[0])) and scores[0] >= 0.05
+    assert scores[2] == pytest.approx(1 - abs(compounds[2]))
+    assert all(0 <= s <= 1 for s in scores[:3])
+
+
+def test_a_record_whose_scoring_raises_is_failed_with_its_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = sentiment._analyzer()
+
+    class Flaky:
+        def polarity_scores(self, text: str) -> dict[str, float]:
+            if "boom" in text:
+                raise ValueError("cannot score this")
+            return real.polarity_scores(text)
+
+    monkeypatch.setattr(sentiment, "_analyzer", lambda: Flaky())
+    frame = score_sentiment(chunk(["1", "2", "3"], ["good", "boom", "bad"]))
+    assert frame.select(STATUS, "_error").rows() == [
+        ("processed", None), ("failed", "ValueError: cannot score this"), ("processed", None)
+    ]
+    assert frame["sentiment"].to_list()[1] is None
