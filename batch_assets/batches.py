@@ -48,7 +48,10 @@ def on_error(chunks: Chunks, handler: Callable[[BatchError], None]) -> Chunks:
             raise
 
     return Chunks(
-        produce, listeners=chunks.listeners, origin=chunks.origin, rows=chunks.rows,
+        produce,
+        listeners=chunks.listeners,
+        origin=chunks.origin,
+        rows=chunks.rows,
         counts=chunks.counts,
     )
 
@@ -60,7 +63,9 @@ def counts_while_reading(frontier: Frontier) -> BatchCounts:
     )
 
 
-def counts_while_processing(raw_rows: int, raw_counts: dict[str, int], frontier: Frontier) -> BatchCounts:
+def counts_while_processing(
+    raw_rows: int, raw_counts: dict[str, int], frontier: Frontier
+) -> BatchCounts:
     """Batch counts while records are processed, from the read totals and the frontier."""
     return BatchCounts(
         total=raw_rows,

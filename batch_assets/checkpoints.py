@@ -229,22 +229,21 @@ def store_chunks(
     asset: str,
     partition: str,
     lineage: str,
-    source: dict[str, Any] | None = None,
 ) -> tuple[Frontier, int]:
     """Writes `chunks` durably, resuming after the lineage's frontier.
 
     Each chunk is written, then the frontier advanced past it, then the chunks' listeners
-    are told. A lineage whose frontier is complete is not recomputed; one whose source
-    differs from `source` starts over.
+    are told. A lineage whose frontier is complete is not recomputed; one computed from
+    another origin (`chunks.origin`: a new ETag, a recomputed upstream) starts over.
 
     Returns:
         The final frontier and the index of the first chunk this call computed.
     """
     frontier = store.frontier(asset, partition, lineage)
-    if frontier is not None and source is not None and frontier.source != source:
+    if frontier is not None and frontier.source != chunks.origin:
         frontier = None
     if frontier is None:
-        frontier = Frontier(source=dict(source or {}))
+        frontier = Frontier(source=dict(chunks.origin))
     if frontier.status == "complete":
         return frontier, frontier.chunks
     first = frontier.chunks

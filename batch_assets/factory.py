@@ -4,7 +4,6 @@ Asset bodies stay a few lines; what they do lives in plain modules (`batches`, `
 `validation`, `processors`, `sinks`, `tracking`).
 """
 
-
 from typing import Any
 
 from dagster import (
@@ -61,10 +60,16 @@ def build_dataset(dataset: Dataset) -> Definitions:
     name = dataset.name
     partitions = DynamicPartitionsDefinition(name=name)
     tables = dataset.tables
-    accounting = AssetCheckSpec("row_accounting", asset=AssetKey([name, "postgres"]),
-                                description="rows read = processed + rejected + failed")
-    unique_ids = AssetCheckSpec("unique_ids", asset=AssetKey([name, "postgres"]),
-                                description="no id appears twice in the batch (warning)")
+    accounting = AssetCheckSpec(
+        "row_accounting",
+        asset=AssetKey([name, "postgres"]),
+        description="rows read = processed + rejected + failed",
+    )
+    unique_ids = AssetCheckSpec(
+        "unique_ids",
+        asset=AssetKey([name, "postgres"]),
+        description="no id appears twice in the batch (warning)",
+    )
 
     @asset(
         key=[name, "raw"],
@@ -153,9 +158,15 @@ def build_dataset(dataset: Dataset) -> Definitions:
             tables.ensure(conn)
             stats = replace_batch(conn, tables, batch_id, processed)
             summary = (
-                summarize(conn, tables, batch_id, dataset.processor.summary_column,
-                          dataset.processor.summary_labels)
-                if dataset.processor.summary_column else {}
+                summarize(
+                    conn,
+                    tables,
+                    batch_id,
+                    dataset.processor.summary_column,
+                    dataset.processor.summary_labels,
+                )
+                if dataset.processor.summary_column
+                else {}
             )
             stored = stored_counts(conn, tables, batch_id)
             counts = BatchCounts(processed.rows or 0, *stored)
@@ -182,8 +193,12 @@ def build_dataset(dataset: Dataset) -> Definitions:
                 AssetCheckResult(
                     check_name="row_accounting",
                     passed=read == accounted,
-                    metadata={"rows_read": read, "processed": stored[0],
-                              "rejected": stored[1], "failed": stored[2]},
+                    metadata={
+                        "rows_read": read,
+                        "processed": stored[0],
+                        "rejected": stored[1],
+                        "failed": stored[2],
+                    },
                 ),
                 AssetCheckResult(
                     check_name="unique_ids",
@@ -215,7 +230,10 @@ def build_dataset(dataset: Dataset) -> Definitions:
     ) -> SensorResult | SkipReason:
         cursor = InboxCursor.parse(context.cursor)
         taken, after, backlog = new_objects(
-            s3.get_client(), settings.bucket, dataset.prefix, cursor,
+            s3.get_client(),
+            settings.bucket,
+            dataset.prefix,
+            cursor,
             limit=settings.max_objects_per_tick,
         )
         if not taken:
@@ -233,8 +251,10 @@ def build_dataset(dataset: Dataset) -> Definitions:
                 RunRequest(
                     run_key=f"{obj.key}@{obj.etag}",
                     partition_key=key,
-                    tags={"batch_assets/source": f"s3://{settings.bucket}/{obj.key}",
-                          "batch_assets/etag": obj.etag},
+                    tags={
+                        "batch_assets/source": f"s3://{settings.bucket}/{obj.key}",
+                        "batch_assets/etag": obj.etag,
+                    },
                 )
                 for key, obj in zip(keys, taken, strict=True)
             ],
@@ -242,8 +262,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             cursor=after.serialize(),
         )
 
-    return Definitions(assets=[raw, processed, postgres_table], jobs=[job],
-                       sensors=[inbox_sensor])
+    return Definitions(assets=[raw, processed, postgres_table], jobs=[job], sensors=[inbox_sensor])
 
 
 def _failer(postgres: PostgresResource, batch_id: str) -> Any:

@@ -1,7 +1,6 @@
 """Marks a batch failed when its run fails for a reason the assets could not record
 (a killed process, a lost worker, an error outside the chunk loop)."""
 
-
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
 from batch_assets.resources.postgres import PostgresResource
@@ -23,7 +22,9 @@ def batch_run_failure_sensor(context: RunFailureSensorContext, postgres: Postgre
     with postgres.connect() as conn:
         jobs = BatchJobs(conn)
         row = jobs.get(batch_id)
-        if row is not None and row["status"] in ("queued", "processing") and (
-            row["run_id"] in (None, run.run_id)
+        if (
+            row is not None
+            and row["status"] in ("queued", "processing")
+            and (row["run_id"] in (None, run.run_id))
         ):
             jobs.fail(batch_id, f"run {run.run_id} failed: {message}")

@@ -6,15 +6,32 @@ import random
 from pathlib import Path
 
 _OPENINGS = [
-    "Great product", "Terrible service", "Just average", "Love it", "Hate it",
-    "Works as described", "Broke after a week", "Not bad at all", "Complete waste of money",
-    "Absolutely wonderful", "Shipping was slow", "The box arrived",
+    "Great product",
+    "Terrible service",
+    "Just average",
+    "Love it",
+    "Hate it",
+    "Works as described",
+    "Broke after a week",
+    "Not bad at all",
+    "Complete waste of money",
+    "Absolutely wonderful",
+    "Shipping was slow",
+    "The box arrived",
 ]
 _DETAILS = [
-    "the battery lasts for days", "support never answered", "it does what it says",
-    "I would buy it again", "the colour is different from the photos", "arrived on Tuesday",
-    "my kids use it every day", "the manual is confusing", "five stars, no doubt",
-    "returned it the next day", "price is fair", "nothing special, really",
+    "the battery lasts for days",
+    "support never answered",
+    "it does what it says",
+    "I would buy it again",
+    "the colour is different from the photos",
+    "arrived on Tuesday",
+    "my kids use it every day",
+    "the manual is confusing",
+    "five stars, no doubt",
+    "returned it the next day",
+    "price is fair",
+    "nothing special, really",
 ]
 
 

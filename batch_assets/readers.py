@@ -160,7 +160,9 @@ def iter_csv_chunks(
     state = resume.state
     if state:
         lines = _Lines(
-            open_stream(int(state["offset"])), name=name, offset=int(state["offset"]),
+            open_stream(int(state["offset"])),
+            name=name,
+            offset=int(state["offset"]),
             line=int(state["line"]),
         )
         header = list(state["header"])

@@ -40,7 +40,9 @@ def evaluate_inbox_sensor(
     if not isinstance(result, SensorResult):
         return Tick([], cursor, str(getattr(result, "skip_message", result)))
     for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys or []))
+        instance.add_dynamic_partitions(
+            request.partitions_def_name, list(request.partition_keys or [])
+        )
     return Tick(list(result.run_requests or []), result.cursor, None)
 
 

@@ -8,6 +8,7 @@ every key sharing that timestamp, so no object at the boundary is missed or take
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ def partition_key_for(key: str, prefix: str) -> str:
     dots are shortened, and when anything changed (or the key is long) a hash of the full key
     is appended, so two keys never share a partition.
     """
-    relative = key[len(prefix):] if key.startswith(prefix) else key
+    relative = key[len(prefix) :] if key.startswith(prefix) else key
     safe = _SAFE.sub("_", relative.replace("/", "__"))
     safe = re.sub(r"\.{2,}", ".", safe).strip("._") or "object"
     if safe == relative and len(safe) <= MAX_PARTITION_KEY:
@@ -142,7 +143,7 @@ def opener(client: Any, source: Source) -> Any:
         options: dict[str, Any] = {"Bucket": bucket, "Key": key, "IfMatch": f'"{source.etag}"'}
         if offset:
             if offset >= source.size:
-                return _Empty()
+                return io.BytesIO()
             options["Range"] = f"bytes={offset}-"
         try:
             body: BinaryIO = client.get_object(**options)["Body"]
@@ -157,11 +158,3 @@ def opener(client: Any, source: Source) -> Any:
         return body
 
     return open_stream
-
-
-class _Empty:
-    def read(self, n: int = -1) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass

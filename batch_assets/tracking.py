@@ -149,8 +149,12 @@ class BatchJobs:
                 WHERE batch_id = %s
                 """,
                 (
-                    counts.total, counts.processed, counts.rejected, counts.failed,
-                    counts.progress_percent, batch_id,
+                    counts.total,
+                    counts.processed,
+                    counts.rejected,
+                    counts.failed,
+                    counts.progress_percent,
+                    batch_id,
                 ),
             )
 
@@ -165,8 +169,12 @@ class BatchJobs:
                 WHERE batch_id = %s
                 """,
                 (
-                    counts.total, counts.processed, counts.rejected, counts.failed,
-                    json.dumps(summary), batch_id,
+                    counts.total,
+                    counts.processed,
+                    counts.rejected,
+                    counts.failed,
+                    json.dumps(summary),
+                    batch_id,
                 ),
             )
             cur.execute(

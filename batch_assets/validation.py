@@ -46,9 +46,7 @@ def validate_chunk(
         .group_by("index", maintain_order=True)
         .agg(pl.col("reason").unique(maintain_order=True).str.join("; "))
     )
-    failed_rows = candidates.select(pl.col(_ROW)).with_row_index("index").join(
-        reasons, on="index"
-    )
+    failed_rows = candidates.select(pl.col(_ROW)).with_row_index("index").join(reasons, on="index")
     return (
         indexed.join(failed_rows.select(_ROW, "reason"), on=_ROW, how="left")
         .with_columns(

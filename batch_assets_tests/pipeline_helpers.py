@@ -7,16 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, JobDefinition
 
 from batch_assets.datasets import REVIEWS, Dataset
+from batch_assets.definitions import build_definitions
 from batch_assets.runner import Tick, evaluate_inbox_sensor, run_partition
 from batch_assets.tracking import BatchJobs
 
 
 def settings_config(*, chunk_size: int = 50, workers: int = 1) -> dict[str, Any]:
     settings = {
-        "bucket": os.environ["BATCH_ASSETS_BUCKET"], "chunk_size": chunk_size, "workers": workers,
+        "bucket": os.environ["BATCH_ASSETS_BUCKET"],
+        "chunk_size": chunk_size,
+        "workers": workers,
     }
     return {"resources": {"settings": {"config": settings}}}
 
@@ -51,7 +54,9 @@ class Inbox:
             self.defs, self.instance, self.dataset, batch_id, run_config=settings_config(**config)
         )
 
-    def drop_and_run(self, name: str, data: bytes, **config: Any) -> tuple[str, ExecuteInProcessResult]:
+    def drop_and_run(
+        self, name: str, data: bytes, **config: Any
+    ) -> tuple[str, ExecuteInProcessResult]:
         self.drop(name, data)
         tick = self.tick()
         assert len(tick.run_requests) == 1, tick
@@ -81,3 +86,23 @@ def rejected(url: str, batch_id: str) -> list[tuple[Any, ...]]:
             "SELECT line, reason FROM reviews_rejected WHERE batch_id = %s ORDER BY line",
             (batch_id,),
         ).fetchall()
+
+
+def reviews_job() -> JobDefinition:
+    """The reviews job, importable by name so Dagster can rebuild it in other processes."""
+    return build_definitions().resolve_job_def("reviews_job")
+
+
+if __name__ == "__main__":
+    # Runs one partition in this process, for tests that kill it: PARTITION CHUNK_SIZE.
+    import sys
+
+    partition, chunk = sys.argv[1], int(sys.argv[2])
+    with DagsterInstance.get() as running:
+        run_partition(
+            build_definitions(),
+            running,
+            REVIEWS,
+            partition,
+            run_config=settings_config(chunk_size=chunk, workers=1),
+        )

@@ -22,16 +22,22 @@ def sensor_state() -> dict[str, Any]:
 def inbox(
     stack: LocalStack, instance: DagsterInstance, pg_url: str, sensor_state: dict[str, Any]
 ) -> Iterator[Inbox]:
-    box = Inbox(build_definitions(), instance, stack.s3(), stack.env["BATCH_ASSETS_BUCKET"],
-                cursor=sensor_state["cursor"], run_keys=sensor_state["run_keys"])
+    box = Inbox(
+        build_definitions(),
+        instance,
+        stack.s3(),
+        stack.env["BATCH_ASSETS_BUCKET"],
+        cursor=sensor_state["cursor"],
+        run_keys=sensor_state["run_keys"],
+    )
     yield box
     sensor_state["cursor"] = box.cursor
 
 
 TRICKY = (
     "\ufeffid,text\n"
-    "1,\"Great product, works well\"\n"
-    "2,\"Terrible.\nNever again.\"\n"
+    '1,"Great product, works well"\n'
+    '2,"Terrible.\nNever again."\n'
     "3,too,many,fields\n"
     "4,\n"
     "5\n"
@@ -46,12 +52,21 @@ def test_every_row_is_loaded_rejected_or_failed(inbox: Inbox, pg_url: str) -> No
     batch_id, run = inbox.drop_and_run("tricky.csv", TRICKY.encode(), chunk_size=3)
     assert run.success
     row = batch_row(pg_url, batch_id)
-    assert (row["status"], row["total_count"], row["processed_count"], row["rejected_count"],
-            row["failed_count"], row["progress_percent"]) == ("completed", 9, 5, 4, 0, 100.0)
+    assert (
+        row["status"],
+        row["total_count"],
+        row["processed_count"],
+        row["rejected_count"],
+        row["failed_count"],
+        row["progress_percent"],
+    ) == ("completed", 9, 5, 4, 0, 100.0)
     assert sum(row["summary"].values()) == 5
     assert [(line, rid, status) for _, line, rid, _, _, status in results(pg_url, batch_id)] == [
-        (2, "1", "processed"), (3, "2", "processed"), (8, "1", "processed"),
-        (9, "6", "processed"), (11, "8", "processed"),
+        (2, "1", "processed"),
+        (3, "2", "processed"),
+        (8, "1", "processed"),
+        (9, "6", "processed"),
+        (11, "8", "processed"),
     ]
     assert [seq for seq, *_ in results(pg_url, batch_id)] == [1, 2, 3, 4, 5]
     assert rejected(pg_url, batch_id) == [
@@ -105,9 +120,7 @@ def test_reupload_with_new_content_replaces_the_batch(inbox: Inbox, pg_url: str)
     tick = inbox.tick()
     assert [r.partition_key for r in tick.run_requests] == [batch_id]
     assert inbox.run(batch_id).success
-    assert [(rid, line) for _, line, rid, *_ in results(pg_url, batch_id)] == [
-        ("10", 2), ("11", 3)
-    ]
+    assert [(rid, line) for _, line, rid, *_ in results(pg_url, batch_id)] == [("10", 2), ("11", 3)]
     row = batch_row(pg_url, batch_id)
     assert (row["status"], row["total_count"], row["processed_count"]) == ("completed", 2, 2)
 

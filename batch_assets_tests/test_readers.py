@@ -24,7 +24,10 @@ def read(data: bytes, chunk_size: int = 1000, resume: Resume | None = None) -> p
     frames = [
         chunk.frame
         for chunk in iter_csv_chunks(
-            open_stream, name=NAME, layout=LAYOUT, chunk_size=chunk_size,
+            open_stream,
+            name=NAME,
+            layout=LAYOUT,
+            chunk_size=chunk_size,
             resume=resume or Resume(),
         )
     ]
@@ -136,17 +139,23 @@ def test_resuming_after_any_chunk_reads_the_rest_exactly(
         return io.BytesIO(data[offset:])
 
     whole = list(
-        iter_csv_chunks(open_stream, name=NAME, layout=LAYOUT, chunk_size=chunk_size,
-                        resume=Resume())
+        iter_csv_chunks(
+            open_stream, name=NAME, layout=LAYOUT, chunk_size=chunk_size, resume=Resume()
+        )
     )
     assert [c.index for c in whole] == list(range(len(whole)))
     if not whole:
         return
     cut = min(stop, len(whole) - 1)
     resumed = list(
-        iter_csv_chunks(open_stream, name=NAME, layout=LAYOUT, chunk_size=chunk_size,
-                        resume=Resume(cut + 1, whole[cut].state))
+        iter_csv_chunks(
+            open_stream,
+            name=NAME,
+            layout=LAYOUT,
+            chunk_size=chunk_size,
+            resume=Resume(cut + 1, whole[cut].state),
+        )
     )
-    assert [c.index for c in resumed] == [c.index for c in whole[cut + 1:]]
-    for a, b in zip(resumed, whole[cut + 1:], strict=True):
+    assert [c.index for c in resumed] == [c.index for c in whole[cut + 1 :]]
+    for a, b in zip(resumed, whole[cut + 1 :], strict=True):
         assert a.frame.equals(b.frame)

@@ -12,8 +12,11 @@ from batch_assets.schemas.reviews import ReviewRecord
 from batch_assets.validation import validate_chunk
 
 
-def chunk(ids: list[str | None], texts: list[str | None], statuses: list[str] | None = None,
-          ) -> pl.DataFrame:
+def chunk(
+    ids: list[str | None],
+    texts: list[str | None],
+    statuses: list[str] | None = None,
+) -> pl.DataFrame:
     n = len(ids)
     return pl.DataFrame(
         {
@@ -21,8 +24,9 @@ def chunk(ids: list[str | None], texts: list[str | None], statuses: list[str] | 
             "id": ids,
             "text": texts,
             STATUS: statuses or ["valid"] * n,
-            REASON: [None if s == "valid" else "expected 2 fields" for s in
-                     (statuses or ["valid"] * n)],
+            REASON: [
+                None if s == "valid" else "expected 2 fields" for s in (statuses or ["valid"] * n)
+            ],
             RECORD: [None] * n,
         },
         schema_overrides={REASON: pl.String, RECORD: pl.String},
@@ -31,9 +35,13 @@ def chunk(ids: list[str | None], texts: list[str | None], statuses: list[str] | 
 
 def test_every_failure_of_a_row_is_in_its_reason() -> None:
     frame = validate_chunk(
-        chunk(["1", "", "3", None, "5"], ["fine", "x" * 1_000_001, "", "t", None],
-              ["valid"] * 4 + ["rejected"]),
-        ReviewRecord, ("id", "text"),
+        chunk(
+            ["1", "", "3", None, "5"],
+            ["fine", "x" * 1_000_001, "", "t", None],
+            ["valid"] * 4 + ["rejected"],
+        ),
+        ReviewRecord,
+        ("id", "text"),
     )
     assert frame.select(LINE, STATUS, REASON).rows() == [
         (2, "valid", None),
@@ -51,12 +59,19 @@ def test_a_valid_chunk_is_returned_unchanged() -> None:
 
 def test_labels_follow_the_compound_thresholds() -> None:
     frame = score_sentiment(
-        chunk(["1", "2", "3", "4"], ["I love this, it is wonderful", "Terrible, I hate it",
-                                    "The box arrived", "x"], ["valid"] * 3 + ["rejected"])
+        chunk(
+            ["1", "2", "3", "4"],
+            ["I love this, it is wonderful", "Terrible, I hate it", "The box arrived", "x"],
+            ["valid"] * 3 + ["rejected"],
+        )
     )
     rows = frame.select("sentiment", STATUS).rows()
-    assert rows == [("positive", "processed"), ("negative", "processed"),
-                    ("neutral", "processed"), (None, "rejected")]
+    assert rows == [
+        ("positive", "processed"),
+        ("negative", "processed"),
+        ("neutral", "processed"),
+        (None, "rejected"),
+    ]
     scores = frame["score"].to_list()
     compounds = frame["compound"].to_list()
     assert scores[0] == pytest.approx(abs(compounds[0])) and scores[0] >= 0.05
@@ -78,6 +93,8 @@ def test_a_record_whose_scoring_raises_is_failed_with_its_error(
     monkeypatch.setattr(sentiment, "_analyzer", lambda: Flaky())
     frame = score_sentiment(chunk(["1", "2", "3"], ["good", "boom", "bad"]))
     assert frame.select(STATUS, "_error").rows() == [
-        ("processed", None), ("failed", "ValueError: cannot score this"), ("processed", None)
+        ("processed", None),
+        ("failed", "ValueError: cannot score this"),
+        ("processed", None),
     ]
     assert frame["sentiment"].to_list()[1] is None

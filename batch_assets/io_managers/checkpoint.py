@@ -21,7 +21,7 @@ def _asset_path(context: InputContext | OutputContext) -> str:
     return "/".join(context.asset_key.path)
 
 
-class CheckpointIOManager(ConfigurableIOManager):  # type: ignore[misc]
+class CheckpointIOManager(ConfigurableIOManager):
     """Stores `Chunks` chunk by chunk under `base` (a folder or `s3://bucket/prefix`)."""
 
     base: str = Field(description="Where checkpoints live: a local folder or s3://bucket/prefix.")
@@ -58,7 +58,6 @@ class CheckpointIOManager(ConfigurableIOManager):  # type: ignore[misc]
             asset=asset,
             partition=partition,
             lineage=lineage,
-            source=obj.origin,
         )
         context.add_output_metadata(
             {
@@ -73,7 +72,5 @@ class CheckpointIOManager(ConfigurableIOManager):  # type: ignore[misc]
 
     def load_input(self, context: InputContext) -> Chunks:
         asset = _asset_path(context)
-        chunks, _ = load_chunks(
-            self.store(), asset=asset, partition=context.asset_partition_key
-        )
+        chunks, _ = load_chunks(self.store(), asset=asset, partition=context.asset_partition_key)
         return chunks

@@ -10,7 +10,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 
-class PostgresResource(ConfigurableResource):  # type: ignore[misc]
+class PostgresResource(ConfigurableResource):
     """Connections to the Postgres that holds results, rejected rows and batch tracking."""
 
     url: str = Field(

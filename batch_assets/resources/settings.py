@@ -8,7 +8,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 
-class BatchSettings(ConfigurableResource):  # type: ignore[misc]
+class BatchSettings(ConfigurableResource):
     """Where batches land and how they are worked through."""
 
     bucket: str = Field(description="The S3 bucket holding the datasets' inbox prefixes.")

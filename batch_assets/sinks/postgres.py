@@ -173,7 +173,10 @@ def _copy(cur: psycopg.Cursor, statement: sql.Composed, rows: pl.DataFrame) -> N
 
 
 def summarize(
-    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, column: str,
+    conn: psycopg.Connection,
+    tables: ResultsTables,
+    batch_id: str,
+    column: str,
     labels: tuple[str, ...],
 ) -> dict[str, int]:
     """Counts of the batch's processed results per value of `column`."""
@@ -191,7 +194,9 @@ def summarize(
     return summary
 
 
-def stored_counts(conn: psycopg.Connection, tables: ResultsTables, batch_id: str) -> tuple[int, int, int]:
+def stored_counts(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str
+) -> tuple[int, int, int]:
     """The batch's processed, rejected and failed rows as stored in Postgres."""
     with conn.cursor() as cur:
         cur.execute(
