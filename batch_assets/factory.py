@@ -136,6 +136,8 @@ def build_dataset(dataset: Dataset) -> Definitions:
             with postgres.connect() as conn:
                 BatchJobs(conn).progress(batch_id, counts)
 
+        with postgres.connect() as conn:
+            BatchJobs(conn).resume(batch_id, run_id=context.run.run_id)
         context.log.info(f"processing {raw_rows:,} rows with {workers} worker(s)")
         return raw.map(dataset.processor.fn, workers=workers).on_durable(progress)
 

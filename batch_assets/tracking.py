@@ -139,6 +139,18 @@ class BatchJobs:
                 (run_id, source.uri, source.etag, batch_id),
             )
 
+    def resume(self, batch_id: str, *, run_id: str) -> None:
+        """Marks the batch processing again in `run_id` (a retry or a re-execution)."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                """
+                UPDATE batch_jobs SET status = 'processing', run_id = %s, error = NULL,
+                    completed_at = NULL, updated_at = now()
+                WHERE batch_id = %s
+                """,
+                (run_id, batch_id),
+            )
+
     def progress(self, batch_id: str, counts: BatchCounts) -> None:
         with self.conn.cursor() as cur:
             cur.execute(
