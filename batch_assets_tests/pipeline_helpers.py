@@ -35,9 +35,15 @@ class Inbox:
     dataset: Dataset = REVIEWS
     cursor: str | None = None
     run_keys: set[str] = field(default_factory=set)
+    tag: str = ""
 
     def drop(self, name: str, data: bytes) -> str:
-        key = f"{self.dataset.prefix}{name}"
+        """Puts `data` under the inbox as `<tag>-<name>` and returns the object key."""
+        key = (
+            f"{self.dataset.prefix}{self.tag}-{name}"
+            if self.tag
+            else f"{self.dataset.prefix}{name}"
+        )
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
         return key
 

@@ -29,6 +29,7 @@ def inbox(
         stack.env["BATCH_ASSETS_BUCKET"],
         cursor=sensor_state["cursor"],
         run_keys=sensor_state["run_keys"],
+        tag="embedded" if pg_url == stack.env["BATCH_ASSETS_PG_URL"] else "external",
     )
     yield box
     sensor_state["cursor"] = box.cursor
@@ -96,7 +97,7 @@ def test_file_level_problems_fail_the_batch_naming_the_file(
     assert not run.success
     row = batch_row(pg_url, batch_id)
     assert row["status"] == "failed"
-    assert f"s3://{inbox.bucket}/inbox/reviews/{name}" in row["error"]
+    assert f"s3://{inbox.bucket}/inbox/reviews/{inbox.tag}-{name}" in row["error"]
     assert pytest.approx(0) == row["processed_count"]
     import re
 
