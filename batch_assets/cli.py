@@ -70,63 +70,68 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from dagster import DagsterInstance
-
-    from batch_assets.generate import reviews_csv
-
-    dataset = dataset_named(args.dataset)
+    if args.file and not args.file.is_file():
+        print(f"batch-assets demo: no such file: {args.file}", file=sys.stderr)
+        return 2
     home_context: Any = (
-        contextlib.nullcontext(str(args.home)) if args.home
+        contextlib.nullcontext(str(args.home))
+        if args.home
         else tempfile.TemporaryDirectory(prefix="batch-assets-")
     )
-    with home_context as home, _stdout_to_stderr():
-        with LocalStack.start(home) as stack:
-            stack.apply()
-            _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
-            if args.file:
-                path = args.file
-                if not path.is_file():
-                    print(f"batch-assets demo: no such file: {path}", file=sys.stderr)
-                    return 2
-            else:
-                path = reviews_csv(Path(home) / f"reviews-{args.rows}.csv", args.rows)
-            key = f"{dataset.prefix}{int(time.time())}-{path.name}"
-            stack.s3().upload_file(str(path), stack.env["BATCH_ASSETS_BUCKET"], key)
-            print(f"uploaded {path} to s3://{stack.env['BATCH_ASSETS_BUCKET']}/{key}",
-                  file=sys.stderr)
-            from batch_assets.definitions import build_definitions
-            from batch_assets.runner import evaluate_inbox_sensor, run_partition
-            from batch_assets.tracking import BatchJobs, status_document
-            import psycopg
-
-            defs = build_definitions()
-            with DagsterInstance.get() as instance:
-                tick = evaluate_inbox_sensor(defs, instance, dataset)
-                if not tick.run_requests:
-                    print(f"the sensor found nothing: {tick.skipped}", file=sys.stderr)
-                    return 1
-                request = tick.run_requests[0]
-                batch_id = str(request.partition_key)
-                print(f"sensor: new partition {batch_id}, run key {request.run_key}",
-                      file=sys.stderr)
-                url = stack.env["BATCH_ASSETS_PG_URL"]
-                stop = threading.Event()
-                bar = threading.Thread(target=_progress_bar, args=(url, batch_id, stop))
-                bar.start()
-                try:
-                    run_partition(defs, instance, dataset, batch_id, tags=dict(request.tags))
-                finally:
-                    stop.set()
-                    bar.join()
-            with psycopg.connect(url) as conn:
-                row = BatchJobs(conn).get(batch_id)
-    assert row is not None
-    document = status_document(row)
-    if args.json:
-        print(json.dumps(document, default=str))
-    else:
-        print(json.dumps(document, indent=2, default=str))
+    with home_context as home, _stdout_to_stderr(), LocalStack.start(home) as stack:
+        document = _demo_batch(stack, Path(home), args)
+    if document is None:
+        return 1
+    print(json.dumps(document, indent=None if args.json else 2, default=str))
     return 0 if document["status"] == "completed" else 1
+
+
+def _demo_batch(stack: LocalStack, home: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Drops the demo file into the inbox, lets the sensor find it, runs it; its status."""
+    import psycopg
+    from dagster import DagsterInstance
+
+    from batch_assets.definitions import build_definitions
+    from batch_assets.generate import reviews_csv
+    from batch_assets.runner import evaluate_inbox_sensor, run_partition
+    from batch_assets.tracking import BatchJobs, status_document
+
+    dataset = dataset_named(args.dataset)
+    stack.apply()
+    _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
+    path = args.file or reviews_csv(home / f"reviews-{args.rows}.csv", args.rows)
+    bucket = stack.env["BATCH_ASSETS_BUCKET"]
+    key = f"{dataset.prefix}{int(time.time())}-{path.name}"
+    stack.s3().upload_file(str(path), bucket, key)
+    print(f"uploaded {path} to s3://{bucket}/{key}", file=sys.stderr)
+    defs = build_definitions()
+    url = stack.env["BATCH_ASSETS_PG_URL"]
+    with DagsterInstance.get() as instance:
+        tick = evaluate_inbox_sensor(defs, instance, dataset)
+        if not tick.run_requests:
+            print(f"the sensor found nothing: {tick.skipped}", file=sys.stderr)
+            return None
+        request = tick.run_requests[0]
+        batch_id = str(request.partition_key)
+        print(f"sensor: partition {batch_id}, run key {request.run_key}", file=sys.stderr)
+        stop = threading.Event()
+        bar = threading.Thread(target=_progress_bar, args=(url, batch_id, stop))
+        bar.start()
+        try:
+            result = run_partition(
+                defs, instance, dataset, batch_id, tags=dict(request.tags), run_config=_QUIET
+            )
+        finally:
+            stop.set()
+            bar.join()
+        print(f"run {result.run_id}: {'success' if result.success else 'failure'}", file=sys.stderr)
+    with psycopg.connect(url) as conn:
+        row = BatchJobs(conn).get(batch_id)
+    return status_document(row) if row is not None else None
+
+
+# The demo shows a progress bar; Dagster's own step events would scroll it away.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _progress_bar(url: str, batch_id: str, stop: threading.Event) -> None:
@@ -169,49 +174,124 @@ def _install_instance_config(dagster_home: Path) -> None:
     (dagster_home / "dagster.yaml").write_text(_repo_file("dagster.yaml").read_text())
 
 
+# Signals that stop `batch-assets dev`: Ctrl-C, a supervisor's stop, the terminal closing.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run_dev(args: argparse.Namespace) -> int:
-    with LocalStack.start(args.home) as stack:
-        _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
-        env_file = stack.write_env_file()
-        env = {**os.environ, **stack.env}
-        process = subprocess.Popen(
-            ["dagster", "dev", "-w", str(_repo_file("workspace.yaml")), "-p", str(args.port),
-             "-h", "127.0.0.1"],
-            env=env,
-            start_new_session=True,
-        )
-        bucket = stack.env["BATCH_ASSETS_BUCKET"]
-        print(
-            f"\nDagster UI:   http://127.0.0.1:{args.port}\n"
-            f"S3 endpoint:  {stack.env['AWS_ENDPOINT_URL']} (bucket {bucket})\n"
-            f"Postgres:     {stack.env['BATCH_ASSETS_PG_URL']}\n\n"
-            "Drop a file in from another shell:\n"
-            f"  . {env_file}\n"
-            "  batch-assets upload reviews.csv      "
-            f"(puts it under s3://{bucket}/inbox/reviews/)\n"
-            "The reviews_inbox_sensor turns it into a partition and a run within ~15 s.\n"
-            "Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        try:
-            return process.wait()
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            _stop_group(process)
+    # Our own handlers, not KeyboardInterrupt: polars installs a SIGINT handler with
+    # SA_RESTART, so a blocking process.wait() never sees Ctrl-C, and SIGTERM's default
+    # action would end this process without stopping Dagster or Postgres. The handlers
+    # only set `stop`; the loop below polls it, so it is seen within half a second.
+    stop = threading.Event()
+    received: list[int] = []
+
+    def request_stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    for signum in _STOP_SIGNALS:
+        # An ignored SIGINT or SIGHUP (a background job of a script, nohup) stays ignored.
+        if signum != signal.SIGTERM and signal.getsignal(signum) == signal.SIG_IGN:
+            continue
+        previous[signum] = signal.signal(signum, request_stop)
+    try:
+        with LocalStack.start(args.home) as stack:
+            if stop.is_set():
+                return 0
+            _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
+            env_file = stack.write_env_file()
+            env = {**os.environ, **stack.env}
+            # This interpreter's Dagster, whatever PATH holds; its own process group, so
+            # that _stop_group reaches the webserver, daemon, code servers and runs.
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "dev",
+                    "-w",
+                    str(_repo_file("workspace.yaml")),
+                    "-p",
+                    str(args.port),
+                    "-h",
+                    "127.0.0.1",
+                ],
+                env=env,
+                start_new_session=True,
+            )
+            try:
+                bucket = stack.env["BATCH_ASSETS_BUCKET"]
+                print(
+                    f"\nDagster UI:   http://127.0.0.1:{args.port}\n"
+                    f"S3 endpoint:  {stack.env['AWS_ENDPOINT_URL']} (bucket {bucket})\n"
+                    f"Postgres:     {stack.env['BATCH_ASSETS_PG_URL']}\n\n"
+                    "Drop a file in from another shell:\n"
+                    f"  . {env_file}\n"
+                    "  batch-assets upload reviews.csv      "
+                    f"(puts it under s3://{bucket}/inbox/reviews/)\n"
+                    "The reviews_inbox_sensor turns it into a partition and a run within ~15 s.\n"
+                    "Ctrl-C stops everything.\n",
+                    flush=True,
+                )
+                while not stop.wait(0.5):
+                    code = process.poll()
+                    if code is not None:
+                        print(
+                            f"batch-assets dev: dagster dev exited with code {code}",
+                            file=sys.stderr,
+                        )
+                        return code if code >= 0 else 128 - code
+                print(
+                    f"\nbatch-assets dev: {signal.Signals(received[0]).name}, stopping "
+                    "Dagster, S3 and Postgres...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 0
+            finally:
+                _stop_group(process)
+    finally:
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)
 
 
 def _stop_group(process: subprocess.Popen[Any], deadline: float = 10.0) -> None:
-    """Stops a process group: SIGTERM, then SIGKILL for whatever is left at the deadline."""
+    """Stops a process group: SIGTERM, then SIGKILL for whatever is left at the deadline.
+
+    Waits for the whole group, not just its leader: the webserver, daemon, code servers
+    and run workers of `dagster dev` can outlive it.
+    """
+
+    def group_alive() -> bool:
+        process.poll()  # reaps the leader, which would otherwise stay in the group
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=deadline)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    end = time.monotonic() + deadline
+    while group_alive() and time.monotonic() < end:
+        time.sleep(0.1)
+    if group_alive():
+        print(
+            f"batch-assets dev: Dagster still running after {deadline:.0f} s, killing it",
+            file=sys.stderr,
+            flush=True,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    # Killed members are reaped by their parents or init; give that a moment.
+    end = time.monotonic() + 2.0
+    while group_alive() and time.monotonic() < end:
+        time.sleep(0.05)
 
 
 def print_status(batch_id: str) -> int:
@@ -221,8 +301,10 @@ def print_status(batch_id: str) -> int:
 
     url = os.environ.get("BATCH_ASSETS_PG_URL")
     if not url:
-        print("BATCH_ASSETS_PG_URL is not set; source the env file `batch-assets dev` wrote",
-              file=sys.stderr)
+        print(
+            "BATCH_ASSETS_PG_URL is not set; source the env file `batch-assets dev` wrote",
+            file=sys.stderr,
+        )
         return 2
     with psycopg.connect(url) as conn:
         row = BatchJobs(conn).get(batch_id)
@@ -238,8 +320,10 @@ def upload_file(path: Path, dataset_name: str) -> int:
 
     bucket = os.environ.get("BATCH_ASSETS_BUCKET")
     if not bucket:
-        print("BATCH_ASSETS_BUCKET is not set; source the env file `batch-assets dev` wrote",
-              file=sys.stderr)
+        print(
+            "BATCH_ASSETS_BUCKET is not set; source the env file `batch-assets dev` wrote",
+            file=sys.stderr,
+        )
         return 2
     key = dataset_named(dataset_name).prefix + path.name
     boto3.client("s3").upload_file(str(path), bucket, key)

@@ -1,4 +1,8 @@
-"""Generated reviews CSVs for the demo, the tests and the benchmarks."""
+"""Generated reviews CSVs for the demo, the tests and the benchmarks.
+
+Reviews are two to four sentences (about 200 characters), the length of real product
+reviews, so that scoring costs what it costs on real data.
+"""
 
 from __future__ import annotations
 
@@ -19,32 +23,38 @@ _OPENINGS = [
     "Shipping was slow",
     "The box arrived",
 ]
-_DETAILS = [
-    "the battery lasts for days",
-    "support never answered",
-    "it does what it says",
-    "I would buy it again",
-    "the colour is different from the photos",
-    "arrived on Tuesday",
-    "my kids use it every day",
-    "the manual is confusing",
-    "five stars, no doubt",
-    "returned it the next day",
-    "price is fair",
-    "nothing special, really",
+_SENTENCES = [
+    "The battery lasts for days and charging is quick.",
+    "Support never answered my emails, which was frustrating.",
+    "It does what it says, nothing more and nothing less.",
+    "I would happily buy it again for my parents.",
+    "The colour is different from the photos on the website.",
+    "It arrived on Tuesday in a slightly dented box.",
+    "My kids use it every day and it still looks new.",
+    "The manual is confusing and the setup took an hour.",
+    "Five stars, no doubt about it, best purchase this year.",
+    "I returned it the next day because it felt cheap.",
+    "The price is fair for what you get.",
+    "Nothing special, really, but it works.",
+    "The screen is bright and easy to read outside.",
+    "After a month the handle cracked and fell off.",
 ]
 
 
+def review_text(rng: random.Random) -> str:
+    sentences = rng.sample(_SENTENCES, rng.randint(2, 4))
+    return f"{rng.choice(_OPENINGS)}! " + " ".join(sentences)
+
+
 def reviews_csv(path: str | Path, rows: int, *, seed: int = 7) -> Path:
-    """Writes a reviews CSV (`id,text`) of `rows` records; some texts hold quoted commas."""
+    """Writes a reviews CSV (`id,text`) of `rows` records; texts hold quoted commas."""
     rng = random.Random(seed)
     path = Path(path)
     with path.open("w", encoding="utf-8", newline="") as handle:
         handle.write("id,text\n")
         lines = []
         for i in range(1, rows + 1):
-            text = f"{rng.choice(_OPENINGS)}, {rng.choice(_DETAILS)}!"
-            lines.append(f'r{i},"{text}"\n')
+            lines.append(f'r{i},"{review_text(rng)}"\n')
             if len(lines) == 10_000:
                 handle.writelines(lines)
                 lines.clear()

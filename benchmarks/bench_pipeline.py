@@ -1,0 +1,680 @@
+"""Throughput and memory of one reviews batch, beside the baselines it has to beat.
+
+Starts the embedded stack (pgserver and moto's S3 server) once, in this process. For each
+row count it generates a reviews CSV, drops it in the inbox and, in a fresh child process,
+evaluates the inbox sensor and runs the partition in-process, while this process samples the
+child's process tree with psutil. In the same run, on the same Postgres, it measures:
+
+- VADER alone on all cores (a spawn `Pool` of `os.cpu_count()` processes), the ceiling of
+  scoring;
+- seed 002's way: `csv.DictReader`, a row loop scoring with VADER and SQLAlchemy
+  `bulk_save_objects` per 100 rows with a commit per chunk, in a child process as well;
+- a raw `COPY` of the same rows into a plain table, the ceiling of a load.
+
+    python benchmarks/bench_pipeline.py [--rows 100000 1000000] [--baseline-rows N]
+                                        [--json out.json]
+
+Moto keeps objects in this process's memory, which is why every measured run is a child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+# Heavy imports stay inside functions: spawned worker processes (VADER pool, the pipeline's
+# scoring pool) import this file as their main module.
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DB = "batch_assets_bench"
+POLL_SECONDS = 0.05
+FORK_GRACE = 1.0
+MIB = 1024 * 1024
+VADER_TASK_ROWS = 10_000
+COPY_BLOCK = 1 << 20
+COPY_TABLE = "copy_baseline"
+PIPELINE_CHILD = "_child-pipeline"
+SEED_CHILD = "_child-seed002"
+BATCH_FIELDS = ("status", "total_count", "processed_count", "rejected_count", "failed_count")
+TARGET_VS_VADER = 0.8
+TARGET_MEMORY_GROWTH = 1.2
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring a child process
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """What a child wrote as its result, and what this process saw of its memory."""
+
+    result: dict[str, Any]
+    wall_seconds: float
+    peak_rss: int
+    peak_tree_rss: int
+    max_processes: int
+    samples: int
+    descendants: list[dict[str, Any]]
+
+
+def run_child(
+    kind: str, spec: dict[str, Any], *, env: dict[str, str], workdir: Path, timeout: float
+) -> ChildRun:
+    """Runs `kind` in a child process, sampling the RSS of its process tree every 50 ms.
+
+    `peak_rss` is the child alone; `peak_tree_rss` the largest sum over the child and every
+    process below it (scoring workers, multiprocessing's resource tracker) in one sample;
+    `descendants` the peak RSS of each process seen below the child.
+    """
+    import psutil
+
+    tag = f"{kind.strip('_')}-{uuid.uuid4().hex[:8]}"
+    spec_path = workdir / f"{tag}.spec.json"
+    result_path = workdir / f"{tag}.result.json"
+    log_path = workdir / f"{tag}.log"
+    spec_path.write_text(json.dumps({**spec, "result": str(result_path)}))
+    command = [sys.executable, str(Path(__file__).resolve()), kind, str(spec_path)]
+    peak = peak_tree = max_processes = samples = 0
+    seen: dict[int, dict[str, Any]] = {}
+    forks: dict[int, float] = {}
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        child = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        watched = psutil.Process(child.pid)
+        while child.poll() is None:
+            try:
+                rss = watched.memory_info().rss
+                below = watched.children(recursive=True)
+            except psutil.NoSuchProcess:
+                break
+            tree = rss
+            for process in below:
+                try:
+                    if process.pid not in seen:
+                        # A fork that has not exec'd yet shares its parent's pages; one still
+                        # unchanged after FORK_GRACE seconds is a plain fork, and counted.
+                        first = forks.setdefault(process.pid, time.perf_counter())
+                        if time.perf_counter() - first < FORK_GRACE and _not_yet_exec(process):
+                            continue
+                        seen[process.pid] = {"process": _describe(process), "peak_rss": 0}
+                    process_rss = process.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                    continue
+                tree += process_rss
+                entry = seen[process.pid]
+                entry["peak_rss"] = max(entry["peak_rss"], process_rss)
+            peak, peak_tree = max(peak, rss), max(peak_tree, tree)
+            max_processes = max(max_processes, 1 + len(below))
+            samples += 1
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"{kind} ran longer than {timeout:.0f} s; log: {log_path}")
+            time.sleep(POLL_SECONDS)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            _kill_tree(child)
+    wall = time.perf_counter() - started
+    if child.returncode != 0 or not result_path.is_file():
+        raise RuntimeError(
+            f"{kind} exited with {child.returncode}; the end of its log ({log_path}):\n"
+            + _tail(log_path)
+        )
+    result = json.loads(result_path.read_text())
+    descendants = [
+        {"pid": pid, "process": entry["process"], "peak_rss_mib": entry["peak_rss"] / MIB}
+        for pid, entry in seen.items()
+    ]
+    return ChildRun(result, wall, peak, peak_tree, max_processes, samples, descendants)
+
+
+def _not_yet_exec(process: Any) -> bool:
+    """Whether `process` looks like a fork that has not exec'd yet (spawn and subprocess
+    fork, or vfork, then exec): until the exec its RSS counts its parent's pages."""
+    parent = process.parent()
+    return parent is not None and bool(process.cmdline() == parent.cmdline())
+
+
+def _describe(process: Any) -> str:
+    """A short name for a process below a child: a spawn worker, the resource tracker..."""
+    command = " ".join(process.cmdline())
+    if "resource_tracker" in command:
+        return "multiprocessing resource tracker"
+    if "spawn_main" in command:
+        return "spawn worker"
+    return command[:120] or process.name()
+
+
+def _kill_tree(child: subprocess.Popen[bytes]) -> None:
+    """Kills a child this benchmark started and every process below it."""
+    import psutil
+
+    try:
+        below = psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    for process in below:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    child.kill()
+    child.wait()
+    psutil.wait_procs(below, timeout=5)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _usage() -> dict[str, float]:
+    """ru_maxrss of this process in MiB (Linux gives KiB).
+
+    RUSAGE_CHILDREN is left out on purpose: a spawned worker's ru_maxrss keeps the RSS it
+    had as a fork of this process before its exec, so it says nothing of the worker.
+    """
+    return {"ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+# ---------------------------------------------------------------------------------------
+# Children: the pipeline and seed 002
+# ---------------------------------------------------------------------------------------
+
+
+def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
+    """Evaluates the reviews inbox sensor and runs the new partition in this process."""
+    import psycopg
+    from dagster import DagsterInstance
+
+    from batch_assets.datasets import REVIEWS
+    from batch_assets.definitions import build_definitions
+    from batch_assets.runner import evaluate_inbox_sensor, run_partition
+    from batch_assets.tracking import BatchJobs
+
+    bucket = os.environ["BATCH_ASSETS_BUCKET"]
+    source = f"s3://{bucket}/{spec['key']}"
+    settings = {"bucket": bucket, "chunk_size": spec["chunk_size"], "workers": spec["workers"]}
+    run_config = {"resources": {"settings": {"config": settings}}}
+    defs = build_definitions()
+    with DagsterInstance.get() as instance:
+        started = time.perf_counter()
+        tick = evaluate_inbox_sensor(defs, instance, REVIEWS, spec["cursor"])
+        sensor_seconds = time.perf_counter() - started
+        requests = [r for r in tick.run_requests if r.tags.get("batch_assets/source") == source]
+        if len(requests) != 1:
+            raise RuntimeError(f"expected one run request for {source}, got {tick}")
+        request = requests[0]
+        batch_id = str(request.partition_key)
+        started = time.perf_counter()
+        result = run_partition(
+            defs, instance, REVIEWS, batch_id, run_config=run_config, tags=dict(request.tags)
+        )
+        run_seconds = time.perf_counter() - started
+        steps = {
+            stat.step_key: round(stat.end_time - stat.start_time, 3)
+            for stat in instance.get_run_step_stats(result.run_id)
+            if stat.start_time is not None and stat.end_time is not None
+        }
+        errors = [_event_error(event) for event in result.all_events if event.is_failure]
+    with psycopg.connect(os.environ["BATCH_ASSETS_PG_URL"]) as conn:
+        row = BatchJobs(conn).get(batch_id)
+    batch = {key: row[key] for key in BATCH_FIELDS} if row else None
+    return {
+        "batch_id": batch_id,
+        "cursor": tick.cursor,
+        "success": result.success,
+        "errors": errors[:5],
+        "sensor_seconds": sensor_seconds,
+        "run_seconds": run_seconds,
+        "steps_seconds": steps,
+        "batch": batch,
+        **_usage(),
+    }
+
+
+def _event_error(event: Any) -> str:
+    error = getattr(event.event_specific_data, "error", None)
+    detail = f": {error.message.strip()}" if error is not None else ""
+    return f"{event.step_key or 'run'}: {event.message}{detail}"
+
+
+def child_seed002(spec: dict[str, Any]) -> dict[str, Any]:
+    """Seed 002's way (benchmarks/seed002.py) on the first `rows` records of the CSV."""
+    from seed002 import run  # a sibling file: this script's folder is on sys.path
+
+    return {**run(spec["url"], spec["csv"], spec["rows"]), **_usage()}
+
+
+CHILDREN = {PIPELINE_CHILD: child_pipeline, SEED_CHILD: child_seed002}
+
+
+def child_main(kind: str, spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    result = CHILDREN[kind](spec)
+    Path(spec["result"]).write_text(json.dumps(result, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Baselines in this process: VADER on all cores, raw COPY
+# ---------------------------------------------------------------------------------------
+
+_ANALYZER: Any = None
+
+
+def _vader_init() -> None:
+    global _ANALYZER
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    _ANALYZER = SentimentIntensityAnalyzer()
+
+
+def _vader_scores(texts: list[str]) -> list[float]:
+    return [float(_ANALYZER.polarity_scores(text)["compound"]) for text in texts]
+
+
+def _worker_ready(_: int) -> int:
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def read_texts(path: Path, rows: int) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        return [record[1] for record in islice(reader, rows)]
+
+
+def vader_all_cores(path: Path, rows: int) -> dict[str, Any]:
+    """VADER's `polarity_scores` over the texts in a spawn pool of one process per core.
+
+    The texts are read first and the pool started and warmed up first; neither is timed.
+    """
+    texts = read_texts(path, rows)
+    tasks = [texts[i : i + VADER_TASK_ROWS] for i in range(0, len(texts), VADER_TASK_ROWS)]
+    processes = os.cpu_count() or 1
+    context = multiprocessing.get_context("spawn")
+    started = time.perf_counter()
+    with context.Pool(processes, initializer=_vader_init) as pool:
+        for _ in range(10):  # until every worker has answered once
+            if len(set(pool.map(_worker_ready, range(2 * processes), chunksize=1))) == processes:
+                break
+        pool_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        scored = sum(len(s) for s in pool.imap(_vader_scores, tasks, chunksize=1))
+        seconds = time.perf_counter() - started
+    if scored != rows:
+        raise RuntimeError(f"VADER scored {scored} texts of {rows}")
+    return {
+        "processes": processes,
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "pool_start_seconds": pool_seconds,
+    }
+
+
+def raw_copy(url: str, path: Path, rows: int) -> dict[str, Any]:
+    """COPY of the CSV's (id, text) rows into a plain table, committed: the load ceiling."""
+    import psycopg
+
+    with psycopg.connect(url, dbname=BENCH_DB) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
+        conn.execute(f"CREATE TABLE {COPY_TABLE} (id text, text text)")
+        conn.commit()
+        started = time.perf_counter()
+        statement = f"COPY {COPY_TABLE} (id, text) FROM STDIN WITH (FORMAT csv, HEADER true)"
+        with conn.cursor() as cur, cur.copy(statement) as copy, path.open("rb") as handle:
+            while block := handle.read(COPY_BLOCK):
+                copy.write(block)
+        conn.commit()
+        seconds = time.perf_counter() - started
+        stored = conn.execute(f"SELECT count(*) FROM {COPY_TABLE}").fetchone()
+        conn.execute(f"DROP TABLE {COPY_TABLE}")
+    if not stored or stored[0] != rows:
+        raise RuntimeError(f"COPY stored {stored} rows of {rows}")
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------
+
+
+def _sqlalchemy_url(pg_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url).set(drivername="postgresql+psycopg", database=BENCH_DB)
+    return url.render_as_string(hide_password=False)
+
+
+def _prepare(stack_env: dict[str, str]) -> None:
+    """The instance config in DAGSTER_HOME (as `batch-assets demo` does) and the bench DB."""
+    import psycopg
+
+    home = Path(stack_env["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    with psycopg.connect(stack_env["BATCH_ASSETS_PG_URL"], autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,))
+        if found.fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def bench_rows(
+    rows: int,
+    *,
+    stack: Any,
+    env: dict[str, str],
+    workdir: Path,
+    args: argparse.Namespace,
+    cursor: str | None,
+) -> tuple[dict[str, Any], str | None]:
+    from batch_assets.generate import reviews_csv
+
+    path = reviews_csv(workdir / f"reviews-{rows}.csv", rows)
+    bucket = env["BATCH_ASSETS_BUCKET"]
+    key = f"inbox/reviews/bench-{rows}-{uuid.uuid4().hex[:8]}.csv"
+    stack.s3().upload_file(str(path), bucket, key)
+    _log(f"[{rows:,}] uploaded {path.stat().st_size / MIB:.1f} MiB to s3://{bucket}/{key}")
+
+    _log(f"[{rows:,}] pipeline: sensor + run_partition in a child process")
+    spec = {
+        "key": key,
+        "cursor": cursor,
+        "chunk_size": args.chunk_size,
+        "workers": args.workers,
+    }
+    run = run_child(PIPELINE_CHILD, spec, env=env, workdir=workdir, timeout=args.timeout)
+    result = run.result
+    batch = result["batch"] or {}
+    if not result["success"] or batch.get("status") != "completed":
+        raise RuntimeError(f"the pipeline run failed: {result}")
+    if batch.get("processed_count") != rows:
+        raise RuntimeError(f"batch_jobs has processed_count {batch.get('processed_count')}")
+    pipeline = {
+        "rows": rows,
+        "seconds": result["run_seconds"],
+        "rows_per_s": rows / result["run_seconds"],
+        "sensor_seconds": result["sensor_seconds"],
+        "steps_seconds": result["steps_seconds"],
+        "child_wall_seconds": run.wall_seconds,
+        "peak_rss_child_mib": run.peak_rss / MIB,
+        "peak_rss_tree_mib": run.peak_tree_rss / MIB,
+        "ru_maxrss_child_mib": result["ru_maxrss_mib"],
+        "max_processes": run.max_processes,
+        "rss_samples": run.samples,
+        "descendants": run.descendants,
+        "peak_rss_worker_max_mib": max(
+            (d["peak_rss_mib"] for d in run.descendants if d["process"] == "spawn worker"),
+            default=0.0,
+        ),
+        "batch_id": result["batch_id"],
+        "batch": batch,
+    }
+    _log(f"[{rows:,}] pipeline: {pipeline['rows_per_s']:,.0f} rows/s")
+
+    _log(f"[{rows:,}] VADER alone on all cores")
+    vader = vader_all_cores(path, rows)
+    _log(f"[{rows:,}] VADER: {vader['rows_per_s']:,.0f} rows/s")
+
+    seed_rows = min(rows, args.baseline_rows) if args.baseline_rows else rows
+    _log(f"[{rows:,}] seed 002 on {seed_rows:,} rows in a child process")
+    seed_spec = {
+        "csv": str(path),
+        "rows": seed_rows,
+        "url": _sqlalchemy_url(env["BATCH_ASSETS_PG_URL"]),
+    }
+    seed_run = run_child(SEED_CHILD, seed_spec, env=env, workdir=workdir, timeout=args.timeout)
+    seed_result = seed_run.result
+    if seed_result["stored"] != seed_rows or seed_result["processed_count"] != seed_rows:
+        raise RuntimeError(f"seed 002 stored {seed_result} for {seed_rows} rows")
+    seed = {
+        "rows": seed_rows,
+        "seconds": seed_result["seconds"],
+        "rows_per_s": seed_rows / seed_result["seconds"],
+        "peak_rss_mib": seed_run.peak_rss / MIB,
+        "ru_maxrss_mib": seed_result["ru_maxrss_mib"],
+    }
+    _log(f"[{rows:,}] seed 002: {seed['rows_per_s']:,.0f} rows/s")
+
+    _log(f"[{rows:,}] raw COPY")
+    copy = raw_copy(env["BATCH_ASSETS_PG_URL"], path, rows)
+    _log(f"[{rows:,}] COPY: {copy['rows_per_s']:,.0f} rows/s")
+
+    path.unlink()
+    figures = {
+        "rows": rows,
+        "pipeline": pipeline,
+        "vader_all_cores": vader,
+        "seed002": seed,
+        "copy": copy,
+        "ratios": {
+            "pipeline_vs_vader": pipeline["rows_per_s"] / vader["rows_per_s"],
+            "pipeline_vs_seed002": pipeline["rows_per_s"] / seed["rows_per_s"],
+            "pipeline_vs_copy": pipeline["rows_per_s"] / copy["rows_per_s"],
+        },
+    }
+    return figures, result["cursor"]
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Memory growth from the smallest to the largest row count, and the targets."""
+    summary: dict[str, Any] = {
+        "pipeline_vs_vader_min": min(r["ratios"]["pipeline_vs_vader"] for r in runs),
+        "target_pipeline_vs_vader": TARGET_VS_VADER,
+    }
+    summary["pipeline_vs_vader_met"] = summary["pipeline_vs_vader_min"] >= TARGET_VS_VADER
+    small = min(runs, key=lambda r: r["rows"])
+    large = max(runs, key=lambda r: r["rows"])
+    if large["rows"] > small["rows"]:
+        growth = {
+            "from_rows": small["rows"],
+            "to_rows": large["rows"],
+            "tree": large["pipeline"]["peak_rss_tree_mib"] / small["pipeline"]["peak_rss_tree_mib"],
+            "child": large["pipeline"]["peak_rss_child_mib"]
+            / small["pipeline"]["peak_rss_child_mib"],
+            "ru_maxrss_child": large["pipeline"]["ru_maxrss_child_mib"]
+            / small["pipeline"]["ru_maxrss_child_mib"],
+            "target": TARGET_MEMORY_GROWTH,
+        }
+        growth["met"] = growth["tree"] <= TARGET_MEMORY_GROWTH
+        summary["memory_growth"] = growth
+    return summary
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    throughput = _table(
+        ["rows", "pipeline r/s", "VADER all-cores r/s", "seed-002 r/s (rows)", "COPY r/s"],
+        [
+            [
+                f"{r['rows']:,}",
+                f"{r['pipeline']['rows_per_s']:,.0f}",
+                f"{r['vader_all_cores']['rows_per_s']:,.0f}",
+                f"{r['seed002']['rows_per_s']:,.0f} ({r['seed002']['rows']:,})",
+                f"{r['copy']['rows_per_s']:,.0f}",
+            ]
+            for r in runs
+        ],
+    )
+    steps = _table(
+        ["rows", "run s", "sensor s", "raw s", "processed s", "postgres s"],
+        [
+            [
+                f"{r['rows']:,}",
+                f"{r['pipeline']['seconds']:.2f}",
+                f"{r['pipeline']['sensor_seconds']:.2f}",
+                *(
+                    f"{r['pipeline']['steps_seconds'].get(f'reviews__{step}', float('nan')):.2f}"
+                    for step in ("raw", "processed", "postgres")
+                ),
+            ]
+            for r in runs
+        ],
+    )
+    memory = _table(
+        [
+            "rows",
+            "peak RSS child MiB",
+            "peak RSS tree MiB",
+            "ru_maxrss child MiB",
+            "peak worker MiB",
+            "procs",
+            "seed-002 peak MiB",
+        ],
+        [
+            [
+                f"{r['rows']:,}",
+                f"{r['pipeline']['peak_rss_child_mib']:.0f}",
+                f"{r['pipeline']['peak_rss_tree_mib']:.0f}",
+                f"{r['pipeline']['ru_maxrss_child_mib']:.0f}",
+                f"{r['pipeline']['peak_rss_worker_max_mib']:.0f}",
+                str(r["pipeline"]["max_processes"]),
+                f"{r['seed002']['peak_rss_mib']:.0f}",
+            ]
+            for r in runs
+        ],
+    )
+    lines = [throughput, "", steps, "", memory, ""]
+    for r in runs:
+        ratios = r["ratios"]
+        verdict = "ok" if ratios["pipeline_vs_vader"] >= TARGET_VS_VADER else "BELOW TARGET"
+        lines.append(
+            f"{r['rows']:>11,} rows: pipeline / VADER all cores = "
+            f"{ratios['pipeline_vs_vader']:.2f} (target >= {TARGET_VS_VADER}: {verdict}); "
+            f"pipeline / seed 002 = {ratios['pipeline_vs_seed002']:.1f}x; "
+            f"pipeline / COPY = {ratios['pipeline_vs_copy']:.3f}"
+        )
+    growth = summary.get("memory_growth")
+    if growth:
+        verdict = "ok" if growth["met"] else "ABOVE TARGET"
+        lines.append(
+            f"peak memory at {growth['to_rows']:,} / at {growth['from_rows']:,} rows: "
+            f"tree {growth['tree']:.2f} (target <= {TARGET_MEMORY_GROWTH}: {verdict}), "
+            f"child {growth['child']:.2f}, ru_maxrss child {growth['ru_maxrss_child']:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    packages = ["dagster", "polars", "vaderSentiment", "SQLAlchemy", "psycopg", "moto"]
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "versions": {name: version(name) for name in packages},
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="row counts to run"
+    )
+    parser.add_argument(
+        "--baseline-rows",
+        type=int,
+        default=0,
+        help="cap the seed-002 baseline at this many rows (default: the same N)",
+    )
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="scoring processes (default 0: every core)"
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=0, help="rows per chunk (default 0: the dataset's)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds a child may run (default 3600)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="where the stack and CSVs live (default: a temp folder)"
+    )
+    args = parser.parse_args(argv)
+    if any(n <= 0 for n in args.rows) or args.baseline_rows < 0:
+        parser.error("row counts must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the stack and any child are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    from batch_assets.local_stack import LocalStack
+
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    env_info = environment()
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-", dir=args.workdir) as tmp:
+        workdir = Path(tmp)
+        _log(f"starting the embedded stack under {workdir}")
+        with LocalStack.start(workdir / "stack") as stack:
+            env = {**os.environ, **stack.env}
+            _prepare(stack.env)
+            cursor: str | None = None
+            for rows in args.rows:
+                figures, cursor = bench_rows(
+                    rows, stack=stack, env=env, workdir=workdir, args=args, cursor=cursor
+                )
+                runs.append(figures)
+        _log("stack stopped")
+    summary = summarize(runs)
+    print(report(runs, summary))
+    if args.json:
+        document = {
+            "started_at": started_at,
+            "environment": env_info,
+            "settings": {
+                "workers": args.workers,
+                "chunk_size": args.chunk_size,
+                "baseline_rows": args.baseline_rows,
+            },
+            "runs": runs,
+            "summary": summary,
+        }
+        args.json.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        _log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] in CHILDREN:
+        sys.exit(child_main(sys.argv[1], sys.argv[2]))
+    sys.exit(main())
