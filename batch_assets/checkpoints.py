@@ -44,8 +44,8 @@ class Frontier:
         status: `complete` once the producer is exhausted.
         computed: chunks computed by each attempt, in order (a resumed attempt starts after
             the chunks before it).
-        source: what the output was computed from (an S3 URI and ETag), to refuse a resume
-            over a changed source.
+        origin: what the output was computed from (an S3 URI and ETag, an upstream
+            checkpoint), to refuse a resume over a changed origin.
     """
 
     chunks: int = 0
@@ -54,7 +54,7 @@ class Frontier:
     state: dict[str, Any] = field(default_factory=dict)
     status: FrontierState = "in_progress"
     computed: list[int] = field(default_factory=list)
-    source: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, Any] = field(default_factory=dict)
 
     def resume(self) -> Resume:
         return Resume(next_index=self.chunks, state=self.state)
@@ -240,10 +240,10 @@ def store_chunks(
         The final frontier and the index of the first chunk this call computed.
     """
     frontier = store.frontier(asset, partition, lineage)
-    if frontier is not None and frontier.source != chunks.origin:
+    if frontier is not None and frontier.origin != chunks.origin:
         frontier = None
     if frontier is None:
-        frontier = Frontier(source=dict(chunks.origin))
+        frontier = Frontier(origin=dict(chunks.origin))
     if frontier.status == "complete":
         return frontier, frontier.chunks
     first = frontier.chunks

@@ -50,7 +50,8 @@ class LocalStack:
         home.mkdir(parents=True, exist_ok=True)
         pg = pgserver.get_server(home / "pg", cleanup_mode="stop")
         socket_dir = str(home / "pg")
-        admin_url = f"postgresql://postgres:@/postgres?host={quote(socket_dir)}"
+        host = quote(socket_dir)
+        admin_url = f"postgresql://postgres:@/postgres?host={host}"
         with psycopg.connect(admin_url, autocommit=True) as conn:
             existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
             for name in (RESULTS_DB, DAGSTER_DB):
@@ -59,16 +60,16 @@ class LocalStack:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         moto.start()
-        host, port = moto.get_host_and_port()
+        moto_host, moto_port = moto.get_host_and_port()
         env = {
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ENDPOINT_URL": f"http://{moto_host}:{moto_port}",
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_REGION": REGION,
             "AWS_DEFAULT_REGION": REGION,
-            "BATCH_ASSETS_PG_URL": f"postgresql://postgres:@/{RESULTS_DB}?host={socket_dir}",
+            "BATCH_ASSETS_PG_URL": f"postgresql://postgres:@/{RESULTS_DB}?host={host}",
             "BATCH_ASSETS_DAGSTER_PG_URL": (
-                f"postgresql+psycopg2://postgres:@/{DAGSTER_DB}?host={socket_dir}"
+                f"postgresql+psycopg2://postgres:@/{DAGSTER_DB}?host={host}"
             ),
             "BATCH_ASSETS_BUCKET": bucket,
             "BATCH_ASSETS_CHECKPOINT_BASE": str(home / "checkpoints"),
