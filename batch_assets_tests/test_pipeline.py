@@ -147,3 +147,24 @@ def test_paging_one_batch_is_an_index_range_scan(inbox: Inbox, pg_url: str) -> N
         ).fetchall()
     text = "\n".join(r[0] for r in plan)
     assert "Index Scan using reviews_results_pkey" in text, text
+
+
+def test_checkpoints_can_live_in_s3(
+    inbox: Inbox, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_ASSETS_CHECKPOINT_BASE", f"s3://{inbox.bucket}/checkpoints")
+    data = "id,text\n" + "".join(f"{i},fine text {i}\n" for i in range(120))
+    batch_id, run = inbox.drop_and_run("s3-checkpoints.csv", data.encode(), chunk_size=50)
+    assert run.success
+    listed = inbox.s3.list_objects_v2(
+        Bucket=inbox.bucket, Prefix=f"checkpoints/reviews/processed/{batch_id}/"
+    )
+    names = sorted(item["Key"].rsplit("/", 1)[-1] for item in listed["Contents"])
+    assert names == [
+        "chunk-000000.parquet",
+        "chunk-000001.parquet",
+        "chunk-000002.parquet",
+        "frontier.json",
+        "latest.json",
+    ]
+    assert len(results(pg_url, batch_id)) == 120
