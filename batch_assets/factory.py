@@ -87,6 +87,8 @@ def build_dataset(dataset: Dataset) -> Definitions:
         settings: BatchSettings,
     ) -> Chunks:
         batch_id = context.partition_key
+        fail = _failer(postgres, batch_id)
+        client = s3.get_client()
         with postgres.connect() as conn:
             jobs = BatchJobs(conn)
             jobs.ensure()
@@ -96,9 +98,13 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     f"batch {batch_id} has no registered source; drop its file under "
                     f"s3://{settings.bucket}/{dataset.prefix} for the sensor to register it"
                 )
-            client = s3.get_client()
+        try:
             source = head(client, sources[0].uri)
-            jobs.start(batch_id, run_id=context.run.run_id, source=source)
+        except BatchError as exc:
+            fail(exc)
+            raise
+        with postgres.connect() as conn:
+            BatchJobs(conn).start(batch_id, run_id=context.run.run_id, source=source)
         context.log.info(f"reading {source.uri} (ETag {source.etag}, {source.size:,} bytes)")
 
         def progress(chunk: Chunk, frontier: Frontier) -> None:
@@ -108,7 +114,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         chunks = batches.read_source(
             client, source, dataset, chunk_size=settings.chunk_size or dataset.chunk_size
         ).on_durable(progress)
-        return batches.on_error(chunks, _failer(postgres, batch_id))
+        return batches.on_error(chunks, fail)
 
     @asset(
         key=[name, "processed"],

@@ -168,3 +168,14 @@ def test_checkpoints_can_live_in_s3(
         "latest.json",
     ]
     assert len(results(pg_url, batch_id)) == 120
+
+
+def test_an_object_deleted_before_its_run_fails_the_batch(inbox: Inbox, pg_url: str) -> None:
+    key = inbox.drop("deleted.csv", b"id,text\n1,good\n")
+    (request,) = inbox.tick().run_requests
+    inbox.s3.delete_object(Bucket=inbox.bucket, Key=key)
+    batch_id = str(request.partition_key)
+    assert not inbox.run(batch_id).success
+    row = batch_row(pg_url, batch_id)
+    assert row["status"] == "failed"
+    assert row["error"].startswith(f"s3://{inbox.bucket}/{key}: cannot be read (404)")
