@@ -8,7 +8,6 @@ from typing import Any
 from batch_assets.checkpoints import Frontier
 from batch_assets.chunks import Chunk, Chunks, Resume
 from batch_assets.datasets import Dataset
-from batch_assets.errors import BatchError
 from batch_assets.readers import CsvLayout, iter_csv_chunks
 from batch_assets.s3_objects import opener
 from batch_assets.tracking import BatchCounts, Source
@@ -35,15 +34,15 @@ def read_source(client: Any, source: Source, dataset: Dataset, *, chunk_size: in
     return Chunks(produce, origin={"uri": source.uri, "etag": source.etag})
 
 
-def on_error(chunks: Chunks, handler: Callable[[BatchError], None]) -> Chunks:
-    """The same chunks; a `BatchError` raised while producing them is first given to
-    `handler` (to record the batch as failed), then raised on."""
+def on_error(chunks: Chunks, handler: Callable[[Exception], None]) -> Chunks:
+    """The same chunks; an error raised while producing them is first given to `handler`
+    (to record the batch as failed), then raised on."""
     inner = chunks.iter
 
     def produce(resume: Resume) -> Iterator[Chunk]:
         try:
             yield from inner(resume)
-        except BatchError as exc:
+        except Exception as exc:
             handler(exc)
             raise
 

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     status = commands.add_parser("status", help="print a batch's status as JSON")
     status.add_argument("batch_id")
+    status.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
 
     upload = commands.add_parser("upload", help="put a file into a dataset's S3 inbox")
     upload.add_argument("file", type=Path)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev":
         return run_dev(args)
     if args.command == "status":
-        return print_status(args.batch_id)
+        return print_status(args.batch_id, args.dataset)
     if args.command == "upload":
         return upload_file(args.file, args.dataset)
     return 2
@@ -115,7 +116,7 @@ def _demo_batch(stack: LocalStack, home: Path, args: argparse.Namespace) -> dict
         batch_id = str(request.partition_key)
         print(f"sensor: partition {batch_id}, run key {request.run_key}", file=sys.stderr)
         stop = threading.Event()
-        bar = threading.Thread(target=_progress_bar, args=(url, batch_id, stop))
+        bar = threading.Thread(target=_progress_bar, args=(url, dataset.name, batch_id, stop))
         bar.start()
         try:
             result = run_partition(
@@ -126,7 +127,7 @@ def _demo_batch(stack: LocalStack, home: Path, args: argparse.Namespace) -> dict
             bar.join()
         print(f"run {result.run_id}: {'success' if result.success else 'failure'}", file=sys.stderr)
     with psycopg.connect(url) as conn:
-        row = BatchJobs(conn).get(batch_id)
+        row = BatchJobs(conn, dataset.name).get(batch_id)
     return status_document(row) if row is not None else None
 
 
@@ -134,31 +135,33 @@ def _demo_batch(stack: LocalStack, home: Path, args: argparse.Namespace) -> dict
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def _progress_bar(url: str, batch_id: str, stop: threading.Event) -> None:
+def _progress_bar(url: str, dataset: str, batch_id: str, stop: threading.Event) -> None:
     import psycopg
 
     from batch_assets.tracking import BatchJobs
 
     last = ""
-    while not stop.wait(0.5):
+    while True:
+        stopping = stop.wait(0.5)  # after the run, one last look at the final state
         try:
             with psycopg.connect(url) as conn:
-                row = BatchJobs(conn).get(batch_id)
+                row = BatchJobs(conn, dataset).get(batch_id)
         except psycopg.Error:
-            continue
-        if row is None:
-            continue
-        done = int(row["progress_percent"] // 2.5)
-        line = (
-            f"\r[{'#' * done}{'.' * (40 - done)}] {row['progress_percent']:5.1f}% "
-            f"{row['status']}: {row['processed_count']:,} processed, "
-            f"{row['rejected_count']:,} rejected, {row['failed_count']:,} failed "
-            f"of {row['total_count']:,}"
-        )
-        if line != last:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            last = line
+            row = None
+        if row is not None:
+            done = int(row["progress_percent"] // 2.5)
+            line = (
+                f"\r[{'#' * done}{'.' * (40 - done)}] {row['progress_percent']:5.1f}% "
+                f"{row['status']}: {row['processed_count']:,} processed, "
+                f"{row['rejected_count']:,} rejected, {row['failed_count']:,} failed "
+                f"of {row['total_count']:,}"
+            )
+            if line != last:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+                last = line
+        if stopping:
+            break
     sys.stderr.write("\n")
 
 
@@ -294,7 +297,7 @@ def _stop_group(process: subprocess.Popen[Any], deadline: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def print_status(batch_id: str) -> int:
+def print_status(batch_id: str, dataset: str) -> int:
     import psycopg
 
     from batch_assets.tracking import BatchJobs, status_document
@@ -307,9 +310,9 @@ def print_status(batch_id: str) -> int:
         )
         return 2
     with psycopg.connect(url) as conn:
-        row = BatchJobs(conn).get(batch_id)
+        row = BatchJobs(conn, dataset).get(batch_id)
     if row is None:
-        print(f"no batch {batch_id}", file=sys.stderr)
+        print(f"no {dataset} batch {batch_id}", file=sys.stderr)
         return 1
     print(json.dumps(status_document(row), indent=2, default=str))
     return 0

@@ -40,6 +40,14 @@ class Dataset:
     inbox: str = ""
 
     @property
+    def job_name(self) -> str:
+        return f"{self.name}_job"
+
+    @property
+    def sensor_name(self) -> str:
+        return f"{self.name}_inbox_sensor"
+
+    @property
     def prefix(self) -> str:
         return self.inbox or f"inbox/{self.name}/"
 
@@ -58,6 +66,11 @@ REVIEWS = Dataset(
 )
 
 DATASETS: tuple[Dataset, ...] = (REVIEWS,)
+
+
+def dataset_of_job(job_name: str) -> Dataset | None:
+    """The dataset whose job is `job_name`, if any."""
+    return next((d for d in DATASETS if d.job_name == job_name), None)
 
 
 def dataset_named(name: str) -> Dataset:

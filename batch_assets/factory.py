@@ -4,6 +4,9 @@ Asset bodies stay a few lines; what they do lives in plain modules (`batches`, `
 `validation`, `processors`, `sinks`, `tracking`).
 """
 
+import contextlib
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from dagster import (
@@ -86,11 +89,11 @@ def build_dataset(dataset: Dataset) -> Definitions:
         postgres: PostgresResource,
         settings: BatchSettings,
     ) -> Chunks:
-        batch_id = context.partition_key
-        fail = _failer(postgres, batch_id)
+        batch_id, lineage = context.partition_key, _lineage(context)
+        fail = _failer(postgres, name, batch_id, lineage)
         client = s3.get_client()
         with postgres.connect() as conn:
-            jobs = BatchJobs(conn)
+            jobs = BatchJobs(conn, name)
             jobs.ensure()
             sources = jobs.sources(batch_id)
             if not sources:
@@ -101,15 +104,20 @@ def build_dataset(dataset: Dataset) -> Definitions:
         try:
             source = head(client, sources[0].uri)
         except BatchError as exc:
-            fail(exc)
+            # the lineage has not taken the batch yet: fail it as the run of this version
+            _failer(postgres, name, batch_id, lineage, etag=sources[0].etag)(exc)
             raise
         with postgres.connect() as conn:
-            BatchJobs(conn).start(batch_id, run_id=context.run.run_id, source=source)
+            BatchJobs(conn, name).start(
+                batch_id, lineage=lineage, run_id=context.run.run_id, source=source
+            )
         context.log.info(f"reading {source.uri} (ETag {source.etag}, {source.size:,} bytes)")
 
         def progress(chunk: Chunk, frontier: Frontier) -> None:
             with postgres.connect() as conn:
-                BatchJobs(conn).progress(batch_id, batches.counts_while_reading(frontier))
+                BatchJobs(conn, name).progress(
+                    batch_id, batches.counts_while_reading(frontier), lineage=lineage
+                )
 
         chunks = batches.read_source(
             client, source, dataset, chunk_size=settings.chunk_size or dataset.chunk_size
@@ -133,23 +141,24 @@ def build_dataset(dataset: Dataset) -> Definitions:
         postgres: PostgresResource,
         settings: BatchSettings,
     ) -> Chunks:
-        batch_id = context.partition_key
+        batch_id, lineage = context.partition_key, _lineage(context)
         raw_rows, raw_counts = raw.rows or 0, raw.counts
         workers = settings.worker_count() if dataset.processor.parallel else 1
 
         def progress(chunk: Chunk, frontier: Frontier) -> None:
             counts = batches.counts_while_processing(raw_rows, raw_counts, frontier)
             with postgres.connect() as conn:
-                BatchJobs(conn).progress(batch_id, counts)
+                BatchJobs(conn, name).progress(batch_id, counts, lineage=lineage)
 
         with postgres.connect() as conn:
-            BatchJobs(conn).resume(batch_id, run_id=context.run.run_id)
+            BatchJobs(conn, name).resume(batch_id, lineage=lineage, run_id=context.run.run_id)
         context.log.info(f"processing {raw_rows:,} rows with {workers} worker(s)")
-        return raw.map(dataset.processor.fn, workers=workers).on_durable(progress)
+        chunks = raw.map(dataset.processor.fn, workers=workers).on_durable(progress)
+        return batches.on_error(chunks, _failer(postgres, name, batch_id, lineage))
 
     @asset(
         key=[name, "postgres"],
-        ins={"processed": AssetIn(key=processed.key)},
+        ins={"raw": AssetIn(key=raw.key), "processed": AssetIn(key=processed.key)},
         partitions_def=partitions,
         group_name=name,
         retry_policy=STEP_RETRY,
@@ -159,10 +168,14 @@ def build_dataset(dataset: Dataset) -> Definitions:
         "in one transaction; batch_jobs marked completed in the same one.",
     )
     def postgres_table(
-        context: AssetExecutionContext, processed: Chunks, postgres: PostgresResource
+        context: AssetExecutionContext, raw: Chunks, processed: Chunks, postgres: PostgresResource
     ) -> MaterializeResult:
-        batch_id = context.partition_key
+        batch_id, lineage = context.partition_key, _lineage(context)
+        read = raw.rows or 0
         with postgres.connect() as conn:
+            jobs = BatchJobs(conn, name)
+            jobs.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
+        with _failing_batch(postgres, name, batch_id, lineage), postgres.connect() as conn:
             tables.ensure(conn)
             stats = replace_batch(conn, tables, batch_id, processed)
             summary = (
@@ -177,12 +190,17 @@ def build_dataset(dataset: Dataset) -> Definitions:
                 else {}
             )
             stored = stored_counts(conn, tables, batch_id)
-            counts = BatchCounts(processed.rows or 0, *stored)
-            BatchJobs(conn).complete(batch_id, counts, summary)
+            accounted = sum(stored)
+            if read != accounted:
+                raise BatchError(
+                    f"row accounting failed for batch {batch_id}: {read:,} rows read, "
+                    f"{accounted:,} stored (processed, rejected, failed: {stored}); "
+                    "nothing was committed"
+                )
+            counts = BatchCounts(read, *stored)
+            BatchJobs(conn, name).complete(batch_id, counts, summary, lineage=lineage)
             duplicates = duplicate_ids(conn, tables, batch_id)
             preview = preview_markdown(conn, tables, batch_id)
-        read = processed.rows or 0
-        accounted = sum(stored)
         return MaterializeResult(
             metadata={
                 "dagster/row_count": stats.processed,
@@ -218,13 +236,13 @@ def build_dataset(dataset: Dataset) -> Definitions:
         )
 
     job = define_asset_job(
-        f"{name}_job",
+        dataset.job_name,
         selection=AssetSelection.assets(raw, processed, postgres_table),
         description=f"Reads, validates, processes and loads one {name} batch.",
     )
 
     @sensor(
-        name=f"{name}_inbox_sensor",
+        name=dataset.sensor_name,
         job=job,
         minimum_interval_seconds=15,
         default_status=DefaultSensorStatus.RUNNING,
@@ -236,7 +254,9 @@ def build_dataset(dataset: Dataset) -> Definitions:
         postgres: PostgresResource,
         settings: BatchSettings,
     ) -> SensorResult | SkipReason:
-        cursor = InboxCursor.parse(context.cursor)
+        cursor = InboxCursor.parse(
+            context.cursor, lookback=timedelta(minutes=settings.inbox_lookback_minutes)
+        )
         taken, after, backlog = new_objects(
             s3.get_client(),
             settings.bucket,
@@ -248,10 +268,12 @@ def build_dataset(dataset: Dataset) -> Definitions:
             return SkipReason(f"no new objects under s3://{settings.bucket}/{dataset.prefix}")
         keys = [partition_key_for(obj.key, dataset.prefix) for obj in taken]
         with postgres.connect() as conn:
-            jobs = BatchJobs(conn)
+            jobs = BatchJobs(conn, name)
             jobs.ensure()
             for key, obj in zip(keys, taken, strict=True):
-                jobs.register(key, name, [obj.source(settings.bucket)])
+                # an unchanged object seen again keeps its batch's state; its run request
+                # carries the same run key, which the daemon never launches twice
+                jobs.register(key, [obj.source(settings.bucket)])
         if backlog > len(taken):
             context.log.info(f"{backlog - len(taken)} more new objects wait for the next tick")
         return SensorResult(
@@ -273,9 +295,31 @@ def build_dataset(dataset: Dataset) -> Definitions:
     return Definitions(assets=[raw, processed, postgres_table], jobs=[job], sensors=[inbox_sensor])
 
 
-def _failer(postgres: PostgresResource, batch_id: str) -> Any:
-    def fail(error: BatchError) -> None:
+def _lineage(context: AssetExecutionContext) -> str:
+    """The run and its retries and re-executions: Dagster's root run id."""
+    return context.run.root_run_id or context.run.run_id
+
+
+def _failer(
+    postgres: PostgresResource, dataset: str, batch_id: str, lineage: str, etag: str | None = None
+) -> Any:
+    def fail(error: Exception) -> None:
+        message = (
+            str(error) if isinstance(error, BatchError) else f"{type(error).__name__}: {error}"
+        )
         with postgres.connect() as conn:
-            BatchJobs(conn).fail(batch_id, str(error))
+            BatchJobs(conn, dataset).fail(batch_id, message, lineage=lineage, etag=etag)
 
     return fail
+
+
+@contextlib.contextmanager
+def _failing_batch(
+    postgres: PostgresResource, dataset: str, batch_id: str, lineage: str
+) -> Iterator[None]:
+    """Records any error of the block as the batch's failure, then raises it on."""
+    try:
+        yield
+    except Exception as exc:
+        _failer(postgres, dataset, batch_id, lineage)(exc)
+        raise

@@ -3,6 +3,7 @@
 
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
+from batch_assets.datasets import dataset_of_job
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.tracking import BatchJobs
 
@@ -16,15 +17,14 @@ from batch_assets.tracking import BatchJobs
 def batch_run_failure_sensor(context: RunFailureSensorContext, postgres: PostgresResource) -> None:
     run = context.dagster_run
     batch_id = run.tags.get("dagster/partition")
-    if not batch_id:
+    dataset = dataset_of_job(run.job_name)
+    if not batch_id or dataset is None:
         return
     message = context.failure_event.message or "the run failed"
     with postgres.connect() as conn:
-        jobs = BatchJobs(conn)
-        row = jobs.get(batch_id)
-        if (
-            row is not None
-            and row["status"] in ("queued", "processing")
-            and (row["run_id"] in (None, run.run_id))
-        ):
-            jobs.fail(batch_id, f"run {run.run_id} failed: {message}")
+        BatchJobs(conn, dataset.name).fail(
+            batch_id,
+            f"run {run.run_id} failed: {message}",
+            lineage=run.root_run_id or run.run_id,
+            etag=run.tags.get("batch_assets/etag"),
+        )

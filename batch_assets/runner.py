@@ -32,7 +32,7 @@ def evaluate_inbox_sensor(
     defs: Definitions, instance: DagsterInstance, dataset: Dataset, cursor: str | None = None
 ) -> Tick:
     """One evaluation of the dataset's inbox sensor, its partitions added to `instance`."""
-    sensor = defs.resolve_sensor_def(f"{dataset.name}_inbox_sensor")
+    sensor = defs.resolve_sensor_def(dataset.sensor_name)
     with build_sensor_context(
         instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
     ) as context:
@@ -56,7 +56,7 @@ def run_partition(
     tags: dict[str, str] | None = None,
 ) -> ExecuteInProcessResult:
     """Materializes one partition of the dataset's job in this process."""
-    job = defs.resolve_job_def(f"{dataset.name}_job")
+    job = defs.resolve_job_def(dataset.job_name)
     return job.execute_in_process(
         instance=instance,
         partition_key=partition_key,

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 
 from batch_assets.errors import BatchInputError
@@ -53,38 +53,53 @@ def partition_key_for(key: str, prefix: str) -> str:
 
 @dataclass(frozen=True)
 class InboxCursor:
-    """The last `(last_modified, key)` taken, and every key taken at that timestamp."""
+    """Which objects of an inbox were taken, as `key@etag`, within a lookback window.
 
-    last_modified: str | None = None
-    keys: tuple[str, ...] = ()
+    S3 stamps an object with one-second precision, and a multipart upload with the time it
+    was started, so an object can appear after newer ones were taken. The cursor keeps the
+    newest `LastModified` taken (the watermark) and every `key@etag` taken whose
+    `LastModified` is within `lookback` of it: an object is new when its version is not
+    among them and it is not older than the window. A new version of a key is new.
+    """
+
+    watermark: datetime | None = None
+    taken: dict[str, datetime] = field(default_factory=dict)
+    lookback: timedelta = timedelta(minutes=30)
 
     @classmethod
-    def parse(cls, text: str | None) -> InboxCursor:
+    def parse(cls, text: str | None, *, lookback: timedelta = timedelta(minutes=30)) -> InboxCursor:
         if not text:
-            return cls()
+            return cls(lookback=lookback)
         data = json.loads(text)
-        return cls(data["last_modified"], tuple(data["keys"]))
-
-    def serialize(self) -> str:
-        return json.dumps({"last_modified": self.last_modified, "keys": list(self.keys)})
-
-    def is_new(self, obj: ObjectInfo) -> bool:
-        if self.last_modified is None:
-            return True
-        stamp = obj.last_modified.isoformat()
-        return stamp > self.last_modified or (
-            stamp == self.last_modified and obj.key not in self.keys
+        return cls(
+            datetime.fromisoformat(data["watermark"]) if data["watermark"] else None,
+            {version: datetime.fromisoformat(at) for version, at in data["taken"].items()},
+            lookback,
         )
 
-    def advanced(self, taken: list[ObjectInfo]) -> InboxCursor:
-        cursor = self
-        for obj in taken:
-            stamp = obj.last_modified.isoformat()
-            if stamp == cursor.last_modified:
-                cursor = InboxCursor(stamp, (*cursor.keys, obj.key))
-            else:
-                cursor = InboxCursor(stamp, (obj.key,))
-        return cursor
+    def serialize(self) -> str:
+        return json.dumps(
+            {
+                "watermark": self.watermark.isoformat() if self.watermark else None,
+                "taken": {version: at.isoformat() for version, at in self.taken.items()},
+            }
+        )
+
+    def is_new(self, obj: ObjectInfo) -> bool:
+        if obj.version in self.taken:
+            return False
+        return self.watermark is None or obj.last_modified >= self.watermark - self.lookback
+
+    def advanced(self, objects: list[ObjectInfo]) -> InboxCursor:
+        if not objects:
+            return self
+        watermark = max(
+            [o.last_modified for o in objects] + ([self.watermark] if self.watermark else [])
+        )
+        horizon = watermark - self.lookback
+        taken = {v: at for v, at in self.taken.items() if at >= horizon}
+        taken.update({o.version: o.last_modified for o in objects})
+        return InboxCursor(watermark, taken, self.lookback)
 
 
 @dataclass(frozen=True, order=True)
@@ -93,6 +108,10 @@ class ObjectInfo:
     key: str
     etag: str = field(compare=False)
     size: int = field(compare=False)
+
+    @property
+    def version(self) -> str:
+        return f"{self.key}@{self.etag}"
 
     def source(self, bucket: str) -> Source:
         return Source(s3_uri(bucket, self.key), self.etag, self.size, self.last_modified)

@@ -18,8 +18,8 @@ BatchStatus = Literal["queued", "processing", "completed", "failed"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_jobs (
-    batch_id text PRIMARY KEY,
     dataset text NOT NULL,
+    batch_id text NOT NULL,
     source_uri text,
     source_etag text,
     status text NOT NULL CHECK (status IN ('queued', 'processing', 'completed', 'failed')),
@@ -30,21 +30,24 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
     progress_percent double precision NOT NULL DEFAULT 0,
     summary jsonb,
     error text,
+    lineage text,
     run_id text,
     created_at timestamptz NOT NULL DEFAULT now(),
     started_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
-    completed_at timestamptz
+    completed_at timestamptz,
+    PRIMARY KEY (dataset, batch_id)
 );
 CREATE INDEX IF NOT EXISTS batch_jobs_recent ON batch_jobs (dataset, created_at DESC);
 CREATE TABLE IF NOT EXISTS batch_sources (
+    dataset text NOT NULL,
     batch_id text NOT NULL,
     source_uri text NOT NULL,
     etag text NOT NULL,
     size bigint NOT NULL,
     last_modified timestamptz NOT NULL,
     state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'loaded')),
-    PRIMARY KEY (batch_id, source_uri)
+    PRIMARY KEY (dataset, batch_id, source_uri)
 );
 """
 
@@ -85,125 +88,153 @@ class BatchCounts:
 
 
 class BatchJobs:
-    """The `batch_jobs` and `batch_sources` tables, one connection's worth of calls."""
+    """`batch_jobs` and `batch_sources` rows of one dataset, through one connection.
 
-    def __init__(self, conn: psycopg.Connection):
+    A batch belongs to the lineage (Dagster's root run id) that started processing its
+    current version: progress, completion and failure are written only by that lineage, so
+    a run of an older version that is still going cannot overwrite the state of a newer
+    version registered since (registration clears the lineage).
+    """
+
+    def __init__(self, conn: psycopg.Connection, dataset: str):
         self.conn = conn
+        self.dataset = dataset
 
     def ensure(self) -> None:
         ensure_schema(self.conn, SCHEMA)
 
-    def register(self, batch_id: str, dataset: str, sources: list[Source]) -> None:
-        """Queues a batch for its sources, replacing what an earlier version named."""
+    def register(self, batch_id: str, sources: list[Source]) -> bool:
+        """Queues a batch for its sources; False when exactly these versions are registered
+        already (an unchanged object seen again), which changes nothing."""
+        if {(s.uri, s.etag) for s in self.sources(batch_id)} == {(s.uri, s.etag) for s in sources}:
+            return False
         first = sources[0]
         with self.conn.cursor() as cur:
             cur.execute(
                 """
-                INSERT INTO batch_jobs (batch_id, dataset, source_uri, source_etag, status)
+                INSERT INTO batch_jobs (dataset, batch_id, source_uri, source_etag, status)
                 VALUES (%s, %s, %s, %s, 'queued')
-                ON CONFLICT (batch_id) DO UPDATE SET
+                ON CONFLICT (dataset, batch_id) DO UPDATE SET
                     source_uri = EXCLUDED.source_uri, source_etag = EXCLUDED.source_etag,
                     status = 'queued', total_count = 0, processed_count = 0,
                     rejected_count = 0, failed_count = 0, progress_percent = 0,
-                    summary = NULL, error = NULL, run_id = NULL, created_at = now(),
-                    started_at = NULL, completed_at = NULL, updated_at = now()
+                    summary = NULL, error = NULL, lineage = NULL, run_id = NULL,
+                    created_at = now(), started_at = NULL, completed_at = NULL,
+                    updated_at = now()
                 """,
-                (batch_id, dataset, first.uri, first.etag),
+                (self.dataset, batch_id, first.uri, first.etag),
             )
-            cur.execute("DELETE FROM batch_sources WHERE batch_id = %s", (batch_id,))
+            cur.execute(
+                "DELETE FROM batch_sources WHERE dataset = %s AND batch_id = %s",
+                (self.dataset, batch_id),
+            )
             cur.executemany(
-                "INSERT INTO batch_sources (batch_id, source_uri, etag, size, last_modified) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                [(batch_id, s.uri, s.etag, s.size, s.last_modified) for s in sources],
+                "INSERT INTO batch_sources (dataset, batch_id, source_uri, etag, size, "
+                "last_modified) VALUES (%s, %s, %s, %s, %s, %s)",
+                [(self.dataset, batch_id, s.uri, s.etag, s.size, s.last_modified) for s in sources],
             )
+        return True
 
     def sources(self, batch_id: str) -> list[Source]:
         with self.conn.cursor() as cur:
             cur.execute(
                 "SELECT source_uri, etag, size, last_modified FROM batch_sources "
-                "WHERE batch_id = %s ORDER BY source_uri",
-                (batch_id,),
+                "WHERE dataset = %s AND batch_id = %s ORDER BY source_uri",
+                (self.dataset, batch_id),
             )
             return [Source(*row) for row in cur.fetchall()]
 
-    def start(self, batch_id: str, *, run_id: str, source: Source) -> None:
+    def start(self, batch_id: str, *, lineage: str, run_id: str, source: Source) -> None:
+        """The lineage takes the batch: it reads `source`, whatever ran before."""
         with self.conn.cursor() as cur:
             cur.execute(
                 """
-                UPDATE batch_jobs SET status = 'processing', run_id = %s, error = NULL,
-                    source_uri = %s, source_etag = %s,
+                UPDATE batch_jobs SET status = 'processing', lineage = %s, run_id = %s,
+                    error = NULL, source_uri = %s, source_etag = %s,
                     started_at = coalesce(started_at, now()), completed_at = NULL,
                     updated_at = now()
-                WHERE batch_id = %s
+                WHERE dataset = %s AND batch_id = %s
                 """,
-                (run_id, source.uri, source.etag, batch_id),
+                (lineage, run_id, source.uri, source.etag, self.dataset, batch_id),
             )
 
-    def resume(self, batch_id: str, *, run_id: str) -> None:
-        """Marks the batch processing again in `run_id` (a retry or a re-execution)."""
+    def resume(self, batch_id: str, *, lineage: str, run_id: str) -> bool:
+        """Marks the batch processing again in `run_id` (a retry or a re-execution of the
+        lineage that owns it); False when another version has been registered since."""
+        return self._update(
+            "status = 'processing', run_id = %s, error = NULL, completed_at = NULL",
+            (run_id,),
+            batch_id,
+            lineage,
+        )
+
+    def progress(self, batch_id: str, counts: BatchCounts, *, lineage: str) -> bool:
+        return self._update(
+            "total_count = %s, processed_count = %s, rejected_count = %s, "
+            "failed_count = %s, progress_percent = %s",
+            (
+                counts.total,
+                counts.processed,
+                counts.rejected,
+                counts.failed,
+                counts.progress_percent,
+            ),
+            batch_id,
+            lineage,
+        )
+
+    def complete(
+        self, batch_id: str, counts: BatchCounts, summary: dict[str, int], *, lineage: str
+    ) -> bool:
+        done = self._update(
+            "status = 'completed', total_count = %s, processed_count = %s, "
+            "rejected_count = %s, failed_count = %s, progress_percent = 100, summary = %s, "
+            "error = NULL, completed_at = now()",
+            (counts.total, counts.processed, counts.rejected, counts.failed, json.dumps(summary)),
+            batch_id,
+            lineage,
+        )
+        if done:
+            with self.conn.cursor() as cur:
+                cur.execute(
+                    "UPDATE batch_sources SET state = 'loaded' "
+                    "WHERE dataset = %s AND batch_id = %s",
+                    (self.dataset, batch_id),
+                )
+        return done
+
+    def fail(self, batch_id: str, error: str, *, lineage: str, etag: str | None = None) -> bool:
+        """Records the lineage's failure; with `etag`, also that of a run that died before it
+        could take the batch it was started for."""
         with self.conn.cursor() as cur:
             cur.execute(
                 """
-                UPDATE batch_jobs SET status = 'processing', run_id = %s, error = NULL,
-                    completed_at = NULL, updated_at = now()
-                WHERE batch_id = %s
+                UPDATE batch_jobs SET status = 'failed', error = %s, updated_at = now()
+                WHERE dataset = %s AND batch_id = %s
+                  AND (lineage = %s OR (lineage IS NULL AND status = 'queued'
+                                        AND source_etag = %s))
                 """,
-                (run_id, batch_id),
+                (error[:4000], self.dataset, batch_id, lineage, etag),
             )
+            return cur.rowcount == 1
 
-    def progress(self, batch_id: str, counts: BatchCounts) -> None:
+    def _update(
+        self, assignments: str, values: tuple[Any, ...], batch_id: str, lineage: str
+    ) -> bool:
         with self.conn.cursor() as cur:
             cur.execute(
-                """
-                UPDATE batch_jobs SET total_count = %s, processed_count = %s,
-                    rejected_count = %s, failed_count = %s, progress_percent = %s,
-                    updated_at = now()
-                WHERE batch_id = %s
-                """,
-                (
-                    counts.total,
-                    counts.processed,
-                    counts.rejected,
-                    counts.failed,
-                    counts.progress_percent,
-                    batch_id,
-                ),
+                f"UPDATE batch_jobs SET {assignments}, updated_at = now() "
+                "WHERE dataset = %s AND batch_id = %s AND lineage = %s",
+                (*values, self.dataset, batch_id, lineage),
             )
-
-    def complete(self, batch_id: str, counts: BatchCounts, summary: dict[str, int]) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute(
-                """
-                UPDATE batch_jobs SET status = 'completed', total_count = %s,
-                    processed_count = %s, rejected_count = %s, failed_count = %s,
-                    progress_percent = 100, summary = %s, error = NULL,
-                    completed_at = now(), updated_at = now()
-                WHERE batch_id = %s
-                """,
-                (
-                    counts.total,
-                    counts.processed,
-                    counts.rejected,
-                    counts.failed,
-                    json.dumps(summary),
-                    batch_id,
-                ),
-            )
-            cur.execute(
-                "UPDATE batch_sources SET state = 'loaded' WHERE batch_id = %s", (batch_id,)
-            )
-
-    def fail(self, batch_id: str, error: str) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute(
-                "UPDATE batch_jobs SET status = 'failed', error = %s, updated_at = now() "
-                "WHERE batch_id = %s",
-                (error[:4000], batch_id),
-            )
+            return cur.rowcount == 1
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
         with self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("SELECT * FROM batch_jobs WHERE batch_id = %s", (batch_id,))
+            cur.execute(
+                "SELECT * FROM batch_jobs WHERE dataset = %s AND batch_id = %s",
+                (self.dataset, batch_id),
+            )
             return cur.fetchone()
 
 

@@ -72,7 +72,7 @@ class Inbox:
 
 def batch_row(url: str, batch_id: str) -> dict[str, Any]:
     with psycopg.connect(url) as conn:
-        row = BatchJobs(conn).get(batch_id)
+        row = BatchJobs(conn, REVIEWS.name).get(batch_id)
     assert row is not None, batch_id
     return row
 

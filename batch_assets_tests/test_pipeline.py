@@ -116,6 +116,9 @@ def test_reupload_with_new_content_replaces_the_batch(inbox: Inbox, pg_url: str)
     batch_id, run = inbox.drop_and_run("again.csv", b"id,text\n1,good\n2,bad\n3,fine\n")
     assert run.success and len(results(pg_url, batch_id)) == 3
     assert inbox.tick().run_requests == []  # unchanged object: no second run
+    inbox.drop("again.csv", b"id,text\n1,good\n2,bad\n3,fine\n")  # the same bytes again
+    assert inbox.tick().run_requests == []
+    assert batch_row(pg_url, batch_id)["status"] == "completed"
 
     inbox.drop("again.csv", b"id,text\n10,I love it\n11,I hate it\n")
     tick = inbox.tick()

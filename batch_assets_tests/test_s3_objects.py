@@ -30,19 +30,34 @@ def test_readable_keys_stay_readable_and_unsafe_ones_stay_distinct() -> None:
     assert all(k.startswith("a") or k.startswith("x") for k in keys)
 
 
-def obj(key: str, stamp: datetime) -> ObjectInfo:
-    return ObjectInfo(stamp, key, "etag", 1)
+def obj(key: str, stamp: datetime, etag: str = "e1") -> ObjectInfo:
+    return ObjectInfo(stamp, key, etag, 1)
 
 
-def test_cursor_takes_objects_sharing_the_boundary_timestamp_once() -> None:
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    first = [obj("b", t0), obj("a", t0)]
-    cursor = InboxCursor().advanced(sorted(first))
-    assert cursor == InboxCursor(t0.isoformat(), ("a", "b"))
-    assert not cursor.is_new(obj("a", t0))
-    assert cursor.is_new(obj("c", t0))
-    assert cursor.is_new(obj("a", t0 + timedelta(seconds=1)))
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_cursor_takes_each_version_once_even_within_one_second() -> None:
+    cursor = InboxCursor().advanced(sorted([obj("b", T0), obj("a", T0)]))
+    assert not cursor.is_new(obj("a", T0))
+    assert cursor.is_new(obj("c", T0))
+    assert cursor.is_new(obj("a", T0, etag="e2"))  # new content in the same second
+    assert cursor.is_new(obj("a", T0 + timedelta(seconds=1), etag="e2"))
     assert InboxCursor.parse(cursor.serialize()) == cursor
+
+
+def test_cursor_still_sees_an_object_stamped_before_newer_ones_within_the_lookback() -> None:
+    cursor = InboxCursor(lookback=timedelta(minutes=30)).advanced([obj("new", T0)])
+    # a multipart upload started 10 minutes earlier and completed now
+    assert cursor.is_new(obj("multipart", T0 - timedelta(minutes=10)))
+    assert not cursor.is_new(obj("ancient", T0 - timedelta(minutes=31)))
+
+
+def test_cursor_forgets_versions_once_they_fall_behind_the_lookback() -> None:
+    cursor = InboxCursor(lookback=timedelta(minutes=30)).advanced([obj("a", T0)])
+    later = cursor.advanced([obj("b", T0 + timedelta(hours=1))])
+    assert set(later.taken) == {"b@e1"}
+    assert not later.is_new(obj("a", T0))  # behind the window: never taken again
 
 
 def test_listing_pages_past_1000_objects_and_spreads_a_backlog(s3: Any, bucket: str) -> None:

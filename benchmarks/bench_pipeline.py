@@ -245,7 +245,7 @@ def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         }
         errors = [_event_error(event) for event in result.all_events if event.is_failure]
     with psycopg.connect(os.environ["BATCH_ASSETS_PG_URL"]) as conn:
-        row = BatchJobs(conn).get(batch_id)
+        row = BatchJobs(conn, "reviews").get(batch_id)
     batch = {key: row[key] for key in BATCH_FIELDS} if row else None
     return {
         "batch_id": batch_id,

@@ -15,6 +15,11 @@ class BatchSettings(ConfigurableResource):
     max_objects_per_tick: int = Field(
         default=100, description="New objects a sensor tick turns into runs at most."
     )
+    inbox_lookback_minutes: int = Field(
+        default=30,
+        description="How far behind the newest object taken the sensor still looks for "
+        "objects it has not taken: S3 stamps a multipart upload with its start time.",
+    )
     chunk_size: int = Field(
         default=0, description="Records per chunk; 0 keeps each dataset's own chunk size."
     )
