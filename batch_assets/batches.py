@@ -34,17 +34,16 @@ def read_source(client: Any, source: Source, dataset: Dataset, *, chunk_size: in
     return Chunks(produce, origin={"uri": source.uri, "etag": source.etag})
 
 
-def on_error(chunks: Chunks, handler: Callable[[Exception], None]) -> Chunks:
-    """The same chunks; an error raised while producing them is first given to `handler`
-    (to record the batch as failed), then raised on."""
+def on_error(chunks: Chunks, handler: Callable[[Exception], Exception]) -> Chunks:
+    """The same chunks; an error raised while producing them is given to `handler` (to
+    record the batch as failed), and what the handler returns is raised in its place."""
     inner = chunks.iter
 
     def produce(resume: Resume) -> Iterator[Chunk]:
         try:
             yield from inner(resume)
         except Exception as exc:
-            handler(exc)
-            raise
+            raise handler(exc) from exc
 
     return Chunks(
         produce,

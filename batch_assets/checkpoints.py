@@ -245,6 +245,7 @@ def store_chunks(
     if frontier is None:
         frontier = Frontier(origin=dict(chunks.origin))
     if frontier.status == "complete":
+        store.mark_latest(asset, partition, lineage)  # a crash may have come before it
         return frontier, frontier.chunks
     first = frontier.chunks
     frontier = replace(frontier, computed=[*frontier.computed, 0])
@@ -261,9 +262,14 @@ def store_chunks(
     return frontier, first
 
 
-def load_chunks(store: CheckpointStore, *, asset: str, partition: str) -> tuple[Chunks, Frontier]:
-    """The latest complete output of (asset, partition), as lazy chunks read one at a time."""
-    lineage = store.latest(asset, partition)
+def load_chunks(
+    store: CheckpointStore, *, asset: str, partition: str, lineage: str | None = None
+) -> tuple[Chunks, Frontier]:
+    """A complete output of (asset, partition) as lazy chunks read one at a time: that of
+    `lineage` when it has one (the run's own upstream), else the latest complete one."""
+    own = store.frontier(asset, partition, lineage) if lineage else None
+    if own is None or own.status != "complete":
+        lineage = store.latest(asset, partition)
     frontier = store.frontier(asset, partition, lineage) if lineage else None
     if lineage is None or frontier is None or frontier.status != "complete":
         raise FileNotFoundError(

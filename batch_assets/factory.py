@@ -5,9 +5,8 @@ Asset bodies stay a few lines; what they do lives in plain modules (`batches`, `
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -21,6 +20,7 @@ from dagster import (
     DefaultSensorStatus,
     Definitions,
     DynamicPartitionsDefinition,
+    Failure,
     Jitter,
     MaterializeResult,
     MetadataValue,
@@ -79,6 +79,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         partitions_def=partitions,
         io_manager_key=CHECKPOINTS,
         group_name=name,
+        retry_policy=STEP_RETRY,
         kinds={"s3", "polars"},
         description=f"The batch's source records, validated by {dataset.schema.__name__}: "
         "valid rows, and rejected rows with their reason and line.",
@@ -90,7 +91,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         settings: BatchSettings,
     ) -> Chunks:
         batch_id, lineage = context.partition_key, _lineage(context)
-        fail = _failer(postgres, name, batch_id, lineage)
+        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
         client = s3.get_client()
         with postgres.connect() as conn:
             jobs = BatchJobs(conn, name)
@@ -105,8 +106,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             source = head(client, sources[0].uri)
         except BatchError as exc:
             # the lineage has not taken the batch yet: fail it as the run of this version
-            _failer(postgres, name, batch_id, lineage, etag=sources[0].etag)(exc)
-            raise
+            raise _failer(postgres, name, batch_id, lineage, etag=sources[0].etag)(exc) from exc
         with postgres.connect() as conn:
             BatchJobs(conn, name).start(
                 batch_id, lineage=lineage, run_id=context.run.run_id, source=source
@@ -154,7 +154,8 @@ def build_dataset(dataset: Dataset) -> Definitions:
             BatchJobs(conn, name).resume(batch_id, lineage=lineage, run_id=context.run.run_id)
         context.log.info(f"processing {raw_rows:,} rows with {workers} worker(s)")
         chunks = raw.map(dataset.processor.fn, workers=workers).on_durable(progress)
-        return batches.on_error(chunks, _failer(postgres, name, batch_id, lineage))
+        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
+        return batches.on_error(chunks, fail)
 
     @asset(
         key=[name, "postgres"],
@@ -175,7 +176,8 @@ def build_dataset(dataset: Dataset) -> Definitions:
         with postgres.connect() as conn:
             jobs = BatchJobs(conn, name)
             jobs.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
-        with _failing_batch(postgres, name, batch_id, lineage), postgres.connect() as conn:
+        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
+        with _failing_batch(fail), postgres.connect() as conn:
             tables.ensure(conn)
             stats = replace_batch(conn, tables, batch_id, processed)
             summary = (
@@ -301,25 +303,40 @@ def _lineage(context: AssetExecutionContext) -> str:
 
 
 def _failer(
-    postgres: PostgresResource, dataset: str, batch_id: str, lineage: str, etag: str | None = None
-) -> Any:
-    def fail(error: Exception) -> None:
-        message = (
-            str(error) if isinstance(error, BatchError) else f"{type(error).__name__}: {error}"
-        )
-        with postgres.connect() as conn:
-            BatchJobs(conn, dataset).fail(batch_id, message, lineage=lineage, etag=etag)
+    postgres: PostgresResource,
+    dataset: str,
+    batch_id: str,
+    lineage: str,
+    *,
+    etag: str | None = None,
+    final: bool = True,
+) -> Callable[[Exception], Exception]:
+    """Records an error as the batch's failure when no retry will follow, and returns what
+    the step should raise: a `Failure` that Dagster does not retry for a bad input."""
+
+    def fail(error: Exception) -> Exception:
+        bad_input = isinstance(error, BatchInputError)
+        if bad_input or final:
+            message = (
+                str(error) if isinstance(error, BatchError) else f"{type(error).__name__}: {error}"
+            )
+            with postgres.connect() as conn:
+                BatchJobs(conn, dataset).fail(batch_id, message, lineage=lineage, etag=etag)
+        if bad_input:
+            return Failure(description=str(error), allow_retries=False)
+        return error
 
     return fail
 
 
+def _last_attempt(context: AssetExecutionContext) -> bool:
+    return context.retry_number >= STEP_RETRY.max_retries
+
+
 @contextlib.contextmanager
-def _failing_batch(
-    postgres: PostgresResource, dataset: str, batch_id: str, lineage: str
-) -> Iterator[None]:
-    """Records any error of the block as the batch's failure, then raises it on."""
+def _failing_batch(fail: Callable[[Exception], Exception]) -> Iterator[None]:
+    """Records an error of the block as the batch's failure (see `_failer`) and raises."""
     try:
         yield
     except Exception as exc:
-        _failer(postgres, dataset, batch_id, lineage)(exc)
-        raise
+        raise fail(exc) from exc

@@ -26,6 +26,7 @@ RECORD = "_record"
 # Python's csv module caps fields at 128 KiB by default; a field past this bigger cap is a
 # file-level problem, and a long field under it is rejected by the schema with its line.
 FIELD_SIZE_LIMIT = 64 * 1024 * 1024
+MAX_LINE_BYTES = FIELD_SIZE_LIMIT + 1024
 RAW_RECORD_PREVIEW = 1_000
 
 OpenStream = Callable[[int], BinaryIO]
@@ -60,9 +61,15 @@ class _Lines:
         self._stream.close()
 
     def __next__(self) -> str:
-        raw = self._stream.readline()
+        raw = self._stream.readline(MAX_LINE_BYTES)
         if not raw:
             raise StopIteration
+        if len(raw) == MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise BatchInputError(
+                f"{self.name}: line {self.line + 1} is longer than {MAX_LINE_BYTES:,} bytes; "
+                "if the file ends its lines with a bare CR (old Mac style), save it with LF "
+                "or CRLF line endings"
+            )
         self.offset += len(raw)
         self.line += 1
         if self._first:
@@ -108,7 +115,7 @@ def read_header(lines: _Lines, layout: CsvLayout) -> list[str]:
         while header == []:
             header = next(reader, None)
     except csv.Error as exc:
-        raise BatchInputError(f"{lines.name}: line {lines.line}: {exc}") from None
+        raise BatchInputError(f"{lines.name}: line {lines.line}: {_explain(exc)}") from None
     if header is None:
         expected = ",".join(layout.columns)
         raise BatchInputError(
@@ -188,9 +195,7 @@ def iter_csv_chunks(
             try:
                 row = next(reader, None)
             except csv.Error as exc:
-                raise BatchInputError(
-                    f"{name}: line {start_line}: {exc}; check the quoting of this record"
-                ) from None
+                raise BatchInputError(f"{name}: line {start_line}: {_explain(exc)}") from None
             if row is None:
                 break
             if not row:
@@ -225,3 +230,18 @@ def iter_csv_chunks(
         )
         yield Chunk(index, frame, {"offset": lines.offset, "line": lines.line, "header": header})
         index += 1
+
+
+def _explain(error: csv.Error) -> str:
+    """csv's message, in the words of someone fixing the file."""
+    text = str(error)
+    if "new-line character seen in unquoted field" in text:
+        return (
+            "a bare carriage return (CR) ends a line outside quotes; save the file with LF "
+            "or CRLF line endings"
+        )
+    if "field larger than field limit" in text:
+        return f"a field is longer than {FIELD_SIZE_LIMIT:,} characters, the reader's limit"
+    if "unexpected end of data" in text:
+        return "unexpected end of data: a quoted field is never closed"
+    return f"{text}; check the quoting of this record"

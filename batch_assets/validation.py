@@ -26,6 +26,7 @@ def validate_chunk(
     Rows already `rejected` (by the reader) keep their reason. Order, row count and every
     other column are unchanged.
     """
+    frame = _reject_nul(frame, columns)
     indexed = frame.with_row_index(_ROW)
     candidates = indexed.filter(pl.col(STATUS) == "valid")
     try:
@@ -60,10 +61,32 @@ def validate_chunk(
     )
 
 
+def _reject_nul(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """Rejects rows holding a NUL character, which Postgres text cannot store."""
+    reason = pl.concat_str(
+        [
+            pl.when(pl.col(c).str.contains("\x00", literal=True)).then(
+                pl.lit(f"{c} contains a NUL character (0x00), which Postgres cannot store")
+            )
+            for c in columns
+        ],
+        separator="; ",
+        ignore_nulls=True,
+    )
+    has_nul = pl.any_horizontal(pl.col(c).str.contains("\x00", literal=True) for c in columns)
+    bad = (pl.col(STATUS) == "valid") & has_nul.fill_null(False)
+    return frame.with_columns(
+        pl.when(bad).then(pl.lit("rejected")).otherwise(pl.col(STATUS)).alias(STATUS),
+        pl.when(bad).then(reason).otherwise(pl.col(REASON)).alias(REASON),
+    )
+
+
 def _describe(case: dict[str, str | None]) -> str:
     column, check, value = case["column"], case["check"] or "", case["failure_case"]
     if check == "not_nullable" or value is None:
         return f"{column} is missing"
+    if check == "not_blank":
+        return f"{column} is empty" if value == "" else f"{column} is blank"
     length = _LENGTH_CHECK.fullmatch(check)
     if length:
         low, high = length.groups()

@@ -100,3 +100,30 @@ def test_a_changed_source_is_not_resumed(store: CheckpointStore) -> None:
 def test_loading_before_any_complete_output_says_what_to_do(store: CheckpointStore) -> None:
     with pytest.raises(FileNotFoundError, match="materialize reviews/raw"):
         load_chunks(store, asset="reviews/raw", partition="nope")
+
+
+def test_a_crash_before_publishing_a_complete_output_is_mended_on_rerun(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    produced: list[int] = []
+    store_chunks(store, counting_source(2, produced), asset="a", partition="p", lineage="run-A")
+
+    def crash(*args: object) -> None:
+        raise Boom("killed before latest.json")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "mark_latest", crash)
+        with pytest.raises(Boom):
+            store_chunks(
+                store, counting_source(3, produced), asset="a", partition="p", lineage="run-B"
+            )
+    assert store.latest("a", "p") == "run-A"
+    # the run's own downstream reads its lineage's output, not the stale latest
+    _, own = load_chunks(store, asset="a", partition="p", lineage="run-B")
+    assert own.chunks == 3
+    # re-executing the step publishes the complete output without recomputing it
+    _, first = store_chunks(
+        store, counting_source(3, produced), asset="a", partition="p", lineage="run-B"
+    )
+    assert first == 3 and store.latest("a", "p") == "run-B"
+    assert produced == [0, 1, 0, 1, 2]

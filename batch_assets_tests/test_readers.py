@@ -159,3 +159,18 @@ def test_resuming_after_any_chunk_reads_the_rest_exactly(
     assert [c.index for c in resumed] == [c.index for c in whole[cut + 1 :]]
     for a, b in zip(resumed, whole[cut + 1 :], strict=True):
         assert a.frame.equals(b.frame)
+
+
+def test_bare_cr_line_endings_get_a_plain_message() -> None:
+    with pytest.raises(BatchInputError, match=r"line 1: a bare carriage return \(CR\)"):
+        read(b"id,text\r1,a\r2,b\r")
+
+
+def test_a_line_longer_than_the_limit_stops_without_reading_it_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import batch_assets.readers as readers
+
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 64)
+    with pytest.raises(BatchInputError, match=r"line 2 is longer than 64 bytes"):
+        read(b"id,text\n1," + b"x" * 200 + b"\n")

@@ -98,3 +98,17 @@ def test_a_record_whose_scoring_raises_is_failed_with_its_error(
         ("processed", None),
     ]
     assert frame["sentiment"].to_list()[1] is None
+
+
+def test_nul_characters_and_blank_text_are_rejected_with_their_reason() -> None:
+    frame = validate_chunk(
+        chunk(["1", "2", "3\x00", "4"], ["bad\x00byte", "   \t", "fine", "ok"]),
+        ReviewRecord,
+        ("id", "text"),
+    )
+    assert frame.select(STATUS, REASON).rows() == [
+        ("rejected", "text contains a NUL character (0x00), which Postgres cannot store"),
+        ("rejected", "text is blank"),
+        ("rejected", "id contains a NUL character (0x00), which Postgres cannot store"),
+        ("valid", None),
+    ]

@@ -2,7 +2,8 @@
 
 A retry or a re-execution from failure belongs to the same lineage (Dagster's root run id)
 and resumes after the lineage's frontier; a fresh materialization is a new lineage and
-starts over. Inputs load as lazy `Chunks` over the latest complete output.
+starts over. Inputs load as lazy `Chunks` over the run's own upstream output when its
+lineage has one, else over the latest complete output.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from pydantic import Field
 
 from batch_assets.checkpoints import CheckpointStore, load_chunks, storage_for, store_chunks
 from batch_assets.chunks import Chunks
+
+
+def _lineage(context: InputContext | OutputContext) -> str:
+    run = context.step_context.dagster_run
+    return run.root_run_id or run.run_id
 
 
 def _asset_path(context: InputContext | OutputContext) -> str:
@@ -39,8 +45,7 @@ class CheckpointIOManager(ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} returned {type(obj).__name__}; the "
                 "checkpoint IO manager stores Chunks only"
             )
-        run = context.step_context.dagster_run
-        lineage = run.root_run_id or run.run_id
+        lineage = _lineage(context)
         asset = _asset_path(context)
         partition = context.asset_partition_key
         log = context.log
@@ -72,5 +77,10 @@ class CheckpointIOManager(ConfigurableIOManager):
 
     def load_input(self, context: InputContext) -> Chunks:
         asset = _asset_path(context)
-        chunks, _ = load_chunks(self.store(), asset=asset, partition=context.asset_partition_key)
+        chunks, _ = load_chunks(
+            self.store(),
+            asset=asset,
+            partition=context.asset_partition_key,
+            lineage=_lineage(context),
+        )
         return chunks
