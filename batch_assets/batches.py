@@ -57,7 +57,11 @@ def on_error(chunks: Chunks, handler: Callable[[Exception], Exception]) -> Chunk
 def counts_while_reading(frontier: Frontier) -> BatchCounts:
     """Batch counts while the source is read: every row read so far is known, none processed."""
     return BatchCounts(
-        total=frontier.rows, processed=0, rejected=frontier.counts.get("rejected", 0), failed=0
+        total=frontier.rows,
+        processed=0,
+        rejected=frontier.counts.get("rejected", 0),
+        failed=0,
+        total_known=False,
     )
 
 

@@ -74,14 +74,18 @@ class Source:
 
 @dataclass(frozen=True)
 class BatchCounts:
+    """A batch's row counts; `total_known` is False while the source is still being read
+    (the total then grows), and progress stays at 0 until it is known."""
+
     total: int
     processed: int
     rejected: int
     failed: int
+    total_known: bool = True
 
     @property
     def progress_percent(self) -> float:
-        if self.total == 0:
+        if self.total == 0 or not self.total_known:
             return 0.0
         done = self.processed + self.rejected + self.failed
         return round(min(100.0, 100.0 * done / self.total), 2)
