@@ -120,6 +120,7 @@ def csv_files(draw: st.DrawFn) -> bytes:
         max_size=30,
     )
     rows = draw(st.lists(st.tuples(st.integers(0, 10**6), texts), max_size=40))
+    bom = "\ufeff" if draw(st.booleans()) else ""
     out = io.StringIO()
     import csv
 
@@ -127,7 +128,7 @@ def csv_files(draw: st.DrawFn) -> bytes:
     writer.writerow(["id", "text"])
     for row in rows:
         writer.writerow(row)
-    return out.getvalue().encode()
+    return (bom + out.getvalue()).encode()
 
 
 @settings(max_examples=60, deadline=None)
