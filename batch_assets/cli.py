@@ -34,7 +34,16 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = commands.add_parser("dev", help="the embedded stack with Dagster's UI and daemon")
     dev.add_argument("--home", type=Path, default=Path(".batch_assets"))
-    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--port", type=int, default=3000, help="the Dagster UI's port")
+    dev.add_argument("--api-port", type=int, default=8000, help="the HTTP API's port")
+
+    api = commands.add_parser("serve", help="the HTTP API (upload, status, results)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+
+    generate = commands.add_parser("generate", help="write a generated reviews CSV")
+    generate.add_argument("file", type=Path)
+    generate.add_argument("--rows", type=int, default=10_000)
 
     status = commands.add_parser("status", help="print a batch's status as JSON")
     status.add_argument("batch_id")
@@ -53,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return print_status(args.batch_id, args.dataset)
     if args.command == "upload":
         return upload_file(args.file, args.dataset)
+    if args.command == "serve":
+        return serve(args.host, args.port)
+    if args.command == "generate":
+        from batch_assets.generate import reviews_csv
+
+        print(reviews_csv(args.file, args.rows))
+        return 0
     return 2
 
 
@@ -206,9 +222,10 @@ def run_dev(args: argparse.Namespace) -> int:
             _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
             env_file = stack.write_env_file()
             env = {**os.environ, **stack.env}
-            # This interpreter's Dagster, whatever PATH holds; its own process group, so
-            # that _stop_group reaches the webserver, daemon, code servers and runs.
-            process = subprocess.Popen(
+            # This interpreter's Dagster and API, whatever PATH holds; each in its own
+            # process group, so that _stop_group reaches the webserver, daemon, code
+            # servers and runs.
+            dagster = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -224,13 +241,22 @@ def run_dev(args: argparse.Namespace) -> int:
                 env=env,
                 start_new_session=True,
             )
+            api = subprocess.Popen(
+                [sys.executable, "-m", "batch_assets.cli", "serve", "--port", str(args.api_port)],
+                env=env,
+                start_new_session=True,
+            )
             try:
                 bucket = stack.env["BATCH_ASSETS_BUCKET"]
                 print(
                     f"\nDagster UI:   http://127.0.0.1:{args.port}\n"
+                    f"HTTP API:     http://127.0.0.1:{args.api_port} "
+                    f"(OpenAPI at /docs)\n"
                     f"S3 endpoint:  {stack.env['AWS_ENDPOINT_URL']} (bucket {bucket})\n"
                     f"Postgres:     {stack.env['BATCH_ASSETS_PG_URL']}\n\n"
                     "Drop a file in from another shell:\n"
+                    f"  curl -F file=@reviews.csv http://127.0.0.1:{args.api_port}/batch/upload\n"
+                    "or\n"
                     f"  . {env_file}\n"
                     "  batch-assets upload reviews.csv      "
                     f"(puts it under s3://{bucket}/inbox/reviews/)\n"
@@ -239,22 +265,24 @@ def run_dev(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 while not stop.wait(0.5):
-                    code = process.poll()
-                    if code is not None:
-                        print(
-                            f"batch-assets dev: dagster dev exited with code {code}",
-                            file=sys.stderr,
-                        )
-                        return code if code >= 0 else 128 - code
+                    for name, process in (("dagster dev", dagster), ("the API", api)):
+                        code = process.poll()
+                        if code is not None:
+                            print(
+                                f"batch-assets dev: {name} exited with code {code}",
+                                file=sys.stderr,
+                            )
+                            return code if code > 0 else 1
                 print(
                     f"\nbatch-assets dev: {signal.Signals(received[0]).name}, stopping "
-                    "Dagster, S3 and Postgres...",
+                    "Dagster, the API, S3 and Postgres...",
                     file=sys.stderr,
                     flush=True,
                 )
                 return 0
             finally:
-                _stop_group(process)
+                _stop_group(api)
+                _stop_group(dagster)
     finally:
         for restored, handler in previous.items():
             signal.signal(restored, handler)
@@ -284,7 +312,8 @@ def _stop_group(process: subprocess.Popen[Any], deadline: float = 10.0) -> None:
         time.sleep(0.1)
     if group_alive():
         print(
-            f"batch-assets dev: Dagster still running after {deadline:.0f} s, killing it",
+            f"batch-assets dev: process group {process.pid} still running after "
+            f"{deadline:.0f} s, killing it",
             file=sys.stderr,
             flush=True,
         )
@@ -315,6 +344,21 @@ def print_status(batch_id: str, dataset: str) -> int:
         print(f"no {dataset} batch {batch_id}", file=sys.stderr)
         return 1
     print(json.dumps(status_document(row), indent=2, default=str))
+    return 0
+
+
+def serve(host: str, port: int) -> int:
+    import uvicorn
+
+    from batch_assets.api.app import ApiConfig, create_app
+    from batch_assets.errors import ConfigError
+
+    try:
+        config = ApiConfig.from_env()
+    except ConfigError as exc:
+        print(f"batch-assets serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
     return 0
 
 

@@ -115,25 +115,40 @@ def read_header(lines: _Lines, layout: CsvLayout) -> list[str]:
         while header == []:
             header = next(reader, None)
     except csv.Error as exc:
-        raise BatchInputError(f"{lines.name}: line {lines.line}: {_explain(exc)}") from None
+        raise BatchInputError(f"{lines.name}: line {lines.line}: {explain(exc)}") from None
+    return check_header(header, layout, name=lines.name, line=lines.line)
+
+
+def check_header(header: list[str] | None, layout: CsvLayout, *, name: str, line: int) -> list[str]:
+    """The header's column names, when they name every required column once.
+
+    Args:
+        header: the first non-blank record, None when the file has none.
+        layout: the required columns.
+        name: the file, as error messages name it.
+        line: the line the header ends on.
+
+    Raises:
+        BatchInputError: naming the file, the line and the problem.
+    """
     if header is None:
         expected = ",".join(layout.columns)
         raise BatchInputError(
-            f"{lines.name}: the file is empty; expected a header line '{expected}' "
+            f"{name}: the file is empty; expected a header line '{expected}' "
             "followed by one record per line"
         )
-    names = [name.strip() for name in header]
-    duplicated = sorted({name for name in names if names.count(name) > 1})
+    names = [column.strip() for column in header]
+    duplicated = sorted({column for column in names if names.count(column) > 1})
     if duplicated:
         raise BatchInputError(
-            f"{lines.name}: line {lines.line}: the header repeats column(s) "
+            f"{name}: line {line}: the header repeats column(s) "
             f"{', '.join(duplicated)}; give every column a unique name"
         )
     missing = [column for column in layout.columns if column not in names]
     if missing:
         shown = ",".join(header)[:200]
         raise BatchInputError(
-            f"{lines.name}: line {lines.line}: required column(s) {', '.join(missing)} missing "
+            f"{name}: line {line}: required column(s) {', '.join(missing)} missing "
             f"from the header '{shown}'; the first line must be a header such as "
             f"'{','.join(layout.columns)}'"
         )
@@ -195,7 +210,7 @@ def iter_csv_chunks(
             try:
                 row = next(reader, None)
             except csv.Error as exc:
-                raise BatchInputError(f"{name}: line {start_line}: {_explain(exc)}") from None
+                raise BatchInputError(f"{name}: line {start_line}: {explain(exc)}") from None
             if row is None:
                 break
             if not row:
@@ -232,7 +247,7 @@ def iter_csv_chunks(
         index += 1
 
 
-def _explain(error: csv.Error) -> str:
+def explain(error: csv.Error) -> str:
     """csv's message, in the words of someone fixing the file."""
     text = str(error)
     if "new-line character seen in unquoted field" in text:

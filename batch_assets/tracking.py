@@ -107,26 +107,33 @@ class BatchJobs:
     def ensure(self) -> None:
         ensure_schema(self.conn, SCHEMA)
 
-    def register(self, batch_id: str, sources: list[Source]) -> bool:
+    def register(self, batch_id: str, sources: list[Source], *, total: int = 0) -> bool:
         """Queues a batch for its sources; False when exactly these versions are registered
-        already (an unchanged object seen again), which changes nothing."""
+        already (an unchanged object seen again), which changes nothing.
+
+        Args:
+            batch_id: the batch (its partition key).
+            sources: the objects it reads.
+            total: its record count when already known (an upload counts them).
+        """
         if {(s.uri, s.etag) for s in self.sources(batch_id)} == {(s.uri, s.etag) for s in sources}:
             return False
         first = sources[0]
         with self.conn.cursor() as cur:
             cur.execute(
                 """
-                INSERT INTO batch_jobs (dataset, batch_id, source_uri, source_etag, status)
-                VALUES (%s, %s, %s, %s, 'queued')
+                INSERT INTO batch_jobs (dataset, batch_id, source_uri, source_etag, status,
+                                        total_count)
+                VALUES (%s, %s, %s, %s, 'queued', %s)
                 ON CONFLICT (dataset, batch_id) DO UPDATE SET
                     source_uri = EXCLUDED.source_uri, source_etag = EXCLUDED.source_etag,
-                    status = 'queued', total_count = 0, processed_count = 0,
+                    status = 'queued', total_count = EXCLUDED.total_count, processed_count = 0,
                     rejected_count = 0, failed_count = 0, progress_percent = 0,
                     summary = NULL, error = NULL, lineage = NULL, run_id = NULL,
                     created_at = now(), started_at = NULL, completed_at = NULL,
                     updated_at = now()
                 """,
-                (self.dataset, batch_id, first.uri, first.etag),
+                (self.dataset, batch_id, first.uri, first.etag, total),
             )
             cur.execute(
                 "DELETE FROM batch_sources WHERE dataset = %s AND batch_id = %s",
@@ -232,6 +239,16 @@ class BatchJobs:
                 (*values, self.dataset, batch_id, lineage),
             )
             return cur.rowcount == 1
+
+    def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[dict[str, Any]]:
+        """The dataset's newest batches first, optionally only those in one status."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT * FROM batch_jobs WHERE dataset = %s AND (%s::text IS NULL OR status = %s)"
+                " ORDER BY created_at DESC, batch_id LIMIT %s",
+                (self.dataset, status, status, limit),
+            )
+            return cur.fetchall()
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
         with self.conn.cursor(row_factory=dict_row) as cur:

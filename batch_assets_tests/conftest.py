@@ -17,7 +17,9 @@ import psycopg
 import pytest
 from dagster import DagsterInstance
 
+from batch_assets.definitions import build_definitions
 from batch_assets.local_stack import LocalStack
+from batch_assets_tests.pipeline_helpers import Inbox
 
 EXTERNAL_PG = os.environ.get("BATCH_ASSETS_TEST_PG_URL")
 
@@ -88,3 +90,27 @@ def instance(stack: LocalStack) -> Iterator[DagsterInstance]:
     """A Dagster instance on the embedded Postgres, configured by the repository's dagster.yaml."""
     with DagsterInstance.get() as dagster_instance:
         yield dagster_instance
+
+
+@pytest.fixture(scope="session")
+def sensor_state() -> dict[str, Any]:
+    """The reviews inbox sensor's cursor and launched run keys, carried across tests."""
+    return {"cursor": None, "run_keys": set()}
+
+
+@pytest.fixture
+def inbox(
+    stack: LocalStack, instance: DagsterInstance, pg_url: str, sensor_state: dict[str, Any]
+) -> Iterator[Inbox]:
+    """The reviews inbox as the daemon sees it: tests drop objects, tick, run partitions."""
+    box = Inbox(
+        build_definitions(),
+        instance,
+        stack.s3(),
+        stack.env["BATCH_ASSETS_BUCKET"],
+        cursor=sensor_state["cursor"],
+        run_keys=sensor_state["run_keys"],
+        tag="embedded" if pg_url == stack.env["BATCH_ASSETS_PG_URL"] else "external",
+    )
+    yield box
+    sensor_state["cursor"] = box.cursor

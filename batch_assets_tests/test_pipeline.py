@@ -2,38 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance
 
-from batch_assets.definitions import build_definitions
-from batch_assets.local_stack import LocalStack
 from batch_assets_tests.pipeline_helpers import Inbox, batch_row, rejected, results
-
-
-@pytest.fixture(scope="session")
-def sensor_state() -> dict[str, Any]:
-    return {"cursor": None, "run_keys": set()}
-
-
-@pytest.fixture
-def inbox(
-    stack: LocalStack, instance: DagsterInstance, pg_url: str, sensor_state: dict[str, Any]
-) -> Iterator[Inbox]:
-    box = Inbox(
-        build_definitions(),
-        instance,
-        stack.s3(),
-        stack.env["BATCH_ASSETS_BUCKET"],
-        cursor=sensor_state["cursor"],
-        run_keys=sensor_state["run_keys"],
-        tag="embedded" if pg_url == stack.env["BATCH_ASSETS_PG_URL"] else "external",
-    )
-    yield box
-    sensor_state["cursor"] = box.cursor
-
 
 TRICKY = (
     "\ufeffid,text\n"

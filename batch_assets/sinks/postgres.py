@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from batch_assets.chunks import Chunks
 from batch_assets.processors.sentiment import ERROR
@@ -251,3 +253,58 @@ def preview_markdown(
         cells = (str(v)[:80].replace("|", "\\|").replace("\n", " ") for v in record)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def results_page(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, *, page: int, per_page: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """The batch's result count and one page of its results, in source order.
+
+    `seq` is dense from 1, so page `p` is the key range `((p - 1) * per_page, p * per_page]`
+    of the primary key: an index range scan that costs the same at any depth, and the
+    count is the largest `seq`, one index probe.
+    """
+    columns = ["line", *tables.columns, "status", "error"]
+    first = (page - 1) * per_page
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            sql.SQL("SELECT max(seq) AS n FROM {} WHERE batch_id = %s").format(
+                sql.Identifier(tables.results)
+            ),
+            (batch_id,),
+        )
+        found = cur.fetchone()
+        total = int(found["n"] or 0) if found else 0
+        cur.execute(
+            sql.SQL(
+                "SELECT {} FROM {} WHERE batch_id = %s AND seq > %s AND seq <= %s ORDER BY seq"
+            ).format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(tables.results)
+            ),
+            (batch_id, first, first + per_page),
+        )
+        return total, cur.fetchall()
+
+
+def rejected_page(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, *, after_line: int, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """The batch's rejected-row count and up to `limit` rejected rows after a source line,
+    in line order (a keyset page on the primary key)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            sql.SQL("SELECT count(*) AS n FROM {} WHERE batch_id = %s").format(
+                sql.Identifier(tables.rejected)
+            ),
+            (batch_id,),
+        )
+        found = cur.fetchone()
+        total = int(found["n"]) if found else 0
+        cur.execute(
+            sql.SQL(
+                "SELECT line, reason, record FROM {} WHERE batch_id = %s AND line > %s "
+                "ORDER BY line LIMIT %s"
+            ).format(sql.Identifier(tables.rejected)),
+            (batch_id, after_line, limit),
+        )
+        return total, cur.fetchall()

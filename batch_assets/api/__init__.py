@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI, served by uvicorn): `create_app` builds it."""

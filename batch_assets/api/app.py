@@ -1,0 +1,537 @@
+"""The HTTP API: upload a CSV into a dataset's inbox, watch its batch, page through results.
+
+An upload is streamed to S3 as it arrives (checked and counted on the way) and registered
+as a queued batch; the dataset's inbox sensor then starts its run, as for any file dropped
+into the inbox. Everything else reads the tables the pipeline writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import boto3
+import psycopg
+from botocore.config import Config
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import ConnectionPool, PoolTimeout
+from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect, HTTPConnection
+
+from batch_assets.api.upload import (
+    CsvStreamCheck,
+    MultipartFileParser,
+    S3Upload,
+    UnsupportedUpload,
+    UploadTooLarge,
+    upload_key,
+)
+from batch_assets.datasets import DATASETS, Dataset, dataset_named
+from batch_assets.errors import BatchInputError, ConfigError
+from batch_assets.readers import CsvLayout
+from batch_assets.s3_objects import partition_key_for, s3_uri
+from batch_assets.sinks.postgres import rejected_page, results_page
+from batch_assets.tracking import BatchJobs, Source, status_document
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
+FILE_FIELD = "file"
+MAX_PER_PAGE = 1000
+# (page - 1) * per_page stays far inside Postgres's bigint
+MAX_PAGE = 1_000_000_000
+BATCH_ID = r"^[A-Za-z0-9._-]{1,200}$"
+
+DatasetName = enum.Enum(  # type: ignore[misc]
+    "DatasetName", {d.name: d.name for d in DATASETS}, type=str
+)
+DEFAULT_DATASET = DatasetName(DATASETS[0].name)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """What the API needs, from the same environment as the rest of the code location.
+
+    Attributes:
+        pg_url: Postgres of results and batch tracking (`BATCH_ASSETS_PG_URL`).
+        bucket: the bucket of the datasets' inboxes (`BATCH_ASSETS_BUCKET`).
+        token: when set, every endpoint but `/health` wants `Authorization: Bearer <token>`
+            (`BATCH_ASSETS_API_TOKEN`).
+        max_upload_bytes: the largest file accepted (`BATCH_ASSETS_API_MAX_UPLOAD_BYTES`).
+    """
+
+    pg_url: str
+    bucket: str
+    token: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ApiConfig:
+        env = dict(os.environ if environ is None else environ)
+        missing = [k for k in ("BATCH_ASSETS_PG_URL", "BATCH_ASSETS_BUCKET") if not env.get(k)]
+        if missing:
+            raise ConfigError(
+                f"{', '.join(missing)} not set; `batch-assets dev` writes an env file that sets "
+                "them for the embedded stack"
+            )
+        limit = env.get("BATCH_ASSETS_API_MAX_UPLOAD_BYTES", str(DEFAULT_MAX_UPLOAD_BYTES))
+        try:
+            max_upload_bytes = int(limit)
+        except ValueError:
+            raise ConfigError(
+                f"BATCH_ASSETS_API_MAX_UPLOAD_BYTES={limit!r} is not a number of bytes"
+            ) from None
+        return cls(
+            pg_url=env["BATCH_ASSETS_PG_URL"],
+            bucket=env["BATCH_ASSETS_BUCKET"],
+            token=env.get("BATCH_ASSETS_API_TOKEN") or None,
+            max_upload_bytes=max_upload_bytes,
+        )
+
+
+class Backend:
+    """The API's connections: a Postgres pool and an S3 client, shared by requests."""
+
+    def __init__(self, config: ApiConfig):
+        self.config = config
+        self.pool = ConnectionPool(
+            config.pg_url, min_size=1, max_size=8, open=False, timeout=10, name="batch-assets-api"
+        )
+        self.s3 = boto3.client(
+            "s3",
+            config=Config(connect_timeout=5, read_timeout=60, retries={"mode": "standard"}),
+        )
+        self._schema_ready = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection, committed when the block ends cleanly; 503 when Postgres
+        cannot be reached."""
+        try:
+            with self.pool.connection() as conn:
+                if not self._schema_ready:
+                    BatchJobs(conn, DATASETS[0].name).ensure()
+                    for dataset in DATASETS:
+                        dataset.tables.ensure(conn)
+                    conn.commit()
+                    self._schema_ready = True
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise HTTPException(503, f"Postgres is not reachable: {exc}") from None
+
+
+# Response models: the API's documented shapes.
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class BatchStatus(BaseModel):
+    batch_id: str
+    status: Literal["queued", "processing", "completed", "failed"]
+    total_count: int
+    processed_count: int
+    rejected_count: int
+    failed_count: int
+    progress_percent: float
+    summary: dict[str, int] | None = Field(
+        description="Processed rows per label (reviews: positive, negative, neutral), once "
+        "completed."
+    )
+    error: str | None = Field(description="Why the batch failed, once failed.")
+
+
+class BatchListItem(BatchStatus):
+    dataset: str
+    source_uri: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class BatchList(BaseModel):
+    batches: list[BatchListItem]
+
+
+class UploadAccepted(BaseModel):
+    batch_id: str
+    status: Literal["queued"]
+    total_count: int = Field(description="Records in the file, counted while it streamed.")
+    processed_count: int
+    dataset: str
+    source_uri: str = Field(description="Where the file was stored, in the dataset's inbox.")
+
+
+class ResultsPage(BaseModel):
+    batch_id: str
+    status: str
+    page: int
+    per_page: int
+    total_results: int = Field(description="Processed and failed records stored for the batch.")
+    results: list[dict[str, Any]] = Field(
+        description="In source order. Reviews: id, text, sentiment, score, line (the record's "
+        "1-based line in the file), status (processed or failed) and error."
+    )
+
+
+class RejectedRow(BaseModel):
+    line: int
+    reason: str
+    record: str | None
+
+
+class RejectedPage(BaseModel):
+    batch_id: str
+    total_rejected: int
+    after_line: int
+    rejected: list[RejectedRow]
+    next_after_line: int | None = Field(
+        description="Pass as after_line for the next page; null on the last one."
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    s3: str
+    postgres: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {FILE_FIELD: {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+def create_app(config: ApiConfig | None = None) -> FastAPI:
+    """The API application; configuration from the environment unless given."""
+    config = config or ApiConfig.from_env()
+    backend = Backend(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend.pool.open(wait=False)
+        try:
+            yield
+        finally:
+            backend.pool.close()
+
+    app = FastAPI(
+        title="batch_assets",
+        summary="Upload a CSV, watch its batch, page through its results.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    protected = [Depends(_TokenGuard(config.token))] if config.token else []
+    api = APIRouter(dependencies=protected, responses=_errors(401, 503) if config.token else {})
+
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
+    def health() -> Any:
+        """200 once the API reaches S3 (the bucket) and Postgres; 503 naming what fails."""
+        checks = {"s3": "ok", "postgres": "ok"}
+        try:
+            backend.s3.head_bucket(Bucket=config.bucket)
+        except Exception as exc:
+            checks["s3"] = f"bucket {config.bucket}: {exc}"
+        try:
+            with backend.connection() as conn:
+                conn.execute("SELECT 1")
+        except HTTPException as exc:
+            checks["postgres"] = str(exc.detail)
+        ok = all(v == "ok" for v in checks.values())
+        body = Health(status="ok" if ok else "unavailable", **checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    @api.post(
+        "/batch/upload",
+        status_code=202,
+        response_model=UploadAccepted,
+        responses=_errors(400, 413, 415, 503),
+        openapi_extra=_UPLOAD_BODY,
+        tags=["batches"],
+    )
+    async def upload(
+        request: Request, dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET
+    ) -> UploadAccepted:
+        """Streams a CSV (form field `file`) into the dataset's S3 inbox and queues it.
+
+        The header is checked as soon as it has arrived and the records are counted on the
+        way; nothing is kept in memory. 400 names the problem (no header, a missing column,
+        not UTF-8, empty, a quote never closed), 413 when the file is over the size limit.
+        The inbox sensor starts the batch's run within its interval (15 s by default).
+        """
+        entry = dataset_named(dataset.value)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > config.max_upload_bytes + (1 << 20):
+            raise HTTPException(413, _too_large(config.max_upload_bytes))
+        receiver = _UploadReceiver(backend, entry)
+        body = _Body(request)
+        try:
+            parser = MultipartFileParser(
+                request.headers.get("content-type", ""),
+                field=FILE_FIELD,
+                on_file=receiver.begin,
+                on_data=receiver.data,
+            )
+            async for block in body.blocks():
+                parser.write(block)
+                if receiver.upload is not None and receiver.upload.full:
+                    await run_in_threadpool(receiver.upload.send_part)
+            parser.finish()
+            total = receiver.check_complete()
+            head = await run_in_threadpool(receiver.complete)
+        except BatchInputError as exc:
+            await run_in_threadpool(receiver.abort)
+            await body.drain(limit=config.max_upload_bytes)
+            status = 413 if isinstance(exc, UploadTooLarge) else 400
+            status = 415 if isinstance(exc, UnsupportedUpload) else status
+            raise HTTPException(status, str(exc)) from None
+        except BaseException:
+            await run_in_threadpool(receiver.abort)
+            raise
+        assert receiver.key is not None
+        batch_id = partition_key_for(receiver.key, entry.prefix)
+        uri = s3_uri(config.bucket, receiver.key)
+        source = Source(
+            uri, head["ETag"].strip('"'), int(head["ContentLength"]), head["LastModified"]
+        )
+
+        def register() -> None:
+            with backend.connection() as conn:
+                BatchJobs(conn, entry.name).register(batch_id, [source], total=total)
+
+        await run_in_threadpool(register)
+        log.info("upload %s: %s records, batch %s", uri, total, batch_id)
+        return UploadAccepted(
+            batch_id=batch_id,
+            status="queued",
+            total_count=total,
+            processed_count=0,
+            dataset=entry.name,
+            source_uri=uri,
+        )
+
+    @api.get("/batch", response_model=BatchList, tags=["batches"])
+    def recent_batches(
+        dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
+        status: Annotated[
+            Literal["queued", "processing", "completed", "failed"] | None, Query()
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 20,
+    ) -> BatchList:
+        """The dataset's newest batches first, optionally in one status only."""
+        with backend.connection() as conn:
+            rows = BatchJobs(conn, dataset.value).recent(limit=limit, status=status)
+        return BatchList(
+            batches=[
+                BatchListItem(
+                    **status_document(row),
+                    dataset=row["dataset"],
+                    source_uri=row["source_uri"],
+                    created_at=row["created_at"],
+                    updated_at=row["updated_at"],
+                )
+                for row in rows
+            ]
+        )
+
+    @api.get(
+        "/batch/{batch_id}",
+        response_model=BatchStatus,
+        responses=_errors(404),
+        tags=["batches"],
+    )
+    def batch_status(
+        batch_id: Annotated[str, Path(pattern=BATCH_ID)],
+        dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
+    ) -> BatchStatus:
+        """Status, counts and progress; `summary` once completed, `error` once failed."""
+        return BatchStatus(**status_document(_batch_row(backend, dataset.value, batch_id)))
+
+    @api.get(
+        "/batch/{batch_id}/results",
+        response_model=ResultsPage,
+        responses=_errors(404),
+        tags=["batches"],
+    )
+    def batch_results(
+        batch_id: Annotated[str, Path(pattern=BATCH_ID)],
+        dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
+        page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+        per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 50,
+    ) -> ResultsPage:
+        """One page of the batch's results in source order; any page costs what the first
+        does. Results appear all at once when the batch completes."""
+        entry = dataset_named(dataset.value)
+        row = _batch_row(backend, entry.name, batch_id)
+        with backend.connection() as conn:
+            total, results = results_page(
+                conn, entry.tables, batch_id, page=page, per_page=per_page
+            )
+        return ResultsPage(
+            batch_id=batch_id,
+            status=row["status"],
+            page=page,
+            per_page=per_page,
+            total_results=total,
+            results=results,
+        )
+
+    @api.get(
+        "/batch/{batch_id}/rejected",
+        response_model=RejectedPage,
+        responses=_errors(404),
+        tags=["batches"],
+    )
+    def batch_rejected(
+        batch_id: Annotated[str, Path(pattern=BATCH_ID)],
+        dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
+        after_line: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 100,
+    ) -> RejectedPage:
+        """Rejected rows with their source line and reason, in line order, `limit` at a
+        time after `after_line`."""
+        entry = dataset_named(dataset.value)
+        _batch_row(backend, entry.name, batch_id)
+        with backend.connection() as conn:
+            total, rows = rejected_page(
+                conn, entry.tables, batch_id, after_line=after_line, limit=limit
+            )
+        return RejectedPage(
+            batch_id=batch_id,
+            total_rejected=total,
+            after_line=after_line,
+            rejected=[RejectedRow(**r) for r in rows],
+            next_after_line=int(rows[-1]["line"]) if len(rows) == limit else None,
+        )
+
+    app.include_router(api)
+    return app
+
+
+def _batch_row(backend: Backend, dataset: str, batch_id: str) -> dict[str, Any]:
+    with backend.connection() as conn:
+        row = BatchJobs(conn, dataset).get(batch_id)
+    if row is None:
+        raise HTTPException(404, f"no {dataset} batch {batch_id}")
+    return row
+
+
+class _TokenGuard(HTTPBearer):
+    """Bearer authentication against one configured token (documented in the OpenAPI)."""
+
+    def __init__(self, token: str):
+        super().__init__(auto_error=False, description="The value of BATCH_ASSETS_API_TOKEN.")
+        self._token = token.encode()
+
+    async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
+        credentials = await super().__call__(request)
+        given = credentials.credentials.encode() if credentials else b""
+        if not hmac.compare_digest(given, self._token):
+            raise HTTPException(
+                401,
+                "missing or wrong token: send 'Authorization: Bearer <BATCH_ASSETS_API_TOKEN>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return credentials
+
+
+def _too_large(limit: int) -> str:
+    return (
+        f"the upload is larger than the limit of {limit:,} bytes; split the file, or drop it "
+        "into the S3 inbox directly"
+    )
+
+
+class _Body:
+    """A request body read block by block, knowing whether it has ended."""
+
+    def __init__(self, request: Request):
+        self._receive = request.receive
+        self.ended = False
+
+    async def blocks(self) -> AsyncIterator[bytes]:
+        while not self.ended:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.ended = True
+                raise ClientDisconnect()
+            self.ended = not message.get("more_body", False)
+            if message.get("body"):
+                yield message["body"]
+
+    async def drain(self, *, limit: int) -> None:
+        """Reads and drops what is left of a rejected upload (up to `limit` bytes), so
+        that the client, still sending, reads the error instead of a reset connection."""
+        seen = 0
+        with contextlib.suppress(ClientDisconnect):
+            async for block in self.blocks():
+                seen += len(block)
+                if seen > limit:
+                    break
+
+
+class _UploadReceiver:
+    """One upload in flight: the file part's bytes go through the check into S3."""
+
+    def __init__(self, backend: Backend, dataset: Dataset):
+        self.backend = backend
+        self.dataset = dataset
+        self.check: CsvStreamCheck | None = None
+        self.upload: S3Upload | None = None
+        self.key: str | None = None
+
+    def begin(self, filename: str) -> None:
+        self.key = upload_key(self.dataset.prefix, filename)
+        self.check = CsvStreamCheck(
+            filename,
+            CsvLayout(self.dataset.columns),
+            max_bytes=self.backend.config.max_upload_bytes,
+        )
+        self.upload = S3Upload(self.backend.s3, self.backend.config.bucket, self.key)
+
+    def data(self, block: bytes) -> None:
+        assert self.check is not None and self.upload is not None
+        self.check.feed(block)
+        self.upload.buffer(block)
+
+    def check_complete(self) -> int:
+        if self.check is None:
+            raise BatchInputError(
+                f"no file in the form field '{FILE_FIELD}' (curl -F {FILE_FIELD}=@reviews.csv)"
+            )
+        return self.check.finish()
+
+    def complete(self) -> dict[str, Any]:
+        assert self.upload is not None
+        return self.upload.complete()
+
+    def abort(self) -> None:
+        if self.upload is not None:
+            try:
+                self.upload.abort()
+            except Exception:
+                log.warning("could not abort the multipart upload of %s", self.key, exc_info=True)
