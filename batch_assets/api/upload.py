@@ -25,7 +25,6 @@ from batch_assets.readers import CsvLayout, check_header, explain
 
 MAX_HEADER_BYTES = 1 << 20
 PART_SIZE = 8 << 20  # S3 wants parts of at least 5 MiB, but the last one
-_BOM = b"\xef\xbb\xbf"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -65,8 +64,6 @@ class CsvStreamCheck:
         """
         if not data:
             return
-        if self.size == 0 and data.startswith(_BOM):
-            data = data[len(_BOM) :]
         self.size += len(data)
         if self.size > self.max_bytes:
             raise UploadTooLarge(
@@ -123,6 +120,7 @@ class CsvStreamCheck:
         (an escaped quote, `""`, counts twice)."""
         *ended, rest = data.split(b"\n")
         for number, line in enumerate(ended, start=self._newlines + 1):
+            self._refuse_bare_cr(line.rstrip(b"\r"), number)
             if line.count(b'"') & 1:
                 self._in_quotes = not self._in_quotes
                 self._quote_line = number
@@ -131,15 +129,25 @@ class CsvStreamCheck:
             if not self._in_quotes and self._content:
                 self._records += 1
                 self._content = False
+        self._refuse_bare_cr(rest[:-1], self._newlines + len(ended) + 1)
         if rest.count(b'"') & 1:
             self._in_quotes = not self._in_quotes
             self._quote_line = self._newlines + len(ended) + 1
         if rest.rstrip(b"\r") or self._in_quotes:
             self._content = True
 
+    def _refuse_bare_cr(self, line: bytes, number: int) -> None:
+        """A CR inside a line with no quotes in play ends a line the reader cannot read
+        (old Mac line endings); a CR inside quotes is data."""
+        if b"\r" in line and not self._in_quotes and b'"' not in line:
+            raise BatchInputError(
+                f"{self.name}: line {number}: a bare carriage return (CR) ends a line outside "
+                "quotes; save the file with LF or CRLF line endings"
+            )
+
     def _check_header(self) -> None:
         """Checks the first non-blank record, from the bytes held until it ended."""
-        text = bytes(self._head).decode("utf-8", errors="replace")
+        text = bytes(self._head).decode("utf-8", errors="replace").removeprefix("\ufeff")
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         header = None
         try:
