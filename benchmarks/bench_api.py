@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--pages", type=int, default=200, help="requests per page measured")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--no-pages", action="store_true", help="measure the uploads only")
     args = parser.parse_args(argv)
     rows_list = sorted(args.rows)
     figures: dict[str, Any] = {
@@ -242,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         figures["upload_peak_ratio"] = {"rows": [small, big], **ratios}
         _log(f"upload VmHWM {big:,} / {small:,} rows: {ratios}")
 
-        if big >= DEEP_PAGE * PER_PAGE:
+        if args.no_pages:
+            pass
+        elif big >= DEEP_PAGE * PER_PAGE:
             _log(f"processing batch {largest['batch_id']} ({big:,} rows) for the page figures")
             figures["processing_seconds"] = round(process_batch(stack, largest["batch_id"]), 1)
             port = _free_port()

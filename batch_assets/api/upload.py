@@ -164,7 +164,8 @@ class CsvStreamCheck:
 @dataclass
 class S3Upload:
     """Streams bytes into one S3 object: one `PutObject` when it fits in a part, a
-    multipart upload otherwise. `abort` removes whatever was sent.
+    multipart upload otherwise, each part the buffer as it stands once it holds at least
+    `part_size` bytes. `abort` removes whatever was sent.
 
     Attributes:
         client: a boto3 S3 client.
@@ -190,13 +191,13 @@ class S3Upload:
         return len(self._buffer) >= self.part_size
 
     def send_part(self) -> None:
-        """Sends one part of `part_size` bytes from the buffer (blocking I/O)."""
+        """Sends the buffer as the next part (blocking I/O) and starts a new buffer; the
+        bytes go as they are, never copied."""
         if self._upload_id is None:
             created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
             self._upload_id = created["UploadId"]
         number = len(self._parts) + 1
-        body = bytes(self._buffer[: self.part_size])
-        del self._buffer[: self.part_size]
+        body, self._buffer = self._buffer, bytearray()
         sent = self.client.upload_part(
             Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
         )
@@ -208,7 +209,6 @@ class S3Upload:
             self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer))
         else:
             if self._buffer:
-                self.part_size = len(self._buffer)
                 self.send_part()
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
