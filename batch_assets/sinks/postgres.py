@@ -264,26 +264,18 @@ def results_page(
     of the primary key: an index range scan that costs the same at any depth, and the
     count is the largest `seq`, one index probe.
     """
-    columns = ["line", *tables.columns, "status", "error"]
+    table = sql.Identifier(tables.results)
+    columns = sql.SQL(", ").join(map(sql.Identifier, ["line", *tables.columns, "status", "error"]))
     first = (page - 1) * per_page
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            sql.SQL("SELECT max(seq) AS n FROM {} WHERE batch_id = %s").format(
-                sql.Identifier(tables.results)
-            ),
-            (batch_id,),
-        )
-        found = cur.fetchone()
-        total = int(found["n"] or 0) if found else 0
-        cur.execute(
-            sql.SQL(
-                "SELECT {} FROM {} WHERE batch_id = %s AND seq > %s AND seq <= %s ORDER BY seq"
-            ).format(
-                sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(tables.results)
-            ),
-            (batch_id, first, first + per_page),
-        )
-        return total, cur.fetchall()
+    return _count_and_rows(
+        conn,
+        sql.SQL("SELECT max(seq) FROM {} WHERE batch_id = %s").format(table),
+        (batch_id,),
+        sql.SQL(
+            "SELECT {} FROM {} WHERE batch_id = %s AND seq > %s AND seq <= %s ORDER BY seq"
+        ).format(columns, table),
+        (batch_id, first, first + per_page),
+    )
 
 
 def rejected_page(
@@ -291,20 +283,29 @@ def rejected_page(
 ) -> tuple[int, list[dict[str, Any]]]:
     """The batch's rejected-row count and up to `limit` rejected rows after a source line,
     in line order (a keyset page on the primary key)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            sql.SQL("SELECT count(*) AS n FROM {} WHERE batch_id = %s").format(
-                sql.Identifier(tables.rejected)
-            ),
-            (batch_id,),
-        )
+    table = sql.Identifier(tables.rejected)
+    return _count_and_rows(
+        conn,
+        sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s").format(table),
+        (batch_id,),
+        sql.SQL(
+            "SELECT line, reason, record FROM {} WHERE batch_id = %s AND line > %s "
+            "ORDER BY line LIMIT %s"
+        ).format(table),
+        (batch_id, after_line, limit),
+    )
+
+
+def _count_and_rows(
+    conn: psycopg.Connection,
+    count: sql.Composed,
+    count_params: tuple[Any, ...],
+    rows: sql.Composed,
+    rows_params: tuple[Any, ...],
+) -> tuple[int, list[dict[str, Any]]]:
+    with conn.cursor() as cur:
+        cur.execute(count, count_params)
         found = cur.fetchone()
-        total = int(found["n"]) if found else 0
-        cur.execute(
-            sql.SQL(
-                "SELECT line, reason, record FROM {} WHERE batch_id = %s AND line > %s "
-                "ORDER BY line LIMIT %s"
-            ).format(sql.Identifier(tables.rejected)),
-            (batch_id, after_line, limit),
-        )
-        return total, cur.fetchall()
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(rows, rows_params)
+        return int(found[0] or 0) if found else 0, cur.fetchall()
