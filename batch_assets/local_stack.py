@@ -86,12 +86,17 @@ class LocalStack:
         return stack
 
     def s3(self) -> Any:
+        return self.client("s3")
+
+    def client(self, service: str, **options: Any) -> Any:
+        """A boto3 client of `service` (s3, dynamodb, kinesis, ...) on the stack's endpoint."""
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.env["AWS_ENDPOINT_URL"],
             region_name=REGION,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
+            **options,
         )
 
     def apply(self) -> None:

@@ -115,9 +115,7 @@ def pack(
         if n > limits.item_bytes:
             stats.oversized.append(Oversized(position, n, limits.item_bytes))
             continue
-        if batch and (
-            len(batch) == limits.request_items or batch_bytes + n > limits.request_bytes
-        ):
+        if batch and (len(batch) == limits.request_items or batch_bytes + n > limits.request_bytes):
             yield _emit(batch, positions, batch_bytes, stats)
             batch, positions, batch_bytes = [], [], 0
         batch.append(record)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -42,7 +44,7 @@ def test_pack_invariants(sizes: list[int], limits: Limits) -> None:
         (i, n, limits.item_bytes) for i, n in records if n > limits.item_bytes
     ]
     # greedy: a request ends only when its successor's first record would not fit
-    for q, after in zip(requests, requests[1:], strict=False):
+    for q, after in itertools.pairwise(requests):
         first = after.records[0][1]
         assert len(q.records) == limits.request_items or q.bytes + first > limits.request_bytes
     assert (stats.records, stats.packed, stats.requests) == (

@@ -1,0 +1,88 @@
+"""Faults injected into a real boto3 client, through botocore's event hooks: the request
+still goes to moto's server over HTTP, less whatever the fault holds back."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from botocore.awsrequest import AWSResponse
+
+
+class _Body:
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._data
+
+
+class DynamoFaults:
+    """Makes `BatchWriteItem` partly fail, as a throttled table does.
+
+    Args:
+        client: the DynamoDB client to break (create it with `total_max_attempts=1` so that
+            botocore's own retries do not hide the faults).
+        unprocessed: the fraction of each call's puts held back before sending and handed
+            back in `UnprocessedItems`.
+        throttle: the probability that a call is answered with a throttling error
+            without reaching the server.
+        seed: the random source's seed.
+
+    Attributes:
+        sent: how many times each record id reached the server.
+        throttled: calls answered with the throttling error.
+    """
+
+    def __init__(
+        self, client: Any, *, unprocessed: float = 0.0, throttle: float = 0.0, seed: int = 1
+    ):
+        self.unprocessed = unprocessed
+        self.throttle = throttle
+        self.rng = random.Random(seed)
+        self.sent: Counter[str] = Counter()
+        self.throttled = 0
+        self._held: dict[str, list[Any]] = {}
+        self._throttling = False
+        events = client.meta.events
+        events.register("before-parameter-build.dynamodb.BatchWriteItem", self._hold_back)
+        events.register("before-send.dynamodb.BatchWriteItem", self._send)
+        events.register("after-call.dynamodb.BatchWriteItem", self._hand_back)
+
+    def _hold_back(self, params: dict[str, Any], **_: Any) -> None:
+        self._held = {}
+        self._throttling = self.rng.random() < self.throttle
+        if self._throttling:
+            return
+        kept = {}
+        for table, writes in params["RequestItems"].items():
+            n = len(writes) - int(len(writes) * self.unprocessed)
+            kept[table] = writes[:n]
+            if writes[n:]:
+                self._held[table] = writes[n:]
+        params["RequestItems"] = {t: w for t, w in kept.items() if w}
+
+    def _send(self, request: Any, **_: Any) -> AWSResponse | None:
+        if self._throttling:
+            self.throttled += 1
+            body = {
+                "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                "message": "The level of configured provisioned throughput for the table was "
+                "exceeded (injected)",
+            }
+            headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "fault"}
+            return AWSResponse(request.url, 400, headers, _Body(json.dumps(body).encode()))
+        for writes in json.loads(request.body)["RequestItems"].values():
+            for write in writes:
+                self.sent[write["PutRequest"]["Item"]["record_id"]["S"]] += 1
+        return None
+
+    def _hand_back(self, parsed: dict[str, Any], **_: Any) -> None:
+        if "Error" in parsed or not self._held:
+            return
+        unprocessed = parsed.setdefault("UnprocessedItems", {})
+        for table, writes in self._held.items():
+            unprocessed.setdefault(table, []).extend(writes)
