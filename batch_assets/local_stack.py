@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import boto3
 import psycopg
+from botocore.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,16 @@ class LocalStack:
     def s3(self) -> Any:
         return self.client("s3")
 
-    def client(self, service: str, **options: Any) -> Any:
+    def client(self, service: str, *, config: Config | None = None) -> Any:
         """A boto3 client of `service` (s3, dynamodb, kinesis, ...) on the stack's endpoint."""
-        return boto3.client(
+        make: Any = boto3.client  # typed per service name; this one takes any
+        return make(
             service,
             endpoint_url=self.env["AWS_ENDPOINT_URL"],
             region_name=REGION,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
-            **options,
+            config=config,
         )
 
     def apply(self) -> None:
