@@ -40,7 +40,7 @@ class CsvLayout:
     columns: tuple[str, ...]
 
 
-class _Lines:
+class SourceLines:
     """Physical lines of a byte stream, decoded as UTF-8, counting bytes and lines consumed.
 
     `csv.reader` pulls one physical line at a time and ends a record at the end of a line,
@@ -48,7 +48,7 @@ class _Lines:
     """
 
     def __init__(self, stream: BinaryIO, *, name: str, offset: int, line: int):
-        self._stream = io.BufferedReader(_RawAdapter(stream), buffer_size=1 << 20)
+        self._stream = io.BufferedReader(RawAdapter(stream), buffer_size=1 << 20)
         self.name = name
         self.offset = offset
         self.line = line  # lines consumed so far
@@ -85,7 +85,7 @@ class _Lines:
             ) from None
 
 
-class _RawAdapter(io.RawIOBase):
+class RawAdapter(io.RawIOBase):
     """Lets `io.BufferedReader` read lines from any object with `read(n)` (boto3 bodies)."""
 
     def __init__(self, stream: BinaryIO):
@@ -107,7 +107,7 @@ class _RawAdapter(io.RawIOBase):
         super().close()
 
 
-def read_header(lines: _Lines, layout: CsvLayout) -> list[str]:
+def read_header(lines: SourceLines, layout: CsvLayout) -> list[str]:
     """Reads the header record and checks that it names every required column."""
     reader = csv.reader(lines, strict=True)
     try:
@@ -181,7 +181,7 @@ def iter_csv_chunks(
     csv.field_size_limit(FIELD_SIZE_LIMIT)
     state = resume.state
     if state:
-        lines = _Lines(
+        lines = SourceLines(
             open_stream(int(state["offset"])),
             name=name,
             offset=int(state["offset"]),
@@ -189,7 +189,7 @@ def iter_csv_chunks(
         )
         header = list(state["header"])
     else:
-        lines = _Lines(open_stream(0), name=name, offset=0, line=0)
+        lines = SourceLines(open_stream(0), name=name, offset=0, line=0)
         header = read_header(lines, layout)
     positions = [header.index(column) for column in layout.columns]
     width = len(header)

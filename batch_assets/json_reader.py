@@ -1,0 +1,294 @@
+"""Streaming JSON readers: JSON Lines, or one JSON array, into chunks of raw records.
+
+Both keep each record's 1-based source line and, after every chunk, the byte offset and
+line where the next record starts, so a resumed run reads from there. A JSON Lines line
+that is not a JSON object is a rejected row with its reason; a JSON array is parsed element
+by element from a sliding window, never whole, and a malformed array is a file-level error
+naming the line. Records keep their source text, so numbers of any size and any nesting
+reach the sinks unchanged.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import polars as pl
+
+from batch_assets.chunks import Chunk, Resume
+from batch_assets.errors import BatchInputError
+from batch_assets.readers import (
+    LINE,
+    MAX_LINE_BYTES,
+    RAW_RECORD_PREVIEW,
+    REASON,
+    RECORD,
+    STATUS,
+    OpenStream,
+    SourceLines,
+)
+
+RECORD_COLUMN = "record"
+_BLOCK = 1 << 20
+_WHITESPACE = " \t\r\n"
+_BLANK = _WHITESPACE.encode()
+_BOM = b"\xef\xbb\xbf"
+_DECODER = json.JSONDecoder(parse_constant=lambda name: _refuse_constant(name))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (Postgres jsonb refuses it too)")
+
+
+def iter_json_chunks(
+    open_stream: OpenStream, *, name: str, chunk_size: int, resume: Resume
+) -> Iterator[Chunk]:
+    """Streams a JSON Lines file, or a file holding one JSON array, as chunks of records.
+
+    Each chunk holds `record` (the object's source text), `_line`, `_status` (`valid` or
+    `rejected`), `_reason` and `_record`. A `.jsonl` or `.ndjson` name is JSON Lines;
+    otherwise the first non-blank character tells: `[` starts an array.
+    """
+    state = resume.state
+    offset, line = int(state.get("offset", 0)), int(state.get("line", 0))
+    stream: Any = open_stream(offset)
+    kind = state.get("format")
+    if kind is None and name.lower().endswith((".jsonl", ".ndjson")):
+        kind = "lines"
+    if kind is None:
+        head = b""
+        while True:  # up to the first character that is neither a BOM nor blank
+            block = stream.read(_BLOCK)
+            head += block
+            if not block:
+                break
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                continue
+            if head.removeprefix(_BOM).lstrip(_BLANK):
+                break
+        start = head.removeprefix(_BOM).lstrip(_BLANK)
+        kind = "array" if start.startswith(b"[") else "lines"
+        stream = _Prefixed(head, stream)
+    records = (
+        _array_records(stream, name=name, offset=offset, line=line, started=bool(state))
+        if kind == "array"
+        else _line_records(stream, name=name, offset=offset, line=line)
+    )
+    index = resume.next_index
+    rows: list[tuple[int, str | None, str, str | None, str | None]] = []
+    position = (offset, line)
+    for row, position in records:
+        rows.append(row)
+        if len(rows) == chunk_size:
+            yield _chunk(index, rows, position, kind)
+            index += 1
+            rows = []
+    if rows:
+        yield _chunk(index, rows, position, kind)
+
+
+def _chunk(
+    index: int,
+    rows: list[tuple[int, str | None, str, str | None, str | None]],
+    position: tuple[int, int],
+    kind: str,
+) -> Chunk:
+    lines, records, statuses, reasons, raws = zip(*rows, strict=True)
+    frame = pl.DataFrame(
+        {
+            LINE: pl.Series(lines, dtype=pl.Int64),
+            RECORD_COLUMN: pl.Series(records, dtype=pl.String),
+            STATUS: pl.Series(statuses, dtype=pl.String),
+            REASON: pl.Series(reasons, dtype=pl.String),
+            RECORD: pl.Series(raws, dtype=pl.String),
+        }
+    )
+    offset, line = position
+    return Chunk(index, frame, {"offset": offset, "line": line, "format": kind})
+
+
+Row = tuple[int, str | None, str, str | None, str | None]
+
+
+def _line_records(
+    stream: BinaryIO, *, name: str, offset: int, line: int
+) -> Iterator[tuple[Row, tuple[int, int]]]:
+    lines = SourceLines(stream, name=name, offset=offset, line=line)
+    try:
+        for text in lines:
+            stripped = text.strip()
+            if not stripped:
+                continue
+            yield _judge(stripped, lines.line), (lines.offset, lines.line)
+    finally:
+        lines.close()
+
+
+def _judge(text: str, line: int) -> Row:
+    """One record's row: valid when `text` is a JSON object, rejected with the reason."""
+    try:
+        value, end = _DECODER.raw_decode(text)
+        if text[end:].strip():
+            raise json.JSONDecodeError("extra data after the value", text, end)
+    except json.JSONDecodeError as exc:
+        reason = f"not valid JSON: {exc.msg} at column {exc.colno}"
+        return line, None, "rejected", reason, text[:RAW_RECORD_PREVIEW]
+    except ValueError as exc:
+        return line, None, "rejected", f"not valid JSON: {exc}", text[:RAW_RECORD_PREVIEW]
+    if not isinstance(value, dict):
+        reason = f"expected a JSON object, found {_json_kind(value)}"
+        return line, None, "rejected", reason, text[:RAW_RECORD_PREVIEW]
+    return line, text, "valid", None, None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+class _Prefixed:
+    """A stream whose first bytes were already read (to tell the format)."""
+
+    def __init__(self, head: bytes, rest: BinaryIO):
+        self._head = head
+        self._rest = rest
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._head:
+            return self._rest.read(n)
+        if n < 0:
+            out, self._head = self._head + self._rest.read(), b""
+        else:
+            out, self._head = self._head[:n], self._head[n:]
+        return out
+
+    def close(self) -> None:
+        close = getattr(self._rest, "close", None)
+        if close is not None:
+            close()
+
+
+def _array_records(
+    stream: Any, *, name: str, offset: int, line: int, started: bool
+) -> Iterator[tuple[Row, tuple[int, int]]]:
+    """The elements of one JSON array, parsed from a window of at most a few blocks.
+
+    Positions are the byte offset and line just after each element, where a resumed read
+    starts (expecting `,` or `]`).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    text, pos, eof = "", 0, False
+    bom_checked = offset > 0
+
+    def more() -> bool:
+        nonlocal text, pos, eof, bom_checked, offset
+        if eof:
+            return False
+        block = stream.read(_BLOCK)
+        try:
+            chunk = decoder.decode(block, final=not block)
+        except UnicodeDecodeError:
+            raise BatchInputError(
+                f"{name}: near line {line + text[:pos].count(chr(10)) + 1}: not valid UTF-8; "
+                "save the file as UTF-8 and upload it again"
+            ) from None
+        if not bom_checked and chunk:
+            if chunk.startswith("\ufeff"):
+                chunk = chunk[1:]
+                offset += 3
+            bom_checked = True
+        eof = not block
+        text = text[pos:] + chunk
+        pos = 0
+        return True
+
+    def skip_space() -> str:
+        nonlocal pos, line, offset
+        while True:
+            start = pos
+            while pos < len(text) and text[pos] in _WHITESPACE:
+                pos += 1
+            skipped = text[start:pos]
+            line += skipped.count("\n")
+            offset += len(skipped)  # whitespace is ASCII: one byte a character
+            if pos < len(text):
+                return text[pos]
+            if not more():
+                return ""
+
+    def expect(what: str, found: str) -> BatchInputError:
+        shown = repr(found) if found else "the end of the file"
+        return BatchInputError(f"{name}: line {line + 1}: expected {what}, found {shown}")
+
+    try:
+        if not started:
+            if skip_space() != "[":
+                raise expect("'[' to start the array", text[pos : pos + 1])
+            pos += 1
+            offset += 1
+            first = True
+        else:
+            first = False
+        while True:
+            c = skip_space()
+            if c == "]":
+                pos += 1
+                offset += 1
+                if skip_space():
+                    raise expect("nothing after the array's closing ']'", text[pos : pos + 1])
+                return
+            if not first:
+                if c != ",":
+                    raise expect("',' or ']' after an element", c)
+                pos += 1
+                offset += 1
+                c = skip_space()
+            first = False
+            if not c:
+                raise expect("an element or ']'", "")
+            start_line = line + 1
+            while True:
+                try:
+                    value, end = _DECODER.raw_decode(text, pos)
+                    # a number at the window's end may go on in the next block
+                    if end < len(text) or not more():
+                        break
+                    continue
+                except json.JSONDecodeError as exc:
+                    if len(text) - pos > MAX_LINE_BYTES:
+                        raise BatchInputError(
+                            f"{name}: line {start_line}: an element is larger than "
+                            f"{MAX_LINE_BYTES:,} bytes"
+                        ) from None
+                    if not more():
+                        bad_line = line + text[pos : exc.pos].count("\n") + 1
+                        raise BatchInputError(
+                            f"{name}: line {bad_line}: not valid JSON ({exc.msg}) in the "
+                            f"array's element that starts on line {start_line}; the file "
+                            "cannot be read past it"
+                        ) from None
+                except ValueError as exc:
+                    raise BatchInputError(f"{name}: line {start_line}: {exc}") from None
+            source = text[pos:end]
+            pos = end
+            line += source.count("\n")
+            offset += len(source.encode())
+            if isinstance(value, dict):
+                row: Row = (start_line, source, "valid", None, None)
+            else:
+                reason = f"expected a JSON object, found {_json_kind(value)}"
+                row = (start_line, None, "rejected", reason, source[:RAW_RECORD_PREVIEW])
+            yield row, (offset, line)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
