@@ -8,6 +8,7 @@ from typing import Any
 from batch_assets.checkpoints import Frontier
 from batch_assets.chunks import Chunk, Chunks, Resume
 from batch_assets.datasets import Dataset
+from batch_assets.json_reader import iter_json_chunks
 from batch_assets.readers import CsvLayout, iter_csv_chunks
 from batch_assets.s3_objects import opener
 from batch_assets.tracking import BatchCounts, Source
@@ -24,9 +25,14 @@ def read_source(client: Any, source: Source, dataset: Dataset, *, chunk_size: in
     layout = CsvLayout(dataset.columns)
 
     def produce(resume: Resume) -> Iterator[Chunk]:
-        chunks = iter_csv_chunks(
-            open_stream, name=source.uri, layout=layout, chunk_size=chunk_size, resume=resume
-        )
+        if dataset.format == "json":
+            chunks = iter_json_chunks(
+                open_stream, name=source.uri, chunk_size=chunk_size, resume=resume
+            )
+        else:
+            chunks = iter_csv_chunks(
+                open_stream, name=source.uri, layout=layout, chunk_size=chunk_size, resume=resume
+            )
         for chunk in chunks:
             frame = validate_chunk(chunk.frame, dataset.schema, dataset.columns)
             yield Chunk(chunk.index, frame, chunk.state)

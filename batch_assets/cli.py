@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
     source = demo.add_mutually_exclusive_group()
     source.add_argument("--rows", type=int, default=10_000, help="rows to generate")
-    source.add_argument("--file", type=Path, help="a CSV file to process instead")
+    source.add_argument("--file", type=Path, help="a file of the dataset's format instead")
     demo.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     demo.add_argument("--home", type=Path, help="keep the stack's state here (default: temp)")
 
@@ -109,14 +109,19 @@ def _demo_batch(stack: LocalStack, home: Path, args: argparse.Namespace) -> dict
     from dagster import DagsterInstance
 
     from batch_assets.definitions import build_definitions
-    from batch_assets.generate import reviews_csv
+    from batch_assets.generate import events_jsonl, reviews_csv
     from batch_assets.runner import evaluate_inbox_sensor, run_partition
     from batch_assets.tracking import BatchJobs, status_document
 
     dataset = dataset_named(args.dataset)
     stack.apply()
     _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
-    path = args.file or reviews_csv(home / f"reviews-{args.rows}.csv", args.rows)
+    if args.file:
+        path = args.file
+    elif dataset.format == "json":
+        path = events_jsonl(home / f"{dataset.name}-{args.rows}.jsonl", args.rows)
+    else:
+        path = reviews_csv(home / f"{dataset.name}-{args.rows}.csv", args.rows)
     bucket = stack.env["BATCH_ASSETS_BUCKET"]
     key = f"{dataset.prefix}{int(time.time())}-{path.name}"
     stack.s3().upload_file(str(path), bucket, key)

@@ -8,8 +8,11 @@ from typing import Literal
 import pandera.polars as pa
 import polars as pl
 
+from batch_assets.json_reader import RECORD_COLUMN
 from batch_assets.processors import Processor
 from batch_assets.processors.sentiment import SENTIMENT
+from batch_assets.processors.transform import TRANSFORM
+from batch_assets.schemas.events import EventRecord
 from batch_assets.schemas.reviews import ReviewRecord
 from batch_assets.sinks.postgres import ResultsTables
 
@@ -24,8 +27,11 @@ class Dataset:
         columns: the columns every record carries (the CSV header must name them).
         schema: the pandera model each chunk is validated against.
         processor: what turns a valid record into a result.
-        format: the files' format.
-        sinks: where results go.
+        format: the files' format: `csv` (a header naming `columns`), or `json` (JSON Lines
+            or one JSON array of objects; `columns` is then the one column holding each
+            object's text).
+        json_columns: record columns that hold JSON text (jsonb in Postgres).
+        sinks: where results go, in order; the last one completes the batch.
         chunk_size: records per chunk (validation and checkpoint unit).
         inbox: the S3 prefix the sensor watches, under the bucket.
     """
@@ -34,8 +40,9 @@ class Dataset:
     columns: tuple[str, ...]
     schema: type[pa.DataFrameModel]
     processor: Processor
-    format: Literal["csv"] = "csv"
-    sinks: tuple[Literal["postgres"], ...] = ("postgres",)
+    format: Literal["csv", "json"] = "csv"
+    json_columns: tuple[str, ...] = ()
+    sinks: tuple[Literal["postgres", "dynamodb"], ...] = ("postgres",)
     chunk_size: int = 10_000
     inbox: str = ""
 
@@ -55,7 +62,8 @@ class Dataset:
     def tables(self) -> ResultsTables:
         columns: dict[str, pl.DataType] = {column: pl.String() for column in self.columns}
         columns.update(self.processor.columns)
-        return ResultsTables(self.name, columns, self.columns)
+        json_columns = self.json_columns + self.processor.json_columns
+        return ResultsTables(self.name, columns, self.columns, json_columns)
 
 
 REVIEWS = Dataset(
@@ -65,7 +73,17 @@ REVIEWS = Dataset(
     processor=SENTIMENT,
 )
 
-DATASETS: tuple[Dataset, ...] = (REVIEWS,)
+EVENTS = Dataset(
+    name="events",
+    columns=(RECORD_COLUMN,),
+    schema=EventRecord,
+    processor=TRANSFORM,
+    format="json",
+    json_columns=(RECORD_COLUMN,),
+    sinks=("postgres", "dynamodb"),
+)
+
+DATASETS: tuple[Dataset, ...] = (REVIEWS, EVENTS)
 
 
 def dataset_of_job(job_name: str) -> Dataset | None:

@@ -180,6 +180,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         with _failing_batch(fail), postgres.connect() as conn:
             tables.ensure(conn)
             stats = replace_batch(conn, tables, batch_id, processed)
+            stored = stored_counts(conn, tables, batch_id)
             summary = (
                 summarize(
                     conn,
@@ -189,9 +190,8 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     dataset.processor.summary_labels,
                 )
                 if dataset.processor.summary_column
-                else {}
+                else dict(zip(("processed", "rejected", "failed"), stored, strict=True))
             )
-            stored = stored_counts(conn, tables, batch_id)
             accounted = sum(stored)
             if read != accounted:
                 raise BatchError(

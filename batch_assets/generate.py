@@ -6,6 +6,7 @@ reviews, so that scoring costs what it costs on real data.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -55,6 +56,33 @@ def reviews_csv(path: str | Path, rows: int, *, seed: int = 7) -> Path:
         lines = []
         for i in range(1, rows + 1):
             lines.append(f'r{i},"{review_text(rng)}"\n')
+            if len(lines) == 10_000:
+                handle.writelines(lines)
+                lines.clear()
+        handle.writelines(lines)
+    return path
+
+
+def events_jsonl(path: str | Path, rows: int, *, seed: int = 7) -> Path:
+    """Writes a JSON Lines file of `rows` event objects: nested values, numbers past 64 bits,
+    empty strings; one in 500 has keys `id` and `ID`, which the transform cannot keep apart."""
+    rng = random.Random(seed)
+    path = Path(path)
+    kinds = ["click", "view", "purchase", "signup", "refund"]
+    with path.open("w", encoding="utf-8") as handle:
+        lines = []
+        for i in range(1, rows + 1):
+            event: dict[str, object] = {
+                "id": f"e{i}",
+                "type": rng.choice(kinds),
+                "user": {"id": rng.randint(1, 50_000), "plan": rng.choice(["free", "pro", ""])},
+                "amount": round(rng.uniform(0, 500), 2),
+                "trace": rng.randint(10**20, 10**21),
+                "tags": rng.sample(["a", "b", "c", "d"], rng.randint(0, 3)),
+            }
+            if i % 500 == 0:
+                event["ID"] = i
+            lines.append(json.dumps(event) + "\n")
             if len(lines) == 10_000:
                 handle.writelines(lines)
                 lines.clear()

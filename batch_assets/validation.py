@@ -85,6 +85,8 @@ def _describe(case: dict[str, str | None]) -> str:
     column, check, value = case["column"], case["check"] or "", case["failure_case"]
     if check == "not_nullable" or value is None:
         return f"{column} is missing"
+    if check == "no_nul_escape":
+        return f"{column} holds \\u0000, which Postgres jsonb cannot store"
     if check == "not_blank":
         return f"{column} is empty" if value == "" else f"{column} is blank"
     length = _LENGTH_CHECK.fullmatch(check)

@@ -52,10 +52,12 @@ MAX_PER_PAGE = 1000
 MAX_PAGE = 1_000_000_000
 BATCH_ID = r"^[A-Za-z0-9._-]{1,200}$"
 
+# The API takes CSV uploads: the datasets whose files are CSV.
+CSV_DATASETS = tuple(d for d in DATASETS if d.format == "csv")
 DatasetName = enum.Enum(  # type: ignore[misc]
-    "DatasetName", {d.name: d.name for d in DATASETS}, type=str
+    "DatasetName", {d.name: d.name for d in CSV_DATASETS}, type=str
 )
-DEFAULT_DATASET = DatasetName(DATASETS[0].name)
+DEFAULT_DATASET = DatasetName(CSV_DATASETS[0].name)
 
 
 @dataclass(frozen=True)

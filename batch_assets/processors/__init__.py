@@ -24,6 +24,7 @@ class Processor:
         summary_column: the column whose value counts make a batch's summary.
         summary_labels: labels always present in the summary, even at zero.
         parallel: whether to run in a pool of processes (CPU-bound processors).
+        json_columns: output columns that hold JSON text (jsonb in Postgres).
     """
 
     name: str
@@ -32,3 +33,4 @@ class Processor:
     summary_column: str | None = None
     summary_labels: tuple[str, ...] = ()
     parallel: bool = False
+    json_columns: tuple[str, ...] = ()

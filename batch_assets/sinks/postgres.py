@@ -23,6 +23,7 @@ from batch_assets.readers import LINE, REASON, RECORD, STATUS
 from batch_assets.tracking import ensure_schema
 
 _SQL_TYPES: dict[type[pl.DataType], str] = {
+    pl.Datetime: "timestamptz",
     pl.String: "text",
     pl.Float64: "double precision",
     pl.Int64: "bigint",
@@ -38,11 +39,13 @@ class ResultsTables:
         dataset: the dataset name, the tables' prefix.
         columns: record columns then processor columns, with their polars types.
         record_columns: the columns that came from the source record.
+        json_columns: string columns that hold JSON text, stored as jsonb.
     """
 
     dataset: str
     columns: dict[str, pl.DataType]
     record_columns: tuple[str, ...]
+    json_columns: tuple[str, ...] = ()
 
     @property
     def results(self) -> str:
@@ -54,7 +57,10 @@ class ResultsTables:
 
     def ddl(self) -> sql.Composed:
         columns = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_sql_type(dtype)))
+            sql.SQL("{} {}").format(
+                sql.Identifier(name),
+                sql.SQL("jsonb" if name in self.json_columns else _sql_type(dtype)),
+            )
             for name, dtype in self.columns.items()
         )
         return sql.SQL(
