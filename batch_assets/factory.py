@@ -6,7 +6,8 @@ Asset bodies stay a few lines; what they do lives in plain modules (`batches`, `
 
 import contextlib
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -42,9 +43,18 @@ from batch_assets.checkpoints import Frontier
 from batch_assets.chunks import Chunk, Chunks
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError
+from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
 from batch_assets.s3_objects import InboxCursor, head, new_objects, partition_key_for
+from batch_assets.sinks.dynamodb import (
+    BatchWriter,
+    RecordLayout,
+    WriteStats,
+    chunk_items,
+    ensure_records_table,
+    write_chunk_items,
+)
 from batch_assets.sinks.postgres import (
     duplicate_ids,
     preview_markdown,
@@ -200,7 +210,9 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     "nothing was committed"
                 )
             counts = BatchCounts(read, *stored)
-            BatchJobs(conn, name).complete(batch_id, counts, summary, lineage=lineage)
+            BatchJobs(conn, name).complete(
+                batch_id, counts, summary, lineage=lineage, final=dataset.sinks[-1] == "postgres"
+            )
             duplicates = duplicate_ids(conn, tables, batch_id)
             preview = preview_markdown(conn, tables, batch_id)
         return MaterializeResult(
@@ -237,9 +249,67 @@ def build_dataset(dataset: Dataset) -> Definitions:
             ],
         )
 
+    layout = RecordLayout(
+        dataset=name,
+        record_columns=dataset.columns,
+        json_record=dataset.format == "json",
+        processor_columns=tuple(dataset.processor.columns),
+        json_columns=dataset.processor.json_columns,
+    )
+
+    @asset(
+        key=[name, "dynamodb"],
+        ins={"processed": AssetIn(key=processed.key)},
+        deps=[postgres_table],
+        partitions_def=partitions,
+        group_name=name,
+        retry_policy=STEP_RETRY,
+        kinds={"dynamodb"},
+        description="data_records: one item per record (processed, failed or rejected), "
+        "keyed by dataset, batch and line, so a rerun overwrites; queryable by batch and "
+        "status through batch_status_index.",
+    )
+    def dynamodb_table(
+        context: AssetExecutionContext,
+        processed: Chunks,
+        postgres: PostgresResource,
+        dynamodb: DynamoDBResource,
+    ) -> MaterializeResult:
+        batch_id, lineage = context.partition_key, _lineage(context)
+        with postgres.connect() as conn:
+            BatchJobs(conn, name).resume(batch_id, lineage=lineage, run_id=context.run.run_id)
+        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
+        stats = WriteStats()
+        with _failing_batch(fail):
+            client = dynamodb.get_client()
+            capacity = (dynamodb.read_capacity, dynamodb.write_capacity)
+            table = dynamodb.records_table
+            ensure_records_table(
+                client, table, billing_mode=dynamodb.billing_mode, capacity=capacity
+            )
+            writer = BatchWriter(client, table, backoff=dynamodb.backoff())
+            created_at = datetime.now(UTC).isoformat()
+            for chunk in processed:
+                items = chunk_items(chunk.frame, layout, batch_id=batch_id, created_at=created_at)
+                write_chunk_items(writer, items, batch_id=batch_id, stats=stats)
+                context.log.info(
+                    f"{name}/dynamodb [{batch_id}]: chunk {chunk.index}, {stats.items:,} items"
+                )
+        with postgres.connect() as conn:
+            if dataset.sinks[-1] == "dynamodb":
+                BatchJobs(conn, name).finish(batch_id, lineage=lineage)
+        metadata: dict[str, Any] = {f"dynamodb_{k}": v for k, v in stats.as_metadata().items()}
+        metadata["table"] = table
+        if stats.oversized:
+            metadata["oversized_lines"] = MetadataValue.json(
+                [o.position for o in stats.oversized][:100]
+            )
+        return MaterializeResult(metadata=metadata)
+
+    sink_assets = [postgres_table] + ([dynamodb_table] if "dynamodb" in dataset.sinks else [])
     job = define_asset_job(
         dataset.job_name,
-        selection=AssetSelection.assets(raw, processed, postgres_table),
+        selection=AssetSelection.assets(raw, processed, *sink_assets),
         description=f"Reads, validates, processes and loads one {name} batch.",
     )
 
@@ -294,7 +364,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             cursor=after.serialize(),
         )
 
-    return Definitions(assets=[raw, processed, postgres_table], jobs=[job], sensors=[inbox_sensor])
+    return Definitions(assets=[raw, processed, *sink_assets], jobs=[job], sensors=[inbox_sensor])
 
 
 def _lineage(context: AssetExecutionContext) -> str:

@@ -195,15 +195,29 @@ class BatchJobs:
         )
 
     def complete(
-        self, batch_id: str, counts: BatchCounts, summary: dict[str, int], *, lineage: str
+        self,
+        batch_id: str,
+        counts: BatchCounts,
+        summary: dict[str, int],
+        *,
+        lineage: str,
+        final: bool = True,
     ) -> bool:
+        """Records the batch's final counts and summary; with `final`, also that it is
+        completed (otherwise it stays `processing` until `finish`: more sinks follow)."""
         done = self._update(
-            "status = 'completed', total_count = %s, processed_count = %s, "
-            "rejected_count = %s, failed_count = %s, progress_percent = 100, summary = %s, "
-            "error = NULL, completed_at = now()",
+            "total_count = %s, processed_count = %s, rejected_count = %s, failed_count = %s, "
+            "progress_percent = 100, summary = %s, error = NULL",
             (counts.total, counts.processed, counts.rejected, counts.failed, json.dumps(summary)),
             batch_id,
             lineage,
+        )
+        return self.finish(batch_id, lineage=lineage) if done and final else done
+
+    def finish(self, batch_id: str, *, lineage: str) -> bool:
+        """Marks the batch completed once its last sink has written it."""
+        done = self._update(
+            "status = 'completed', error = NULL, completed_at = now()", (), batch_id, lineage
         )
         if done:
             with self.conn.cursor() as cur:

@@ -17,13 +17,17 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import polars as pl
 from botocore.exceptions import ClientError
 
 from batch_assets.errors import ConfigError, SinkError
 from batch_assets.packing import DYNAMODB_BATCH_WRITE, Limits, Oversized, PackStats, pack
+from batch_assets.processors.sentiment import ERROR
+from batch_assets.readers import LINE, REASON, RECORD, STATUS
 
 RECORDS_TABLE = "data_records"
 STATUS_INDEX = "batch_status_index"
@@ -253,33 +257,103 @@ def record_item(
     dataset: str,
     batch_id: str,
     line: int,
-    source: dict[str, Any],
-    processed: dict[str, Any] | None,
+    source_json: str,
+    processed_json: str | None,
     status: str,
     error: str | None,
     created_at: str,
     processed_at: str | None,
 ) -> Item:
-    """One record as a `data_records` item; source and processed data as JSON strings, so
-    that any JSON (nested, big numbers, empty strings) round-trips unchanged."""
+    """One record as a `data_records` item. Source and processed data are JSON text, so
+    any JSON (nested, numbers of any size, empty strings) round-trips unchanged."""
     item: Item = {
         "record_id": {"S": record_id(dataset, batch_id, line)},
         "batch_id": {"S": batch_id},
         "dataset": {"S": dataset},
         "line": {"N": str(line)},
-        "source_data": {"S": json.dumps(source, ensure_ascii=False, separators=(",", ":"))},
+        "source_data": {"S": source_json},
         "status": {"S": status},
         "created_at": {"S": created_at},
     }
-    if processed is not None:
-        item["processed_data"] = {
-            "S": json.dumps(processed, ensure_ascii=False, separators=(",", ":"))
-        }
+    if processed_json is not None:
+        item["processed_data"] = {"S": processed_json}
     if error is not None:
         item["error_message"] = {"S": error}
     if processed_at is not None:
         item["processed_at"] = {"S": processed_at}
     return item
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """How a dataset's chunk rows become items.
+
+    Attributes:
+        dataset: the dataset's name.
+        record_columns: the columns that came from the source.
+        json_record: the single record column is the object's JSON text itself.
+        processor_columns: the processor's output columns.
+        json_columns: output columns that already hold JSON text.
+    """
+
+    dataset: str
+    record_columns: tuple[str, ...]
+    json_record: bool
+    processor_columns: tuple[str, ...]
+    json_columns: tuple[str, ...] = ()
+
+
+def chunk_items(
+    frame: pl.DataFrame, layout: RecordLayout, *, batch_id: str, created_at: str
+) -> list[Item]:
+    """The items of one processed chunk: processed and failed records, and rejected ones
+    with their reason, each keyed by its source line."""
+    items = []
+    for row in frame.iter_rows(named=True):
+        status = row[STATUS]
+        if status == "rejected":
+            raw = row.get(RECORD) or _record_text(row, layout)
+            source, processed, error = _dumps(raw), None, row[REASON]
+        else:
+            source = _record_text(row, layout)
+            error = row.get(ERROR)
+            processed = None if status == "failed" else _output_json(row, layout)
+        processed_at = row.get("processed_at")
+        items.append(
+            record_item(
+                dataset=layout.dataset,
+                batch_id=batch_id,
+                line=row[LINE],
+                source_json=source,
+                processed_json=processed,
+                status=status,
+                error=error,
+                created_at=created_at,
+                processed_at=processed_at.isoformat()
+                if isinstance(processed_at, datetime)
+                else (created_at if processed is not None else None),
+            )
+        )
+    return items
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _record_text(row: dict[str, Any], layout: RecordLayout) -> str:
+    if layout.json_record:
+        return str(row[layout.record_columns[0]])
+    return _dumps({c: row[c] for c in layout.record_columns})
+
+
+def _output_json(row: dict[str, Any], layout: RecordLayout) -> str:
+    parts = []
+    for column in layout.processor_columns:
+        value = row[column]
+        text = value if column in layout.json_columns and value is not None else _dumps(value)
+        parts.append(f"{_dumps(column)}:{text}")
+    return "{" + ",".join(parts) + "}"
 
 
 def oversized_item(item: Item, size: int, limit: int) -> Item:
@@ -319,3 +393,17 @@ def batch_records(
         options["ExpressionAttributeNames"] = names
     for page in paginator.paginate(**options):
         yield from page.get("Items", [])
+
+
+def write_chunk_items(
+    writer: BatchWriter, items: list[Item], *, batch_id: str, stats: WriteStats
+) -> None:
+    """Writes a chunk's items; each oversized one is replaced by a small `failed` item that
+    says why (see `oversized_item`), so no record is missing from the store."""
+    before = len(stats.oversized)
+    writer.write(items, batch_id=batch_id, stats=stats)
+    replacements = [
+        oversized_item(items[o.position], o.size, o.limit) for o in stats.oversized[before:]
+    ]
+    if replacements:
+        writer.write(replacements, batch_id=batch_id, stats=WriteStats())

@@ -1,0 +1,148 @@
+"""The events dataset end to end: JSON Lines and JSON array objects through the transform
+into Postgres (jsonb) and DynamoDB (data_records), on the embedded stack."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from dagster import DagsterInstance
+
+from batch_assets.datasets import EVENTS
+from batch_assets.definitions import build_definitions
+from batch_assets.local_stack import LocalStack
+from batch_assets.sinks.dynamodb import RECORDS_TABLE, batch_records
+from batch_assets.tracking import BatchJobs
+from batch_assets_tests.pipeline_helpers import Inbox
+
+LINES = (
+    b'{"id": 1, "big": 123456789012345678901234567890, "nested": {"a": [1, {"b": ""}]}}\n'
+    b"not json\n"
+    b"\n"
+    b"[1, 2]\n"
+    b'{"id": 4, "ID": 5}\n'
+    b'{"id": 5, "text": "bad \\u0000 char"}\n'
+    b'{"id": 6, "text": "caf\xc3\xa9", "empty": ""}\n'
+)
+
+
+@pytest.fixture(scope="module")
+def events_state() -> dict[str, Any]:
+    return {"cursor": None, "run_keys": set()}
+
+
+@pytest.fixture
+def events(
+    stack: LocalStack, instance: DagsterInstance, pg_url: str, events_state: dict[str, Any]
+) -> Iterator[Inbox]:
+    box = Inbox(
+        build_definitions(),
+        instance,
+        stack.s3(),
+        stack.env["BATCH_ASSETS_BUCKET"],
+        dataset=EVENTS,
+        cursor=events_state["cursor"],
+        run_keys=events_state["run_keys"],
+        tag="embedded" if pg_url == stack.env["BATCH_ASSETS_PG_URL"] else "external",
+    )
+    yield box
+    events_state["cursor"] = box.cursor
+
+
+def stored(url: str, batch_id: str) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    with psycopg.connect(url) as conn:
+        results = conn.execute(
+            "SELECT line, record, processed, status, error FROM events_results "
+            "WHERE batch_id = %s ORDER BY seq",
+            (batch_id,),
+        ).fetchall()
+        rejected = conn.execute(
+            "SELECT line, reason FROM events_rejected WHERE batch_id = %s ORDER BY line",
+            (batch_id,),
+        ).fetchall()
+        job = BatchJobs(conn, "events").get(batch_id)
+    assert job is not None
+    return results, rejected, job
+
+
+def test_json_lines_to_postgres_and_dynamodb(events: Inbox, pg_url: str, stack: LocalStack) -> None:
+    batch_id, run = events.drop_and_run("events.jsonl", LINES, chunk_size=2)
+    assert run.success
+    results, rejected, job = stored(pg_url, batch_id)
+    assert [(line, status) for line, _, _, status, _ in results] == [
+        (1, "processed"),
+        (5, "failed"),
+        (7, "processed"),
+    ]
+    first = results[0]
+    assert first[1]["big"] == 123456789012345678901234567890
+    assert first[2] == {
+        "transformed": {
+            "ID": 1,
+            "BIG": 123456789012345678901234567890,
+            "NESTED": {"a": [1, {"b": ""}]},
+        }
+    }
+    assert "keys 'ID' and another both become 'ID'" in results[1][4]
+    assert results[2][1] == {"id": 6, "text": "café", "empty": ""}
+    assert [line for line, _ in rejected] == [2, 4, 6]
+    assert rejected[0][1].startswith("not valid JSON")
+    assert rejected[1][1] == "expected a JSON object, found an array"
+    assert "\\u0000" in rejected[2][1]
+    assert (job["status"], job["total_count"]) == ("completed", 6)
+    assert job["summary"] == {"processed": 2, "rejected": 3, "failed": 1}
+
+    dynamodb = stack.client("dynamodb")
+    items = {int(i["line"]["N"]): i for i in batch_records(dynamodb, batch_id)}
+    assert {line: i["status"]["S"] for line, i in items.items()} == {
+        1: "processed",
+        2: "rejected",
+        4: "rejected",
+        5: "failed",
+        6: "rejected",
+        7: "processed",
+    }
+    assert json.loads(items[1]["source_data"]["S"])["big"] == 123456789012345678901234567890
+    assert json.loads(items[1]["processed_data"]["S"])["processed"]["transformed"]["ID"] == 1
+    assert "become" in items[5]["error_message"]["S"]
+    assert items[2]["error_message"]["S"].startswith("not valid JSON")
+    failed = list(batch_records(dynamodb, batch_id, status="failed"))
+    assert [int(i["line"]["N"]) for i in failed] == [5]
+
+    # a rerun of the partition overwrites: same rows in Postgres, same items in DynamoDB
+    assert events.run(batch_id, chunk_size=3).success
+    assert stored(pg_url, batch_id)[0] == results
+    again = list(batch_records(dynamodb, batch_id))
+    assert sorted(int(i["line"]["N"]) for i in again) == sorted(items)
+    scanned = dynamodb.scan(
+        TableName=RECORDS_TABLE,
+        FilterExpression="batch_id = :b",
+        ExpressionAttributeValues={":b": {"S": batch_id}},
+    )
+    assert scanned["Count"] == 6
+
+
+def test_json_array(events: Inbox, pg_url: str) -> None:
+    data = json.dumps(
+        [{"id": i, "v": {"n": i * 10**20}} for i in range(25)] + [7], indent=2
+    ).encode()
+    batch_id, run = events.drop_and_run("events.json", data, chunk_size=4)
+    assert run.success
+    results, rejected, job = stored(pg_url, batch_id)
+    assert len(results) == 25 and [r[1]["id"] for r in results] == list(range(25))
+    assert results[3][1]["v"]["n"] == 3 * 10**20
+    assert rejected == [
+        (len(data.decode().splitlines()) - 1, "expected a JSON object, found a number")
+    ]
+    assert job["summary"] == {"processed": 25, "rejected": 1, "failed": 0}
+
+
+def test_malformed_array_fails_the_batch(events: Inbox, pg_url: str) -> None:
+    batch_id, run = events.drop_and_run("broken.json", b'[{"id": 1},\n{"id": 2,\n')
+    assert not run.success
+    job = stored(pg_url, batch_id)[2]
+    assert job["status"] == "failed"
+    assert "broken.json: line 3: not valid JSON" in job["error"]
