@@ -49,8 +49,8 @@ def items(batch_id: str, n: int, *, start: int = 2) -> list[Item]:
             dataset="events",
             batch_id=batch_id,
             line=line,
-            source={"n": line, "payload": {"tags": ["a", "b"], "empty": ""}},
-            processed={"n2": line * 2},
+            source_json=json.dumps({"n": line, "payload": {"tags": ["a", "b"], "empty": ""}}),
+            processed_json=json.dumps({"n2": line * 2}),
             status="processed",
             error=None,
             created_at="2026-11-23T00:00:00+00:00",
@@ -94,8 +94,10 @@ def test_batch_written_read_back_and_rewritten(dynamodb: Any, table: str) -> Non
         dataset="events",
         batch_id="b1",
         line=999,
-        source={"big": 123456789012345678901234567890, "f": 0.1, "s": "", "deep": {"a": [{}]}},
-        processed=None,
+        source_json=json.dumps(
+            {"big": 123456789012345678901234567890, "f": 0.1, "s": "", "deep": {"a": [{}]}}
+        ),
+        processed_json=None,
         status="failed",
         error="ValueError: no",
         created_at="2026-11-23T00:00:00+00:00",

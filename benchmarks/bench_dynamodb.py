@@ -58,8 +58,12 @@ def make_items(batch_id: str, n: int) -> list[Item]:
             dataset="events",
             batch_id=batch_id,
             line=line,
-            source={"event_id": f"e{line}", "user": {"id": line % 977, "plan": "pro"}, "v": 1.5},
-            processed={"event_id": f"e{line}", "user_id": line % 977, "value_x2": 3.0},
+            source_json=json.dumps(
+                {"event_id": f"e{line}", "user": {"id": line % 977, "plan": "pro"}, "v": 1.5}
+            ),
+            processed_json=json.dumps(
+                {"event_id": f"e{line}", "user_id": line % 977, "value_x2": 3.0}
+            ),
             status="processed",
             error=None,
             created_at="2026-11-23T12:00:00+00:00",
