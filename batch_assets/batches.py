@@ -11,6 +11,7 @@ from batch_assets.datasets import Dataset
 from batch_assets.json_reader import iter_json_chunks
 from batch_assets.readers import CsvLayout, iter_csv_chunks
 from batch_assets.s3_objects import opener
+from batch_assets.sinks.postgres import summarize
 from batch_assets.tracking import BatchCounts, Source
 from batch_assets.validation import validate_chunk
 
@@ -81,3 +82,16 @@ def counts_while_processing(
         rejected=raw_counts.get("rejected", 0),
         failed=frontier.counts.get("failed", 0),
     )
+
+
+def batch_summary(
+    conn: Any, dataset: Dataset, batch_id: str, stored: tuple[int, int, int]
+) -> dict[str, int]:
+    """A batch's summary: counts per value of the processor's summary column, or, for a
+    processor without one, counts per status (`stored` is processed, rejected, failed)."""
+    processor = dataset.processor
+    if processor.summary_column:
+        return summarize(
+            conn, dataset.tables, batch_id, processor.summary_column, processor.summary_labels
+        )
+    return dict(zip(("processed", "rejected", "failed"), stored, strict=True))

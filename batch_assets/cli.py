@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("batch_id")
     status.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
 
+    retry = commands.add_parser(
+        "retry", help="run the processor again on a completed batch's failed records"
+    )
+    retry.add_argument("batch_id")
+    retry.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
+
     upload = commands.add_parser("upload", help="put a file into a dataset's S3 inbox")
     upload.add_argument("file", type=Path)
     upload.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_status(args.batch_id, args.dataset)
     if args.command == "upload":
         return upload_file(args.file, args.dataset)
+    if args.command == "retry":
+        return retry_batch(args.batch_id, args.dataset)
     if args.command == "serve":
         return serve(args.host, args.port)
     if args.command == "generate":
@@ -349,6 +357,35 @@ def print_status(batch_id: str, dataset: str) -> int:
         print(f"no {dataset} batch {batch_id}", file=sys.stderr)
         return 1
     print(json.dumps(status_document(row), indent=2, default=str))
+    return 0
+
+
+def retry_batch(batch_id: str, dataset_name: str) -> int:
+    import psycopg
+
+    from batch_assets.errors import BatchError
+    from batch_assets.resources.dynamodb import DynamoDBResource
+    from batch_assets.retry import retry_failed
+    from batch_assets.tracking import BatchJobs, status_document
+
+    url = os.environ.get("BATCH_ASSETS_PG_URL")
+    if not url:
+        print(
+            "BATCH_ASSETS_PG_URL is not set; source the env file `batch-assets dev` wrote",
+            file=sys.stderr,
+        )
+        return 2
+    dataset = dataset_named(dataset_name)
+    writer = DynamoDBResource().writer() if "dynamodb" in dataset.sinks else None
+    with psycopg.connect(url) as conn:
+        try:
+            result = retry_failed(dataset, batch_id, conn=conn, dynamodb=writer)
+        except BatchError as exc:
+            print(f"batch-assets retry: {exc}", file=sys.stderr)
+            return 1
+        row = BatchJobs(conn, dataset.name).get(batch_id)
+    assert row is not None
+    print(json.dumps({**status_document(row), "retry": result.as_dict()}, default=str))
     return 0
 
 

@@ -14,6 +14,7 @@ from batch_assets.processors.sentiment import SENTIMENT
 from batch_assets.processors.transform import TRANSFORM
 from batch_assets.schemas.events import EventRecord
 from batch_assets.schemas.reviews import ReviewRecord
+from batch_assets.sinks.dynamodb import RecordLayout
 from batch_assets.sinks.postgres import ResultsTables
 
 
@@ -64,6 +65,17 @@ class Dataset:
         columns.update(self.processor.columns)
         json_columns = self.json_columns + self.processor.json_columns
         return ResultsTables(self.name, columns, self.columns, json_columns)
+
+    @property
+    def record_layout(self) -> RecordLayout:
+        """How its records become DynamoDB items."""
+        return RecordLayout(
+            dataset=self.name,
+            record_columns=self.columns,
+            json_record=self.format == "json",
+            processor_columns=tuple(self.processor.columns),
+            json_columns=self.processor.json_columns,
+        )
 
 
 REVIEWS = Dataset(

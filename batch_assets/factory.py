@@ -25,6 +25,8 @@ from dagster import (
     Jitter,
     MaterializeResult,
     MetadataValue,
+    OpExecutionContext,
+    Output,
     RetryPolicy,
     RunRequest,
     SensorEvaluationContext,
@@ -34,6 +36,8 @@ from dagster import (
     TableSchema,
     asset,
     define_asset_job,
+    job,
+    op,
     sensor,
 )
 from dagster_aws.s3 import S3Resource
@@ -46,10 +50,9 @@ from batch_assets.errors import BatchError, BatchInputError
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
+from batch_assets.retry import retry_failed
 from batch_assets.s3_objects import InboxCursor, head, new_objects, partition_key_for
 from batch_assets.sinks.dynamodb import (
-    BatchWriter,
-    RecordLayout,
     WriteStats,
     chunk_items,
     ensure_records_table,
@@ -60,7 +63,6 @@ from batch_assets.sinks.postgres import (
     preview_markdown,
     replace_batch,
     stored_counts,
-    summarize,
 )
 from batch_assets.tracking import BatchCounts, BatchJobs
 
@@ -191,17 +193,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             tables.ensure(conn)
             stats = replace_batch(conn, tables, batch_id, processed)
             stored = stored_counts(conn, tables, batch_id)
-            summary = (
-                summarize(
-                    conn,
-                    tables,
-                    batch_id,
-                    dataset.processor.summary_column,
-                    dataset.processor.summary_labels,
-                )
-                if dataset.processor.summary_column
-                else dict(zip(("processed", "rejected", "failed"), stored, strict=True))
-            )
+            summary = batches.batch_summary(conn, dataset, batch_id, stored)
             accounted = sum(stored)
             if read != accounted:
                 raise BatchError(
@@ -249,13 +241,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             ],
         )
 
-    layout = RecordLayout(
-        dataset=name,
-        record_columns=dataset.columns,
-        json_record=dataset.format == "json",
-        processor_columns=tuple(dataset.processor.columns),
-        json_columns=dataset.processor.json_columns,
-    )
+    layout = dataset.record_layout
 
     @asset(
         key=[name, "dynamodb"],
@@ -287,7 +273,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             ensure_records_table(
                 client, table, billing_mode=dynamodb.billing_mode, capacity=capacity
             )
-            writer = BatchWriter(client, table, backoff=dynamodb.backoff())
+            writer = dynamodb.writer()
             created_at = datetime.now(UTC).isoformat()
             for chunk in processed:
                 items = chunk_items(chunk.frame, layout, batch_id=batch_id, created_at=created_at)
@@ -307,7 +293,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         return MaterializeResult(metadata=metadata)
 
     sink_assets = [postgres_table] + ([dynamodb_table] if "dynamodb" in dataset.sinks else [])
-    job = define_asset_job(
+    batch_job = define_asset_job(
         dataset.job_name,
         selection=AssetSelection.assets(raw, processed, *sink_assets),
         description=f"Reads, validates, processes and loads one {name} batch.",
@@ -315,7 +301,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
 
     @sensor(
         name=dataset.sensor_name,
-        job=job,
+        job=batch_job,
         minimum_interval_seconds=15,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Turns each new object under the {name} inbox into a partition and a run.",
@@ -364,7 +350,35 @@ def build_dataset(dataset: Dataset) -> Definitions:
             cursor=after.serialize(),
         )
 
-    return Definitions(assets=[raw, processed, *sink_assets], jobs=[job], sensors=[inbox_sensor])
+    @op(
+        name=f"{name}_retry_failed_records",
+        description="Runs the processor again on the batch's failed records only and updates "
+        "every sink and the batch's counts.",
+    )
+    def retry_failed_records(
+        context: OpExecutionContext, postgres: PostgresResource, dynamodb: DynamoDBResource
+    ) -> Output[dict[str, int]]:
+        batch_id = context.partition_key
+        writer = dynamodb.writer() if "dynamodb" in dataset.sinks else None
+        with postgres.connect() as conn:
+            result = retry_failed(dataset, batch_id, conn=conn, dynamodb=writer)
+        context.log.info(
+            f"{name} batch {batch_id}: {result.retried} failed records retried, "
+            f"{result.processed} processed now, {result.failed} still failed"
+        )
+        return Output(result.as_dict(), metadata=result.as_dict())
+
+    @job(
+        name=f"{name}_retry_failed",
+        partitions_def=partitions,
+        description=f"Retries the failed records of one {name} batch (pick its partition).",
+    )
+    def retry_job() -> None:
+        retry_failed_records()
+
+    return Definitions(
+        assets=[raw, processed, *sink_assets], jobs=[batch_job, retry_job], sensors=[inbox_sensor]
+    )
 
 
 def _lineage(context: AssetExecutionContext) -> str:

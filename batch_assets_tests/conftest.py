@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from dagster import DagsterInstance
 
+from batch_assets.datasets import EVENTS
 from batch_assets.definitions import build_definitions
 from batch_assets.local_stack import LocalStack
 from batch_assets_tests.pipeline_helpers import Inbox
@@ -114,3 +115,30 @@ def inbox(
     )
     yield box
     sensor_state["cursor"] = box.cursor
+
+
+@pytest.fixture(scope="session")
+def events_sensor_state() -> dict[str, Any]:
+    return {"cursor": None, "run_keys": set()}
+
+
+@pytest.fixture
+def events_inbox(
+    stack: LocalStack,
+    instance: DagsterInstance,
+    pg_url: str,
+    events_sensor_state: dict[str, Any],
+) -> Iterator[Inbox]:
+    """The events inbox, as `inbox` is the reviews one."""
+    box = Inbox(
+        build_definitions(),
+        instance,
+        stack.s3(),
+        stack.env["BATCH_ASSETS_BUCKET"],
+        dataset=EVENTS,
+        cursor=events_sensor_state["cursor"],
+        run_keys=events_sensor_state["run_keys"],
+        tag="embedded" if pg_url == stack.env["BATCH_ASSETS_PG_URL"] else "external",
+    )
+    yield box
+    events_sensor_state["cursor"] = box.cursor

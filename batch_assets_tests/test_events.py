@@ -4,15 +4,10 @@ into Postgres (jsonb) and DynamoDB (data_records), on the embedded stack."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
-from dagster import DagsterInstance
 
-from batch_assets.datasets import EVENTS
-from batch_assets.definitions import build_definitions
 from batch_assets.local_stack import LocalStack
 from batch_assets.sinks.dynamodb import RECORDS_TABLE, batch_records
 from batch_assets.tracking import BatchJobs
@@ -27,29 +22,6 @@ LINES = (
     b'{"id": 5, "text": "bad \\u0000 char"}\n'
     b'{"id": 6, "text": "caf\xc3\xa9", "empty": ""}\n'
 )
-
-
-@pytest.fixture(scope="module")
-def events_state() -> dict[str, Any]:
-    return {"cursor": None, "run_keys": set()}
-
-
-@pytest.fixture
-def events(
-    stack: LocalStack, instance: DagsterInstance, pg_url: str, events_state: dict[str, Any]
-) -> Iterator[Inbox]:
-    box = Inbox(
-        build_definitions(),
-        instance,
-        stack.s3(),
-        stack.env["BATCH_ASSETS_BUCKET"],
-        dataset=EVENTS,
-        cursor=events_state["cursor"],
-        run_keys=events_state["run_keys"],
-        tag="embedded" if pg_url == stack.env["BATCH_ASSETS_PG_URL"] else "external",
-    )
-    yield box
-    events_state["cursor"] = box.cursor
 
 
 def stored(url: str, batch_id: str) -> tuple[list[Any], list[Any], dict[str, Any]]:
@@ -68,8 +40,10 @@ def stored(url: str, batch_id: str) -> tuple[list[Any], list[Any], dict[str, Any
     return results, rejected, job
 
 
-def test_json_lines_to_postgres_and_dynamodb(events: Inbox, pg_url: str, stack: LocalStack) -> None:
-    batch_id, run = events.drop_and_run("events.jsonl", LINES, chunk_size=2)
+def test_json_lines_to_postgres_and_dynamodb(
+    events_inbox: Inbox, pg_url: str, stack: LocalStack
+) -> None:
+    batch_id, run = events_inbox.drop_and_run("events.jsonl", LINES, chunk_size=2)
     assert run.success
     results, rejected, job = stored(pg_url, batch_id)
     assert [(line, status) for line, _, _, status, _ in results] == [
@@ -113,7 +87,7 @@ def test_json_lines_to_postgres_and_dynamodb(events: Inbox, pg_url: str, stack: 
     assert [int(i["line"]["N"]) for i in failed] == [5]
 
     # a rerun of the partition overwrites: same rows in Postgres, same items in DynamoDB
-    assert events.run(batch_id, chunk_size=3).success
+    assert events_inbox.run(batch_id, chunk_size=3).success
     assert stored(pg_url, batch_id)[0] == results
     again = list(batch_records(dynamodb, batch_id))
     assert sorted(int(i["line"]["N"]) for i in again) == sorted(items)
@@ -125,11 +99,11 @@ def test_json_lines_to_postgres_and_dynamodb(events: Inbox, pg_url: str, stack: 
     assert scanned["Count"] == 6
 
 
-def test_json_array(events: Inbox, pg_url: str) -> None:
+def test_json_array(events_inbox: Inbox, pg_url: str) -> None:
     data = json.dumps(
         [{"id": i, "v": {"n": i * 10**20}} for i in range(25)] + [7], indent=2
     ).encode()
-    batch_id, run = events.drop_and_run("events.json", data, chunk_size=4)
+    batch_id, run = events_inbox.drop_and_run("events.json", data, chunk_size=4)
     assert run.success
     results, rejected, job = stored(pg_url, batch_id)
     assert len(results) == 25 and [r[1]["id"] for r in results] == list(range(25))
@@ -140,8 +114,8 @@ def test_json_array(events: Inbox, pg_url: str) -> None:
     assert job["summary"] == {"processed": 25, "rejected": 1, "failed": 0}
 
 
-def test_malformed_array_fails_the_batch(events: Inbox, pg_url: str) -> None:
-    batch_id, run = events.drop_and_run("broken.json", b'[{"id": 1},\n{"id": 2,\n')
+def test_malformed_array_fails_the_batch(events_inbox: Inbox, pg_url: str) -> None:
+    batch_id, run = events_inbox.drop_and_run("broken.json", b'[{"id": 1},\n{"id": 2,\n')
     assert not run.success
     job = stored(pg_url, batch_id)[2]
     assert job["status"] == "failed"

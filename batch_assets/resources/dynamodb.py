@@ -9,7 +9,7 @@ from botocore.config import Config
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from batch_assets.sinks.dynamodb import RECORDS_TABLE, Backoff
+from batch_assets.sinks.dynamodb import RECORDS_TABLE, Backoff, BatchWriter
 
 
 class DynamoDBResource(ConfigurableResource):
@@ -34,3 +34,7 @@ class DynamoDBResource(ConfigurableResource):
 
     def backoff(self) -> Backoff:
         return Backoff(base=self.base_delay, cap=self.max_delay, max_attempts=self.max_attempts)
+
+    def writer(self) -> BatchWriter:
+        """A writer for the records table, with this resource's retry settings."""
+        return BatchWriter(self.get_client(), self.records_table, backoff=self.backoff())

@@ -146,7 +146,7 @@ def replace_batch(
                     pl.col(STATUS),
                     pl.col(ERROR) if ERROR in kept.columns else pl.lit(None, pl.String),
                 )
-                _copy(cur, results_copy, rows)
+                copy_frame(cur, results_copy, rows)
                 seq += kept.height
                 n_failed = int((kept[STATUS] == "failed").sum())
                 failed += n_failed
@@ -168,12 +168,13 @@ def replace_batch(
                         ),
                     ),
                 )
-                _copy(cur, rejected_copy, rows)
+                copy_frame(cur, rejected_copy, rows)
                 rejected += bad.height
     return LoadStats(seq, processed, failed, rejected, n_chunks)
 
 
-def _copy(cur: psycopg.Cursor, statement: sql.Composed, rows: pl.DataFrame) -> None:
+def copy_frame(cur: psycopg.Cursor, statement: sql.Composed, rows: pl.DataFrame) -> None:
+    """COPYs a frame's rows, as CSV, with `statement`."""
     buffer = io.BytesIO()
     rows.write_csv(buffer, include_header=False)
     with cur.copy(statement) as copy:

@@ -1,0 +1,155 @@
+"""Retry of a batch's failed records: the processor runs again on those records only, every
+sink is updated in place, and the batch's counts and summary are recomputed.
+
+Nothing else is read again or rewritten: the records come from the Postgres results table
+(its partial index on failed rows finds them), their rows are updated by `seq`, and their
+DynamoDB items are overwritten by `record_id`. Running it twice changes nothing more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from batch_assets.batches import batch_summary
+from batch_assets.datasets import Dataset
+from batch_assets.errors import BatchError
+from batch_assets.processors.sentiment import ERROR
+from batch_assets.readers import LINE, REASON, RECORD, STATUS
+from batch_assets.sinks.dynamodb import BatchWriter, WriteStats, chunk_items, write_chunk_items
+from batch_assets.sinks.postgres import copy_frame, stored_counts
+from batch_assets.tracking import BatchCounts, BatchJobs
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """Records retried, and how they came out."""
+
+    retried: int
+    processed: int
+    failed: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"retried": self.retried, "processed": self.processed, "failed": self.failed}
+
+
+def retry_failed(
+    dataset: Dataset,
+    batch_id: str,
+    *,
+    conn: psycopg.Connection,
+    dynamodb: BatchWriter | None = None,
+) -> RetryResult:
+    """Runs `dataset`'s processor again on the batch's failed records, inside the caller's
+    transaction for Postgres.
+
+    Args:
+        dataset: the batch's dataset (its processor is the one run).
+        batch_id: the batch; it must be `completed`.
+        conn: Postgres; the batch's row is locked until the caller commits.
+        dynamodb: the writer for `data_records`, when the dataset has the DynamoDB sink.
+
+    Raises:
+        BatchError: no such batch, or it is not completed (running, queued or failed).
+    """
+    jobs = BatchJobs(conn, dataset.name)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT status, lineage, total_count FROM batch_jobs "
+            "WHERE dataset = %s AND batch_id = %s FOR UPDATE",
+            (dataset.name, batch_id),
+        )
+        found = cur.fetchone()
+    if found is None:
+        raise BatchError(f"no {dataset.name} batch {batch_id}")
+    status, lineage, total = found
+    if status != "completed":
+        raise BatchError(
+            f"{dataset.name} batch {batch_id} is {status}: only a completed batch's failed "
+            "records can be retried"
+        )
+    tables = dataset.tables
+    failed = _failed_records(conn, dataset, batch_id)
+    if failed.height == 0:
+        return RetryResult(0, 0, 0)
+    out = dataset.processor.fn(
+        failed.with_columns(
+            pl.lit("valid").alias(STATUS),
+            pl.lit(None, pl.String).alias(REASON),
+            pl.lit(None, pl.String).alias(RECORD),
+        )
+    )
+    _update_results(conn, dataset, batch_id, out)
+    if dynamodb is not None and "dynamodb" in dataset.sinks:
+        items = chunk_items(
+            out, dataset.record_layout, batch_id=batch_id, created_at=datetime.now(UTC).isoformat()
+        )
+        write_chunk_items(dynamodb, items, batch_id=batch_id, stats=WriteStats())
+    stored = stored_counts(conn, tables, batch_id)
+    jobs.complete(
+        batch_id,
+        BatchCounts(int(total), *stored),
+        batch_summary(conn, dataset, batch_id, stored),
+        lineage=str(lineage),
+    )
+    now_processed = int((out[STATUS] == "processed").sum())
+    return RetryResult(failed.height, now_processed, failed.height - now_processed)
+
+
+def _failed_records(conn: psycopg.Connection, dataset: Dataset, batch_id: str) -> pl.DataFrame:
+    columns = ["seq", "line", *dataset.columns]
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT {} FROM {} WHERE batch_id = %s AND status = 'failed' ORDER BY seq"
+            ).format(
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+                sql.Identifier(dataset.tables.results),
+            ),
+            (batch_id,),
+        )
+        rows = cur.fetchall()
+    frame = pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.String), orient="row")
+    return frame.with_columns(
+        pl.col("seq").cast(pl.Int64), pl.col("line").cast(pl.Int64).alias(LINE)
+    ).drop("line")
+
+
+def _update_results(
+    conn: psycopg.Connection, dataset: Dataset, batch_id: str, out: pl.DataFrame
+) -> None:
+    """Updates the retried rows by `(batch_id, seq)`: processor columns, status, error."""
+    tables = dataset.tables
+    outputs = list(dataset.processor.columns)
+    results = sql.Identifier(tables.results)
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE retried ON COMMIT DROP AS "
+                "SELECT seq, {}, status, error FROM {} LIMIT 0"
+            ).format(sql.SQL(", ").join(map(sql.Identifier, outputs)), results)
+        )
+        copy_frame(
+            cur,
+            sql.SQL("COPY retried (seq, {}, status, error) FROM STDIN WITH (FORMAT csv)").format(
+                sql.SQL(", ").join(map(sql.Identifier, outputs))
+            ),
+            out.select("seq", *outputs, STATUS, pl.col(ERROR)),
+        )
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} AS r SET {}, status = t.status, error = t.error "
+                "FROM retried AS t WHERE r.batch_id = %s AND r.seq = t.seq"
+            ).format(
+                results,
+                sql.SQL(", ").join(
+                    sql.SQL("{c} = t.{c}").format(c=sql.Identifier(c)) for c in outputs
+                ),
+            ),
+            (batch_id,),
+        )
+        cur.execute("DROP TABLE retried")
