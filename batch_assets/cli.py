@@ -365,6 +365,7 @@ def retry_batch(batch_id: str, dataset_name: str) -> int:
 
     from batch_assets.errors import BatchError
     from batch_assets.resources.dynamodb import DynamoDBResource
+    from batch_assets.resources.kinesis import KinesisResource
     from batch_assets.retry import retry_failed
     from batch_assets.tracking import BatchJobs, status_document
 
@@ -376,10 +377,17 @@ def retry_batch(batch_id: str, dataset_name: str) -> int:
         )
         return 2
     dataset = dataset_named(dataset_name)
-    writer = DynamoDBResource().writer() if "dynamodb" in dataset.sinks else None
     with psycopg.connect(url) as conn:
         try:
-            result = retry_failed(dataset, batch_id, conn=conn, dynamodb=writer)
+            result = retry_failed(
+                dataset,
+                batch_id,
+                conn=conn,
+                dynamodb=DynamoDBResource().writer() if "dynamodb" in dataset.sinks else None,
+                kinesis=KinesisResource().writer(dataset.name)
+                if "kinesis" in dataset.sinks
+                else None,
+            )
         except BatchError as exc:
             print(f"batch-assets retry: {exc}", file=sys.stderr)
             return 1

@@ -32,7 +32,8 @@ class Dataset:
             or one JSON array of objects; `columns` is then the one column holding each
             object's text).
         json_columns: record columns that hold JSON text (jsonb in Postgres).
-        sinks: where results go, in order; the last one completes the batch.
+        sinks: where results go, in order (`postgres` first: it checks the accounting);
+            the last one completes the batch.
         chunk_size: records per chunk (validation and checkpoint unit).
         inbox: the S3 prefix the sensor watches, under the bucket.
     """
@@ -43,7 +44,7 @@ class Dataset:
     processor: Processor
     format: Literal["csv", "json"] = "csv"
     json_columns: tuple[str, ...] = ()
-    sinks: tuple[Literal["postgres", "dynamodb"], ...] = ("postgres",)
+    sinks: tuple[Literal["postgres", "dynamodb", "kinesis"], ...] = ("postgres",)
     chunk_size: int = 10_000
     inbox: str = ""
 
@@ -92,7 +93,7 @@ EVENTS = Dataset(
     processor=TRANSFORM,
     format="json",
     json_columns=(RECORD_COLUMN,),
-    sinks=("postgres", "dynamodb"),
+    sinks=("postgres", "dynamodb", "kinesis"),
 )
 
 DATASETS: tuple[Dataset, ...] = (REVIEWS, EVENTS)

@@ -19,6 +19,7 @@ from batch_assets.factory import CHECKPOINTS, build_dataset
 from batch_assets.failures import batch_run_failure_sensor
 from batch_assets.io_managers.checkpoint import CheckpointIOManager
 from batch_assets.resources.dynamodb import DynamoDBResource
+from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
 
@@ -33,6 +34,7 @@ def build_definitions() -> Definitions:
                 "s3": s3,
                 "postgres": PostgresResource(url=EnvVar("BATCH_ASSETS_PG_URL")),
                 "dynamodb": DynamoDBResource(),
+                "kinesis": KinesisResource(),
                 "settings": BatchSettings(bucket=EnvVar("BATCH_ASSETS_BUCKET")),
                 CHECKPOINTS: CheckpointIOManager(
                     base=EnvVar("BATCH_ASSETS_CHECKPOINT_BASE"), s3=s3

@@ -5,10 +5,12 @@ Asset bodies stay a few lines; what they do lives in plain modules (`batches`, `
 """
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import polars as pl
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -48,6 +50,7 @@ from batch_assets.chunks import Chunk, Chunks
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError
 from batch_assets.resources.dynamodb import DynamoDBResource
+from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
 from batch_assets.retry import retry_failed
@@ -58,6 +61,7 @@ from batch_assets.sinks.dynamodb import (
     ensure_records_table,
     write_chunk_items,
 )
+from batch_assets.sinks.kinesis import chunk_entries
 from batch_assets.sinks.postgres import (
     duplicate_ids,
     preview_markdown,
@@ -242,11 +246,45 @@ def build_dataset(dataset: Dataset) -> Definitions:
         )
 
     layout = dataset.record_layout
+    ChunkWriter = Callable[[pl.DataFrame, str, WriteStats], list[int]]
+
+    def sink_step(
+        context: AssetExecutionContext,
+        processed: Chunks,
+        postgres: PostgresResource,
+        sink: str,
+        open_writer: Callable[[str], ChunkWriter],
+    ) -> MaterializeResult:
+        """Writes every chunk's records with the writer `open_writer(batch_id)` makes (it
+        returns the lines of records too large to write); the last sink completes the batch."""
+        batch_id, lineage = context.partition_key, _lineage(context)
+        with postgres.connect() as conn:
+            BatchJobs(conn, name).resume(batch_id, lineage=lineage, run_id=context.run.run_id)
+        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
+        stats = WriteStats()
+        oversized: list[int] = []
+        with _failing_batch(fail):
+            write = open_writer(batch_id)
+            created_at = datetime.now(UTC).isoformat()
+            for chunk in processed:
+                oversized += write(chunk.frame, created_at, stats)
+                context.log.info(
+                    f"{name}/{sink} [{batch_id}]: chunk {chunk.index}, {stats.items:,} records"
+                )
+        if dataset.sinks[-1] == sink:
+            with postgres.connect() as conn:
+                BatchJobs(conn, name).finish(batch_id, lineage=lineage)
+        metadata: dict[str, Any] = {f"{sink}_{k}": v for k, v in stats.as_metadata().items()}
+        if oversized:
+            metadata["oversized_lines"] = MetadataValue.json(oversized[:100])
+        return MaterializeResult(metadata=metadata)
+
+    sink_keys = {"postgres": postgres_table.key}
 
     @asset(
         key=[name, "dynamodb"],
         ins={"processed": AssetIn(key=processed.key)},
-        deps=[postgres_table],
+        deps=[sink_keys["postgres"]],
         partitions_def=partitions,
         group_name=name,
         retry_policy=STEP_RETRY,
@@ -261,38 +299,61 @@ def build_dataset(dataset: Dataset) -> Definitions:
         postgres: PostgresResource,
         dynamodb: DynamoDBResource,
     ) -> MaterializeResult:
-        batch_id, lineage = context.partition_key, _lineage(context)
-        with postgres.connect() as conn:
-            BatchJobs(conn, name).resume(batch_id, lineage=lineage, run_id=context.run.run_id)
-        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
-        stats = WriteStats()
-        with _failing_batch(fail):
-            client = dynamodb.get_client()
+        def open_writer(batch_id: str) -> ChunkWriter:
             capacity = (dynamodb.read_capacity, dynamodb.write_capacity)
-            table = dynamodb.records_table
             ensure_records_table(
-                client, table, billing_mode=dynamodb.billing_mode, capacity=capacity
+                dynamodb.get_client(),
+                dynamodb.records_table,
+                billing_mode=dynamodb.billing_mode,
+                capacity=capacity,
             )
             writer = dynamodb.writer()
-            created_at = datetime.now(UTC).isoformat()
-            for chunk in processed:
-                items = chunk_items(chunk.frame, layout, batch_id=batch_id, created_at=created_at)
-                write_chunk_items(writer, items, batch_id=batch_id, stats=stats)
-                context.log.info(
-                    f"{name}/dynamodb [{batch_id}]: chunk {chunk.index}, {stats.items:,} items"
-                )
-        with postgres.connect() as conn:
-            if dataset.sinks[-1] == "dynamodb":
-                BatchJobs(conn, name).finish(batch_id, lineage=lineage)
-        metadata: dict[str, Any] = {f"dynamodb_{k}": v for k, v in stats.as_metadata().items()}
-        metadata["table"] = table
-        if stats.oversized:
-            metadata["oversized_lines"] = MetadataValue.json(
-                [o.position for o in stats.oversized][:100]
-            )
-        return MaterializeResult(metadata=metadata)
 
-    sink_assets = [postgres_table] + ([dynamodb_table] if "dynamodb" in dataset.sinks else [])
+            def write(frame: pl.DataFrame, created_at: str, stats: WriteStats) -> list[int]:
+                items = chunk_items(frame, layout, batch_id=batch_id, created_at=created_at)
+                before = len(stats.oversized)
+                write_chunk_items(writer, items, batch_id=batch_id, stats=stats)
+                return [int(items[o.position]["line"]["N"]) for o in stats.oversized[before:]]
+
+            return write
+
+        return sink_step(context, processed, postgres, "dynamodb", open_writer)
+
+    @asset(
+        key=[name, "kinesis"],
+        ins={"processed": AssetIn(key=processed.key)},
+        deps=[dynamodb_table.key if "dynamodb" in dataset.sinks else sink_keys["postgres"]],
+        partitions_def=partitions,
+        group_name=name,
+        retry_policy=STEP_RETRY,
+        kinds={"kinesis"},
+        description="Every record of the batch on the dataset's stream, as JSON with its "
+        "record_id (also its partition key) so consumers can drop a rerun's copies.",
+    )
+    def kinesis_stream(
+        context: AssetExecutionContext,
+        processed: Chunks,
+        postgres: PostgresResource,
+        kinesis: KinesisResource,
+    ) -> MaterializeResult:
+        def open_writer(batch_id: str) -> ChunkWriter:
+            writer = kinesis.writer(name)
+
+            def write(frame: pl.DataFrame, created_at: str, stats: WriteStats) -> list[int]:
+                entries = chunk_entries(frame, layout, batch_id=batch_id, created_at=created_at)
+                before = len(stats.oversized)
+                writer.write(entries, batch_id=batch_id, stats=stats)
+                return [
+                    int(json.loads(entries[o.position]["Data"])["line"])
+                    for o in stats.oversized[before:]
+                ]
+
+            return write
+
+        return sink_step(context, processed, postgres, "kinesis", open_writer)
+
+    by_sink = {"postgres": postgres_table, "dynamodb": dynamodb_table, "kinesis": kinesis_stream}
+    sink_assets = [by_sink[sink] for sink in dataset.sinks]
     batch_job = define_asset_job(
         dataset.job_name,
         selection=AssetSelection.assets(raw, processed, *sink_assets),
@@ -356,12 +417,20 @@ def build_dataset(dataset: Dataset) -> Definitions:
         "every sink and the batch's counts.",
     )
     def retry_failed_records(
-        context: OpExecutionContext, postgres: PostgresResource, dynamodb: DynamoDBResource
+        context: OpExecutionContext,
+        postgres: PostgresResource,
+        dynamodb: DynamoDBResource,
+        kinesis: KinesisResource,
     ) -> Output[dict[str, int]]:
         batch_id = context.partition_key
-        writer = dynamodb.writer() if "dynamodb" in dataset.sinks else None
         with postgres.connect() as conn:
-            result = retry_failed(dataset, batch_id, conn=conn, dynamodb=writer)
+            result = retry_failed(
+                dataset,
+                batch_id,
+                conn=conn,
+                dynamodb=dynamodb.writer() if "dynamodb" in dataset.sinks else None,
+                kinesis=kinesis.writer(name) if "kinesis" in dataset.sinks else None,
+            )
         context.log.info(
             f"{name} batch {batch_id}: {result.retried} failed records retried, "
             f"{result.processed} processed now, {result.failed} still failed"

@@ -21,6 +21,7 @@ from batch_assets.errors import BatchError
 from batch_assets.processors.sentiment import ERROR
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
 from batch_assets.sinks.dynamodb import BatchWriter, WriteStats, chunk_items, write_chunk_items
+from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
 from batch_assets.tracking import BatchCounts, BatchJobs
 
@@ -43,6 +44,7 @@ def retry_failed(
     *,
     conn: psycopg.Connection,
     dynamodb: BatchWriter | None = None,
+    kinesis: StreamWriter | None = None,
 ) -> RetryResult:
     """Runs `dataset`'s processor again on the batch's failed records, inside the caller's
     transaction for Postgres.
@@ -52,6 +54,8 @@ def retry_failed(
         batch_id: the batch; it must be `completed`.
         conn: Postgres; the batch's row is locked until the caller commits.
         dynamodb: the writer for `data_records`, when the dataset has the DynamoDB sink.
+        kinesis: the writer for the dataset's stream, when it has the Kinesis sink; the
+            retried records are put on it again, with their new status.
 
     Raises:
         BatchError: no such batch, or it is not completed (running, queued or failed).
@@ -84,11 +88,14 @@ def retry_failed(
         )
     )
     _update_results(conn, dataset, batch_id, out)
+    created_at = datetime.now(UTC).isoformat()
+    layout = dataset.record_layout
     if dynamodb is not None and "dynamodb" in dataset.sinks:
-        items = chunk_items(
-            out, dataset.record_layout, batch_id=batch_id, created_at=datetime.now(UTC).isoformat()
-        )
+        items = chunk_items(out, layout, batch_id=batch_id, created_at=created_at)
         write_chunk_items(dynamodb, items, batch_id=batch_id, stats=WriteStats())
+    if kinesis is not None and "kinesis" in dataset.sinks:
+        entries = chunk_entries(out, layout, batch_id=batch_id, created_at=created_at)
+        kinesis.write(entries, batch_id=batch_id, stats=WriteStats())
     stored = stored_counts(conn, tables, batch_id)
     jobs.complete(
         batch_id,

@@ -3,6 +3,7 @@ still goes to moto's server over HTTP, less whatever the fault holds back."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from collections import Counter
@@ -86,3 +87,66 @@ class DynamoFaults:
         unprocessed = parsed.setdefault("UnprocessedItems", {})
         for table, writes in self._held.items():
             unprocessed.setdefault(table, []).extend(writes)
+
+
+class KinesisFaults:
+    """Makes `PutRecords` partly fail, as a stream over its shards' limits does.
+
+    Args:
+        client: the Kinesis client to break (with `total_max_attempts=1`).
+        failed: the probability that an entry is held back before sending and reported
+            failed (`ProvisionedThroughputExceededException`) in the answer.
+        throttle: the probability that a call is answered with a throttling error.
+        seed: the random source's seed.
+
+    Attributes:
+        sent: how many times each record id reached the server.
+        throttled: calls answered with the throttling error.
+    """
+
+    def __init__(self, client: Any, *, failed: float = 0.0, throttle: float = 0.0, seed: int = 1):
+        self.failed = failed
+        self.throttle = throttle
+        self.rng = random.Random(seed)
+        self.sent: Counter[str] = Counter()
+        self.throttled = 0
+        self._mask: list[bool] = []
+        self._throttling = False
+        events = client.meta.events
+        events.register("before-parameter-build.kinesis.PutRecords", self._hold_back)
+        events.register("before-send.kinesis.PutRecords", self._send)
+        events.register("after-call.kinesis.PutRecords", self._report)
+
+    def _hold_back(self, params: dict[str, Any], **_: Any) -> None:
+        self._throttling = self.rng.random() < self.throttle
+        records = params["Records"]
+        self._mask = [False] * len(records)
+        if self._throttling:
+            return
+        self._mask = [self.rng.random() < self.failed for _ in records]
+        self._mask[0] = False  # a request keeps at least one entry
+        params["Records"] = [r for r, held in zip(records, self._mask, strict=True) if not held]
+
+    def _send(self, request: Any, **_: Any) -> AWSResponse | None:
+        if self._throttling:
+            self.throttled += 1
+            body = {"__type": "ProvisionedThroughputExceededException", "message": "injected"}
+            headers = {"Content-Type": "application/x-amz-json-1.1", "x-amzn-RequestId": "fault"}
+            return AWSResponse(request.url, 400, headers, _Body(json.dumps(body).encode()))
+        for record in json.loads(request.body)["Records"]:
+            data = json.loads(base64.b64decode(record["Data"]))
+            self.sent[data["record_id"]] += 1
+        return None
+
+    def _report(self, parsed: dict[str, Any], **_: Any) -> None:
+        if "Error" in parsed or not any(self._mask):
+            return
+        results = iter(parsed["Records"])
+        merged = [
+            {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "injected"}
+            if held
+            else next(results)
+            for held in self._mask
+        ]
+        parsed["Records"] = merged
+        parsed["FailedRecordCount"] = parsed.get("FailedRecordCount", 0) + sum(self._mask)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,3 +113,19 @@ if __name__ == "__main__":
             partition,
             run_config=settings_config(chunk_size=chunk, workers=1),
         )
+
+
+def stream_documents(client: Any, stream: str, batch_id: str) -> list[dict[str, Any]]:
+    """The documents of one batch on a Kinesis stream, every shard from its start."""
+    documents = []
+    for shard in client.list_shards(StreamName=stream)["Shards"]:
+        iterator = client.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = client.get_records(ShardIterator=iterator, Limit=1000)
+            documents += [json.loads(r["Data"]) for r in page["Records"]]
+            if not page["Records"]:
+                break
+            iterator = page.get("NextShardIterator")
+    return [d for d in documents if d["batch_id"] == batch_id]

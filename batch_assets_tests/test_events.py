@@ -4,6 +4,7 @@ into Postgres (jsonb) and DynamoDB (data_records), on the embedded stack."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import psycopg
@@ -11,7 +12,7 @@ import psycopg
 from batch_assets.local_stack import LocalStack
 from batch_assets.sinks.dynamodb import RECORDS_TABLE, batch_records
 from batch_assets.tracking import BatchJobs
-from batch_assets_tests.pipeline_helpers import Inbox
+from batch_assets_tests.pipeline_helpers import Inbox, stream_documents
 
 LINES = (
     b'{"id": 1, "big": 123456789012345678901234567890, "nested": {"a": [1, {"b": ""}]}}\n'
@@ -85,6 +86,13 @@ def test_json_lines_to_postgres_and_dynamodb(
     assert items[2]["error_message"]["S"].startswith("not valid JSON")
     failed = list(batch_records(dynamodb, batch_id, status="failed"))
     assert [int(i["line"]["N"]) for i in failed] == [5]
+    kinesis = stack.client("kinesis")
+    documents = stream_documents(kinesis, "batch-assets-events", batch_id)
+    assert {d["line"]: d["status"] for d in documents} == {
+        line: i["status"]["S"] for line, i in items.items()
+    }
+    assert len(documents) == 6
+    assert documents[0]["source"]["big"] == 123456789012345678901234567890
 
     # a rerun of the partition overwrites: same rows in Postgres, same items in DynamoDB
     assert events_inbox.run(batch_id, chunk_size=3).success
@@ -97,6 +105,11 @@ def test_json_lines_to_postgres_and_dynamodb(
         ExpressionAttributeValues={":b": {"S": batch_id}},
     )
     assert scanned["Count"] == 6
+    # a stream keeps what was put: the rerun's copies carry the same record ids
+    rerun = Counter(
+        d["record_id"] for d in stream_documents(kinesis, "batch-assets-events", batch_id)
+    )
+    assert set(rerun.values()) == {2} and len(rerun) == 6
 
 
 def test_json_array(events_inbox: Inbox, pg_url: str) -> None:

@@ -20,9 +20,10 @@ from batch_assets.errors import BatchError
 from batch_assets.local_stack import LocalStack
 from batch_assets.processors.transform import TRANSFORM, transform_records
 from batch_assets.resources.dynamodb import DynamoDBResource
+from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.retry import retry_failed
 from batch_assets.sinks.dynamodb import batch_records
-from batch_assets_tests.pipeline_helpers import Inbox
+from batch_assets_tests.pipeline_helpers import Inbox, stream_documents
 
 DATA = b"".join(
     json.dumps(obj).encode() + b"\n"
@@ -97,9 +98,9 @@ def test_retry_updates_only_the_failed_records(
     assert counts(pg_url, batch_id)["job"] == before["job"]
 
     # after a fix, the retry processes them; the others are untouched
-    writer = DynamoDBResource().writer()
+    writer, stream = DynamoDBResource().writer(), KinesisResource().writer("events")
     with psycopg.connect(pg_url) as conn:
-        outcome = retry_failed(FIXED, batch_id, conn=conn, dynamodb=writer)
+        outcome = retry_failed(FIXED, batch_id, conn=conn, dynamodb=writer, kinesis=stream)
     assert outcome.as_dict() == {"retried": 2, "processed": 2, "failed": 0}
     after = counts(pg_url, batch_id)
     assert after["job"] == (
@@ -125,6 +126,9 @@ def test_retry_updates_only_the_failed_records(
         5: "rejected",
     }
     assert "error_message" not in items[2]
+    documents = stream_documents(stack.client("kinesis"), "batch-assets-events", batch_id)
+    latest = {d["line"]: d["status"] for d in documents}  # in put order: the retry's last
+    assert latest == {1: "processed", 2: "processed", 3: "processed", 4: "processed", 5: "rejected"}
 
     # again, from the CLI: nothing left to retry
     with psycopg.connect(pg_url) as conn:
