@@ -356,7 +356,7 @@ def print_status(batch_id: str, dataset: str) -> int:
     if row is None:
         print(f"no {dataset} batch {batch_id}", file=sys.stderr)
         return 1
-    print(json.dumps(status_document(row), indent=2, default=str))
+    print(json.dumps({**status_document(row), "sinks": row["sink_stats"]}, indent=2, default=str))
     return 0
 
 

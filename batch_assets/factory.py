@@ -6,6 +6,7 @@ Asset bodies stay a few lines; what they do lives in plain modules (`batches`, `
 
 import contextlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +50,7 @@ from batch_assets.checkpoints import Frontier
 from batch_assets.chunks import Chunk, Chunks
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError
+from batch_assets.readers import STATUS
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.resources.postgres import PostgresResource
@@ -206,7 +208,10 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     "nothing was committed"
                 )
             counts = BatchCounts(read, *stored)
-            BatchJobs(conn, name).complete(
+            jobs = BatchJobs(conn, name)
+            figures = stats.sink_stats(retries=context.retry_number)
+            jobs.record_sink(batch_id, "postgres", figures, lineage=lineage)
+            jobs.complete(
                 batch_id, counts, summary, lineage=lineage, final=dataset.sinks[-1] == "postgres"
             )
             duplicates = duplicate_ids(conn, tables, batch_id)
@@ -218,6 +223,8 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     columns=[TableColumn(c, str(t)) for c, t in tables.columns.items()]
                 ),
                 "rows_read": read,
+                "postgres_copies": stats.copies,
+                "postgres_bytes": stats.bytes,
                 "processed": stats.processed,
                 "rejected": stats.rejected,
                 "failed": stats.failed,
@@ -263,18 +270,25 @@ def build_dataset(dataset: Dataset) -> Definitions:
         fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
         stats = WriteStats()
         oversized: list[int] = []
+        seen = Counter[str]()
         with _failing_batch(fail):
             write = open_writer(batch_id)
             created_at = datetime.now(UTC).isoformat()
             for chunk in processed:
+                seen.update(chunk.frame[STATUS].to_list())
                 oversized += write(chunk.frame, created_at, stats)
                 context.log.info(
                     f"{name}/{sink} [{batch_id}]: chunk {chunk.index}, {stats.items:,} records"
                 )
-        if dataset.sinks[-1] == sink:
-            with postgres.connect() as conn:
-                BatchJobs(conn, name).finish(batch_id, lineage=lineage)
-        metadata: dict[str, Any] = {f"{sink}_{k}": v for k, v in stats.as_metadata().items()}
+        figures = stats.sink_stats(
+            read=seen.total(), rejected=seen["rejected"], failed=seen["failed"]
+        )
+        with postgres.connect() as conn:
+            jobs = BatchJobs(conn, name)
+            jobs.record_sink(batch_id, sink, figures, lineage=lineage)
+            if dataset.sinks[-1] == sink:
+                jobs.finish(batch_id, lineage=lineage)
+        metadata: dict[str, Any] = {f"{sink}_{k}": v for k, v in figures.items()}
         if oversized:
             metadata["oversized_lines"] = MetadataValue.json(oversized[:100])
         return MaterializeResult(metadata=metadata)

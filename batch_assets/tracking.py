@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
     PRIMARY KEY (dataset, batch_id)
 );
 CREATE INDEX IF NOT EXISTS batch_jobs_recent ON batch_jobs (dataset, created_at DESC);
+ALTER TABLE batch_jobs ADD COLUMN IF NOT EXISTS sink_stats jsonb;
 CREATE TABLE IF NOT EXISTS batch_sources (
     dataset text NOT NULL,
     batch_id text NOT NULL,
@@ -129,7 +130,8 @@ class BatchJobs:
                     source_uri = EXCLUDED.source_uri, source_etag = EXCLUDED.source_etag,
                     status = 'queued', total_count = EXCLUDED.total_count, processed_count = 0,
                     rejected_count = 0, failed_count = 0, progress_percent = 0,
-                    summary = NULL, error = NULL, lineage = NULL, run_id = NULL,
+                    summary = NULL, sink_stats = NULL, error = NULL, lineage = NULL,
+                    run_id = NULL,
                     created_at = now(), started_at = NULL, completed_at = NULL,
                     updated_at = now()
                 """,
@@ -213,6 +215,20 @@ class BatchJobs:
             lineage,
         )
         return self.finish(batch_id, lineage=lineage) if done and final else done
+
+    def record_sink(
+        self, batch_id: str, sink: str, figures: dict[str, int], *, lineage: str
+    ) -> bool:
+        """Keeps one sink's figures for the batch's current version, under `sink_stats`:
+        records read, written, rejected, failed, oversized, requests sent, items sent again
+        (`retries`) and bytes."""
+        return self._update(
+            "sink_stats = coalesce(sink_stats, '{}'::jsonb) || jsonb_build_object(%s::text, "
+            "%s::jsonb)",
+            (sink, json.dumps(figures)),
+            batch_id,
+            lineage,
+        )
 
     def finish(self, batch_id: str, *, lineage: str) -> bool:
         """Marks the batch completed once its last sink has written it."""

@@ -77,7 +77,9 @@ def test_upload_progress_summary_and_every_page(
     assert final["processed_count"] + final["rejected_count"] + final["failed_count"] == 10_000
     assert sum(final["summary"].values()) == final["processed_count"]
     assert set(final["summary"]) == {"positive", "negative", "neutral"}
-    assert final == {k: v for k, v in batch_row(pg_url, batch_id).items() if k in final}
+    row = batch_row(pg_url, batch_id)
+    assert final == {**{k: v for k, v in row.items() if k in final}, "sinks": row["sink_stats"]}
+    assert final["sinks"]["postgres"]["written"] == 10_000
 
     for per_page in (1000, 333):
         ids: list[str] = []

@@ -69,6 +69,16 @@ def test_json_lines_to_postgres_and_dynamodb(
     assert "\\u0000" in rejected[2][1]
     assert (job["status"], job["total_count"]) == ("completed", 6)
     assert job["summary"] == {"processed": 2, "rejected": 3, "failed": 1}
+    sinks = job["sink_stats"]
+    assert set(sinks) == {"postgres", "dynamodb", "kinesis"}
+    for sink, figures in sinks.items():
+        assert (figures["read"], figures["written"], figures["rejected"], figures["failed"]) == (
+            6,
+            6,
+            3,
+            1,
+        ), sink
+        assert figures["requests"] >= 1 and figures["bytes"] > 0 and figures["oversized"] == 0
 
     dynamodb = stack.client("dynamodb")
     items = {int(i["line"]["N"]): i for i in batch_records(dynamodb, batch_id)}

@@ -152,6 +152,11 @@ class BatchStatus(BaseModel):
         "completed."
     )
     error: str | None = Field(description="Why the batch failed, once failed.")
+    sinks: dict[str, dict[str, int]] | None = Field(
+        default=None,
+        description="Per sink, once written: records read, written, rejected, failed, "
+        "oversized, requests sent, retries and bytes.",
+    )
 
 
 class BatchListItem(BatchStatus):
@@ -351,6 +356,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             batches=[
                 BatchListItem(
                     **status_document(row),
+                    sinks=row["sink_stats"],
                     dataset=row["dataset"],
                     source_uri=row["source_uri"],
                     created_at=row["created_at"],
@@ -371,7 +377,8 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
     ) -> BatchStatus:
         """Status, counts and progress; `summary` once completed, `error` once failed."""
-        return BatchStatus(**status_document(_batch_row(backend, dataset.value, batch_id)))
+        row = _batch_row(backend, dataset.value, batch_id)
+        return BatchStatus(**status_document(row), sinks=row["sink_stats"])
 
     @api.get(
         "/batch/{batch_id}/results",

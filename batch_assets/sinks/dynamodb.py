@@ -174,6 +174,21 @@ class WriteStats:
             "oversized": len(self.oversized),
         }
 
+    def sink_stats(self, *, read: int, rejected: int, failed: int) -> dict[str, int]:
+        """The figures every sink reports, `read`, `rejected` and `failed` counted from the
+        records given to it."""
+        return {
+            "read": read,
+            "written": self.items,
+            "rejected": rejected,
+            "failed": failed,
+            "oversized": len(self.oversized),
+            "requests": self.requests,
+            "retries": self.retried_items,
+            "throttled_calls": self.throttled_calls,
+            "bytes": self.bytes,
+        }
+
 
 class BatchWriter:
     """Writes items to one table in `BatchWriteItem` requests packed to the limits, retrying

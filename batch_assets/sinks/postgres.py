@@ -104,11 +104,29 @@ def _sql_type(dtype: pl.DataType) -> str:
 
 @dataclass(frozen=True)
 class LoadStats:
+    """What a load wrote: result rows (processed and failed), rejected rows, the chunks
+    read, the COPY statements sent and their bytes."""
+
     results: int
     processed: int
     failed: int
     rejected: int
     chunks: int
+    copies: int = 0
+    bytes: int = 0
+
+    def sink_stats(self, *, retries: int) -> dict[str, int]:
+        """The figures every sink reports (see `tracking.BatchJobs.record_sink`)."""
+        return {
+            "read": self.results + self.rejected,
+            "written": self.results + self.rejected,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "oversized": 0,
+            "requests": self.copies,
+            "retries": retries,
+            "bytes": self.bytes,
+        }
 
 
 def replace_batch(
@@ -126,7 +144,7 @@ def replace_batch(
     rejected_copy = sql.SQL(
         "COPY {} (batch_id, line, reason, record) FROM STDIN WITH (FORMAT csv)"
     ).format(sql.Identifier(tables.rejected))
-    seq = processed = failed = rejected = n_chunks = 0
+    seq = processed = failed = rejected = n_chunks = copies = sent = 0
     with conn.cursor() as cur:
         for table in (tables.results, tables.rejected):
             cur.execute(
@@ -146,7 +164,8 @@ def replace_batch(
                     pl.col(STATUS),
                     pl.col(ERROR) if ERROR in kept.columns else pl.lit(None, pl.String),
                 )
-                copy_frame(cur, results_copy, rows)
+                sent += copy_frame(cur, results_copy, rows)
+                copies += 1
                 seq += kept.height
                 n_failed = int((kept[STATUS] == "failed").sum())
                 failed += n_failed
@@ -168,17 +187,19 @@ def replace_batch(
                         ),
                     ),
                 )
-                copy_frame(cur, rejected_copy, rows)
+                sent += copy_frame(cur, rejected_copy, rows)
+                copies += 1
                 rejected += bad.height
-    return LoadStats(seq, processed, failed, rejected, n_chunks)
+    return LoadStats(seq, processed, failed, rejected, n_chunks, copies, sent)
 
 
-def copy_frame(cur: psycopg.Cursor, statement: sql.Composed, rows: pl.DataFrame) -> None:
-    """COPYs a frame's rows, as CSV, with `statement`."""
+def copy_frame(cur: psycopg.Cursor, statement: sql.Composed, rows: pl.DataFrame) -> int:
+    """COPYs a frame's rows, as CSV, with `statement`; the bytes sent."""
     buffer = io.BytesIO()
     rows.write_csv(buffer, include_header=False)
     with cur.copy(statement) as copy:
         copy.write(buffer.getbuffer())
+    return buffer.getbuffer().nbytes
 
 
 def summarize(
