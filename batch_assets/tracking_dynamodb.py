@@ -1,0 +1,339 @@
+"""Batch job tracking in DynamoDB, for deployments without a Postgres for it: the same
+interface as `tracking.BatchJobs`, over a `batch_jobs` table.
+
+The table is keyed by `dataset` (partition) and `batch_id` (sort), so that the same batch id
+in two datasets is two batches, and a global secondary index `dataset_created_index`
+(`dataset`, `created_at`) lists a dataset's newest batches. Every write of a running batch
+is conditional on the lineage that owns it, as in Postgres: a run of an older version never
+overwrites a newer one. A batch's sources are kept on its item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from batch_assets.tracking import BatchCounts, BatchStatus, Source
+
+JOBS_TABLE = "batch_jobs"
+RECENT_INDEX = "dataset_created_index"
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def ensure_jobs_table(client: Any, table: str = JOBS_TABLE) -> bool:
+    """Creates the jobs table (on-demand) with its index when missing; True if created."""
+    try:
+        client.describe_table(TableName=table)
+        return False
+    except client.exceptions.ResourceNotFoundException:
+        pass
+    with contextlib.suppress(client.exceptions.ResourceInUseException):
+        client.create_table(
+            TableName=table,
+            AttributeDefinitions=[
+                {"AttributeName": "dataset", "AttributeType": "S"},
+                {"AttributeName": "batch_id", "AttributeType": "S"},
+                {"AttributeName": "created_at", "AttributeType": "S"},
+            ],
+            KeySchema=[
+                {"AttributeName": "dataset", "KeyType": "HASH"},
+                {"AttributeName": "batch_id", "KeyType": "RANGE"},
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": RECENT_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "dataset", "KeyType": "HASH"},
+                        {"AttributeName": "created_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    client.get_waiter("table_exists").wait(TableName=table)
+    return True
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _typed(value: Any) -> dict[str, Any]:
+    if isinstance(value, float):
+        value = Decimal(str(value))
+    return dict(_serializer.serialize(value))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+_TIMES = ("created_at", "started_at", "updated_at", "completed_at")
+
+
+class DynamoBatchJobs:
+    """`batch_jobs` of one dataset in DynamoDB; see `tracking.BatchJobs` for the contract.
+
+    Args:
+        client: a boto3 DynamoDB client.
+        dataset: the dataset.
+        table: the jobs table.
+    """
+
+    def __init__(self, client: Any, dataset: str, *, table: str = JOBS_TABLE):
+        self.client = client
+        self.dataset = dataset
+        self.table = table
+
+    def ensure(self) -> None:
+        ensure_jobs_table(self.client, self.table)
+
+    def _key(self, batch_id: str) -> dict[str, Any]:
+        return {"dataset": {"S": self.dataset}, "batch_id": {"S": batch_id}}
+
+    def register(self, batch_id: str, sources: list[Source], *, total: int = 0) -> bool:
+        if {(s.uri, s.etag) for s in self.sources(batch_id)} == {(s.uri, s.etag) for s in sources}:
+            return False
+        now, first = _now(), sources[0]
+        item = {
+            "dataset": self.dataset,
+            "batch_id": batch_id,
+            "source_uri": first.uri,
+            "source_etag": first.etag,
+            "status": "queued",
+            "total_count": total,
+            "processed_count": 0,
+            "rejected_count": 0,
+            "failed_count": 0,
+            "progress_percent": 0,
+            "created_at": now,
+            "updated_at": now,
+            "sources": [
+                {
+                    "uri": s.uri,
+                    "etag": s.etag,
+                    "size": s.size,
+                    "last_modified": s.last_modified.isoformat(),
+                }
+                for s in sources
+            ],
+        }
+        self.client.put_item(TableName=self.table, Item={k: _typed(v) for k, v in item.items()})
+        return True
+
+    def sources(self, batch_id: str) -> list[Source]:
+        item = self._item(batch_id)
+        if item is None:
+            return []
+        return sorted(
+            (
+                Source(
+                    s["uri"], s["etag"], int(s["size"]), datetime.fromisoformat(s["last_modified"])
+                )
+                for s in item.get("sources", [])
+            ),
+            key=lambda s: s.uri,
+        )
+
+    def start(self, batch_id: str, *, lineage: str, run_id: str, source: Source) -> None:
+        item = self._item(batch_id) or {}
+        self._set(
+            batch_id,
+            {
+                "status": "processing",
+                "lineage": lineage,
+                "run_id": run_id,
+                "source_uri": source.uri,
+                "source_etag": source.etag,
+                "started_at": item.get("started_at") or _now(),
+            },
+            remove=("error", "completed_at"),
+        )
+
+    def resume(self, batch_id: str, *, lineage: str, run_id: str) -> bool:
+        return self._set(
+            batch_id,
+            {"status": "processing", "run_id": run_id},
+            remove=("error", "completed_at"),
+            lineage=lineage,
+        )
+
+    def progress(self, batch_id: str, counts: BatchCounts, *, lineage: str) -> bool:
+        return self._set(batch_id, _counts(counts), lineage=lineage)
+
+    def complete(
+        self,
+        batch_id: str,
+        counts: BatchCounts,
+        summary: dict[str, int],
+        *,
+        lineage: str,
+        final: bool = True,
+    ) -> bool:
+        values = {**_counts(counts), "progress_percent": 100, "summary": summary}
+        done = self._set(batch_id, values, remove=("error",), lineage=lineage)
+        return self.finish(batch_id, lineage=lineage) if done and final else done
+
+    def finish(self, batch_id: str, *, lineage: str) -> bool:
+        return self._set(
+            batch_id,
+            {"status": "completed", "completed_at": _now(), "sources_state": "loaded"},
+            remove=("error",),
+            lineage=lineage,
+        )
+
+    def record_sink(
+        self, batch_id: str, sink: str, figures: dict[str, int], *, lineage: str
+    ) -> bool:
+        item = self._item(batch_id) or {}
+        stats = {**(item.get("sink_stats") or {}), sink: figures}
+        return self._set(batch_id, {"sink_stats": stats}, lineage=lineage)
+
+    def fail(self, batch_id: str, error: str, *, lineage: str, etag: str | None = None) -> bool:
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=self._key(batch_id),
+                UpdateExpression="SET #status = :failed, #error = :error, updated_at = :now",
+                ConditionExpression="lineage = :lineage OR (attribute_not_exists(lineage) "
+                "AND #status = :queued AND source_etag = :etag)",
+                ExpressionAttributeNames={"#status": "status", "#error": "error"},
+                ExpressionAttributeValues={
+                    ":failed": {"S": "failed"},
+                    ":error": {"S": error[:4000]},
+                    ":now": {"S": _now()},
+                    ":lineage": {"S": lineage},
+                    ":queued": {"S": "queued"},
+                    ":etag": {"S": etag or ""},
+                },
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        paginator = self.client.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=self.table,
+            IndexName=RECENT_INDEX,
+            KeyConditionExpression="dataset = :d",
+            ExpressionAttributeValues={":d": {"S": self.dataset}},
+            ScanIndexForward=False,
+        )
+        for page in pages:
+            for item in page.get("Items", []):
+                row = self._row(item)
+                if status is None or row["status"] == status:
+                    rows.append(row)
+                if len(rows) == limit:
+                    return rows
+        return rows
+
+    def get(self, batch_id: str) -> dict[str, Any] | None:
+        raw = self._raw(batch_id)
+        return None if raw is None else self._row(raw)
+
+    # --- internals
+
+    def _raw(self, batch_id: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self.client.get_item(
+            TableName=self.table, Key=self._key(batch_id), ConsistentRead=True
+        ).get("Item")
+        return found
+
+    def _item(self, batch_id: str) -> dict[str, Any] | None:
+        raw = self._raw(batch_id)
+        if raw is None:
+            return None
+        return {k: _plain(_deserializer.deserialize(v)) for k, v in raw.items()}
+
+    def _row(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """An item as `tracking.BatchJobs.get` returns a row: the same keys, times as
+        datetimes, absent attributes as None."""
+        item = {k: _plain(_deserializer.deserialize(v)) for k, v in raw.items()}
+        row: dict[str, Any] = {
+            key: item.get(key)
+            for key in (
+                "dataset",
+                "batch_id",
+                "source_uri",
+                "source_etag",
+                "status",
+                "total_count",
+                "processed_count",
+                "rejected_count",
+                "failed_count",
+                "progress_percent",
+                "summary",
+                "sink_stats",
+                "error",
+                "lineage",
+                "run_id",
+                *_TIMES,
+            )
+        }
+        for key in _TIMES:
+            if row[key] is not None:
+                row[key] = datetime.fromisoformat(row[key])
+        row["progress_percent"] = float(row["progress_percent"] or 0)
+        return row
+
+    def _set(
+        self,
+        batch_id: str,
+        values: dict[str, Any],
+        *,
+        remove: tuple[str, ...] = (),
+        lineage: str | None = None,
+    ) -> bool:
+        """Sets attributes (and `updated_at`), removes others; with `lineage`, only while
+        that lineage owns the batch. False when the condition fails."""
+        values = {**values, "updated_at": _now()}
+        names = {f"#a{i}": name for i, name in enumerate([*values, *remove])}
+        by_name = {name: alias for alias, name in names.items()}
+        expression = "SET " + ", ".join(f"{by_name[k]} = :v{i}" for i, k in enumerate(values))
+        if remove:
+            expression += " REMOVE " + ", ".join(by_name[k] for k in remove)
+        options: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": self._key(batch_id),
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": {
+                f":v{i}": _typed(v) for i, v in enumerate(values.values())
+            },
+        }
+        if lineage is not None:
+            options["ConditionExpression"] = "lineage = :lineage"
+            options["ExpressionAttributeValues"][":lineage"] = {"S": lineage}
+        else:
+            options["ConditionExpression"] = "attribute_exists(batch_id)"
+        try:
+            self.client.update_item(**options)
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+
+def _counts(counts: BatchCounts) -> dict[str, Any]:
+    return {
+        "total_count": counts.total,
+        "processed_count": counts.processed,
+        "rejected_count": counts.rejected,
+        "failed_count": counts.failed,
+        "progress_percent": counts.progress_percent,
+    }
