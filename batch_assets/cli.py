@@ -113,13 +113,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _demo_batch(stack: LocalStack, home: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     """Drops the demo file into the inbox, lets the sensor find it, runs it; its status."""
-    import psycopg
     from dagster import DagsterInstance
 
     from batch_assets.definitions import build_definitions
     from batch_assets.generate import events_jsonl, reviews_csv
     from batch_assets.runner import evaluate_inbox_sensor, run_partition
-    from batch_assets.tracking import BatchJobs, status_document
+    from batch_assets.tracking import status_document
 
     dataset = dataset_named(args.dataset)
     stack.apply()
@@ -155,8 +154,8 @@ def _demo_batch(stack: LocalStack, home: Path, args: argparse.Namespace) -> dict
             stop.set()
             bar.join()
         print(f"run {result.run_id}: {'success' if result.success else 'failure'}", file=sys.stderr)
-    with psycopg.connect(url) as conn:
-        row = BatchJobs(conn, dataset.name).get(batch_id)
+    with _jobs(url, dataset.name) as jobs:
+        row = jobs.get(batch_id)
     return status_document(row) if row is not None else None
 
 
@@ -165,17 +164,13 @@ _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _progress_bar(url: str, dataset: str, batch_id: str, stop: threading.Event) -> None:
-    import psycopg
-
-    from batch_assets.tracking import BatchJobs
-
     last = ""
     while True:
         stopping = stop.wait(0.5)  # after the run, one last look at the final state
         try:
-            with psycopg.connect(url) as conn:
-                row = BatchJobs(conn, dataset).get(batch_id)
-        except psycopg.Error:
+            with _jobs(url, dataset) as jobs:
+                row = jobs.get(batch_id)
+        except Exception:  # a frame of the bar missed (a store briefly away) is no error
             row = None
         if row is not None:
             done = int(row["progress_percent"] // 2.5)
@@ -340,9 +335,8 @@ def _stop_group(process: subprocess.Popen[Any], deadline: float = 10.0) -> None:
 
 
 def print_status(batch_id: str, dataset: str) -> int:
-    import psycopg
 
-    from batch_assets.tracking import BatchJobs, status_document
+    from batch_assets.tracking import status_document
 
     url = os.environ.get("BATCH_ASSETS_PG_URL")
     if not url:
@@ -351,8 +345,8 @@ def print_status(batch_id: str, dataset: str) -> int:
             file=sys.stderr,
         )
         return 2
-    with psycopg.connect(url) as conn:
-        row = BatchJobs(conn, dataset).get(batch_id)
+    with _jobs(url, dataset) as jobs:
+        row = jobs.get(batch_id)
     if row is None:
         print(f"no {dataset} batch {batch_id}", file=sys.stderr)
         return 1
@@ -367,7 +361,7 @@ def retry_batch(batch_id: str, dataset_name: str) -> int:
     from batch_assets.resources.dynamodb import DynamoDBResource
     from batch_assets.resources.kinesis import KinesisResource
     from batch_assets.retry import retry_failed
-    from batch_assets.tracking import BatchJobs, status_document
+    from batch_assets.tracking import status_document
 
     url = os.environ.get("BATCH_ASSETS_PG_URL")
     if not url:
@@ -377,12 +371,14 @@ def retry_batch(batch_id: str, dataset_name: str) -> int:
         )
         return 2
     dataset = dataset_named(dataset_name)
+    resource = _jobs_resource(url)
     with psycopg.connect(url) as conn:
         try:
             result = retry_failed(
                 dataset,
                 batch_id,
                 conn=conn,
+                jobs=resource.within(conn, dataset.name),
                 dynamodb=DynamoDBResource().writer() if "dynamodb" in dataset.sinks else None,
                 kinesis=KinesisResource().writer(dataset.name)
                 if "kinesis" in dataset.sinks
@@ -391,10 +387,22 @@ def retry_batch(batch_id: str, dataset_name: str) -> int:
         except BatchError as exc:
             print(f"batch-assets retry: {exc}", file=sys.stderr)
             return 1
-        row = BatchJobs(conn, dataset.name).get(batch_id)
+        row = resource.within(conn, dataset.name).get(batch_id)
     assert row is not None
     print(json.dumps({**status_document(row), "retry": result.as_dict()}, default=str))
     return 0
+
+
+def _jobs_resource(url: str) -> Any:
+    from batch_assets.resources.jobs import JobsResource
+    from batch_assets.resources.postgres import PostgresResource
+
+    return JobsResource.from_env(PostgresResource(url=url))
+
+
+def _jobs(url: str, dataset: str) -> Any:
+    """Where the dataset's batches are tracked (`BATCH_ASSETS_JOBS_STORE`), opened."""
+    return _jobs_resource(url).open(dataset)
 
 
 def serve(host: str, port: int) -> int:

@@ -6,6 +6,8 @@ code at the embedded local stack or at AWS and a real Postgres.
 - `BATCH_ASSETS_PG_URL`: Postgres for results, rejected rows and batch tracking.
 - `BATCH_ASSETS_BUCKET`: the S3 bucket of the datasets' inboxes.
 - `BATCH_ASSETS_CHECKPOINT_BASE`: a folder or `s3://bucket/prefix` for chunk checkpoints.
+- `BATCH_ASSETS_JOBS_STORE`: `postgres` (default) or `dynamodb` for `batch_jobs`, and
+  `BATCH_ASSETS_JOBS_TABLE` its DynamoDB table (default `batch_jobs`).
 - boto3's own variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials) for S3.
 """
 
@@ -19,6 +21,7 @@ from batch_assets.factory import CHECKPOINTS, build_dataset
 from batch_assets.failures import batch_run_failure_sensor
 from batch_assets.io_managers.checkpoint import CheckpointIOManager
 from batch_assets.resources.dynamodb import DynamoDBResource
+from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
@@ -26,13 +29,15 @@ from batch_assets.resources.settings import BatchSettings
 
 def build_definitions() -> Definitions:
     s3 = S3Resource()
+    postgres = PostgresResource(url=EnvVar("BATCH_ASSETS_PG_URL"))
     return Definitions.merge(
         *(build_dataset(dataset) for dataset in DATASETS),
         Definitions(
             sensors=[batch_run_failure_sensor],
             resources={
                 "s3": s3,
-                "postgres": PostgresResource(url=EnvVar("BATCH_ASSETS_PG_URL")),
+                "postgres": postgres,
+                "jobs": JobsResource.from_env(postgres),
                 "dynamodb": DynamoDBResource(),
                 "kinesis": KinesisResource(),
                 "settings": BatchSettings(bucket=EnvVar("BATCH_ASSETS_BUCKET")),

@@ -52,6 +52,7 @@ from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError
 from batch_assets.readers import STATUS
 from batch_assets.resources.dynamodb import DynamoDBResource
+from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
@@ -70,7 +71,7 @@ from batch_assets.sinks.postgres import (
     replace_batch,
     stored_counts,
 )
-from batch_assets.tracking import BatchCounts, BatchJobs
+from batch_assets.tracking import BatchCounts
 
 CHECKPOINTS = "checkpoint_io_manager"
 STEP_RETRY = RetryPolicy(max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
@@ -105,16 +106,15 @@ def build_dataset(dataset: Dataset) -> Definitions:
     def raw(
         context: AssetExecutionContext,
         s3: S3Resource,
-        postgres: PostgresResource,
+        jobs: JobsResource,
         settings: BatchSettings,
     ) -> Chunks:
         batch_id, lineage = context.partition_key, _lineage(context)
-        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
         client = s3.get_client()
-        with postgres.connect() as conn:
-            jobs = BatchJobs(conn, name)
-            jobs.ensure()
-            sources = jobs.sources(batch_id)
+        with jobs.open(name) as store:
+            store.ensure()
+            sources = store.sources(batch_id)
             if not sources:
                 raise BatchInputError(
                     f"batch {batch_id} has no registered source; drop its file under "
@@ -124,18 +124,14 @@ def build_dataset(dataset: Dataset) -> Definitions:
             source = head(client, sources[0].uri)
         except BatchError as exc:
             # the lineage has not taken the batch yet: fail it as the run of this version
-            raise _failer(postgres, name, batch_id, lineage, etag=sources[0].etag)(exc) from exc
-        with postgres.connect() as conn:
-            BatchJobs(conn, name).start(
-                batch_id, lineage=lineage, run_id=context.run.run_id, source=source
-            )
+            raise _failer(jobs, name, batch_id, lineage, etag=sources[0].etag)(exc) from exc
+        with jobs.open(name) as store:
+            store.start(batch_id, lineage=lineage, run_id=context.run.run_id, source=source)
         context.log.info(f"reading {source.uri} (ETag {source.etag}, {source.size:,} bytes)")
 
         def progress(chunk: Chunk, frontier: Frontier) -> None:
-            with postgres.connect() as conn:
-                BatchJobs(conn, name).progress(
-                    batch_id, batches.counts_while_reading(frontier), lineage=lineage
-                )
+            with jobs.open(name) as store:
+                store.progress(batch_id, batches.counts_while_reading(frontier), lineage=lineage)
 
         chunks = batches.read_source(
             client, source, dataset, chunk_size=settings.chunk_size or dataset.chunk_size
@@ -156,7 +152,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
     def processed(
         context: AssetExecutionContext,
         raw: Chunks,
-        postgres: PostgresResource,
+        jobs: JobsResource,
         settings: BatchSettings,
     ) -> Chunks:
         batch_id, lineage = context.partition_key, _lineage(context)
@@ -165,14 +161,14 @@ def build_dataset(dataset: Dataset) -> Definitions:
 
         def progress(chunk: Chunk, frontier: Frontier) -> None:
             counts = batches.counts_while_processing(raw_rows, raw_counts, frontier)
-            with postgres.connect() as conn:
-                BatchJobs(conn, name).progress(batch_id, counts, lineage=lineage)
+            with jobs.open(name) as store:
+                store.progress(batch_id, counts, lineage=lineage)
 
-        with postgres.connect() as conn:
-            BatchJobs(conn, name).resume(batch_id, lineage=lineage, run_id=context.run.run_id)
+        with jobs.open(name) as store:
+            store.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
         context.log.info(f"processing {raw_rows:,} rows with {workers} worker(s)")
         chunks = raw.map(dataset.processor.fn, workers=workers).on_durable(progress)
-        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
         return batches.on_error(chunks, fail)
 
     @asset(
@@ -187,14 +183,17 @@ def build_dataset(dataset: Dataset) -> Definitions:
         "in one transaction; batch_jobs marked completed in the same one.",
     )
     def postgres_table(
-        context: AssetExecutionContext, raw: Chunks, processed: Chunks, postgres: PostgresResource
+        context: AssetExecutionContext,
+        raw: Chunks,
+        processed: Chunks,
+        postgres: PostgresResource,
+        jobs: JobsResource,
     ) -> MaterializeResult:
         batch_id, lineage = context.partition_key, _lineage(context)
         read = raw.rows or 0
-        with postgres.connect() as conn:
-            jobs = BatchJobs(conn, name)
-            jobs.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
-        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
+        with jobs.open(name) as store:
+            store.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
         with _failing_batch(fail), postgres.connect() as conn:
             tables.ensure(conn)
             stats = replace_batch(conn, tables, batch_id, processed)
@@ -208,10 +207,10 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     "nothing was committed"
                 )
             counts = BatchCounts(read, *stored)
-            jobs = BatchJobs(conn, name)
+            store = jobs.within(conn, name)
             figures = stats.sink_stats(retries=context.retry_number)
-            jobs.record_sink(batch_id, "postgres", figures, lineage=lineage)
-            jobs.complete(
+            store.record_sink(batch_id, "postgres", figures, lineage=lineage)
+            store.complete(
                 batch_id, counts, summary, lineage=lineage, final=dataset.sinks[-1] == "postgres"
             )
             duplicates = duplicate_ids(conn, tables, batch_id)
@@ -258,16 +257,16 @@ def build_dataset(dataset: Dataset) -> Definitions:
     def sink_step(
         context: AssetExecutionContext,
         processed: Chunks,
-        postgres: PostgresResource,
+        jobs: JobsResource,
         sink: str,
         open_writer: Callable[[str], ChunkWriter],
     ) -> MaterializeResult:
         """Writes every chunk's records with the writer `open_writer(batch_id)` makes (it
         returns the lines of records too large to write); the last sink completes the batch."""
         batch_id, lineage = context.partition_key, _lineage(context)
-        with postgres.connect() as conn:
-            BatchJobs(conn, name).resume(batch_id, lineage=lineage, run_id=context.run.run_id)
-        fail = _failer(postgres, name, batch_id, lineage, final=_last_attempt(context))
+        with jobs.open(name) as store:
+            store.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
         stats = WriteStats()
         oversized: list[int] = []
         seen = Counter[str]()
@@ -283,11 +282,10 @@ def build_dataset(dataset: Dataset) -> Definitions:
         figures = stats.sink_stats(
             read=seen.total(), rejected=seen["rejected"], failed=seen["failed"]
         )
-        with postgres.connect() as conn:
-            jobs = BatchJobs(conn, name)
-            jobs.record_sink(batch_id, sink, figures, lineage=lineage)
+        with jobs.open(name) as store:
+            store.record_sink(batch_id, sink, figures, lineage=lineage)
             if dataset.sinks[-1] == sink:
-                jobs.finish(batch_id, lineage=lineage)
+                store.finish(batch_id, lineage=lineage)
         metadata: dict[str, Any] = {f"{sink}_{k}": v for k, v in figures.items()}
         if oversized:
             metadata["oversized_lines"] = MetadataValue.json(oversized[:100])
@@ -310,7 +308,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
     def dynamodb_table(
         context: AssetExecutionContext,
         processed: Chunks,
-        postgres: PostgresResource,
+        jobs: JobsResource,
         dynamodb: DynamoDBResource,
     ) -> MaterializeResult:
         def open_writer(batch_id: str) -> ChunkWriter:
@@ -331,7 +329,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
 
             return write
 
-        return sink_step(context, processed, postgres, "dynamodb", open_writer)
+        return sink_step(context, processed, jobs, "dynamodb", open_writer)
 
     @asset(
         key=[name, "kinesis"],
@@ -347,7 +345,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
     def kinesis_stream(
         context: AssetExecutionContext,
         processed: Chunks,
-        postgres: PostgresResource,
+        jobs: JobsResource,
         kinesis: KinesisResource,
     ) -> MaterializeResult:
         def open_writer(batch_id: str) -> ChunkWriter:
@@ -364,7 +362,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
 
             return write
 
-        return sink_step(context, processed, postgres, "kinesis", open_writer)
+        return sink_step(context, processed, jobs, "kinesis", open_writer)
 
     by_sink = {"postgres": postgres_table, "dynamodb": dynamodb_table, "kinesis": kinesis_stream}
     sink_assets = [by_sink[sink] for sink in dataset.sinks]
@@ -384,7 +382,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
     def inbox_sensor(
         context: SensorEvaluationContext,
         s3: S3Resource,
-        postgres: PostgresResource,
+        jobs: JobsResource,
         settings: BatchSettings,
     ) -> SensorResult | SkipReason:
         cursor = InboxCursor.parse(
@@ -400,13 +398,12 @@ def build_dataset(dataset: Dataset) -> Definitions:
         if not taken:
             return SkipReason(f"no new objects under s3://{settings.bucket}/{dataset.prefix}")
         keys = [partition_key_for(obj.key, dataset.prefix) for obj in taken]
-        with postgres.connect() as conn:
-            jobs = BatchJobs(conn, name)
-            jobs.ensure()
+        with jobs.open(name) as store:
+            store.ensure()
             for key, obj in zip(keys, taken, strict=True):
                 # an unchanged object seen again keeps its batch's state; its run request
                 # carries the same run key, which the daemon never launches twice
-                jobs.register(key, [obj.source(settings.bucket)])
+                store.register(key, [obj.source(settings.bucket)])
         if backlog > len(taken):
             context.log.info(f"{backlog - len(taken)} more new objects wait for the next tick")
         return SensorResult(
@@ -433,6 +430,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
     def retry_failed_records(
         context: OpExecutionContext,
         postgres: PostgresResource,
+        jobs: JobsResource,
         dynamodb: DynamoDBResource,
         kinesis: KinesisResource,
     ) -> Output[dict[str, int]]:
@@ -442,6 +440,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
                 dataset,
                 batch_id,
                 conn=conn,
+                jobs=jobs.within(conn, name),
                 dynamodb=dynamodb.writer() if "dynamodb" in dataset.sinks else None,
                 kinesis=kinesis.writer(name) if "kinesis" in dataset.sinks else None,
             )
@@ -470,7 +469,7 @@ def _lineage(context: AssetExecutionContext) -> str:
 
 
 def _failer(
-    postgres: PostgresResource,
+    jobs: JobsResource,
     dataset: str,
     batch_id: str,
     lineage: str,
@@ -487,8 +486,8 @@ def _failer(
             message = (
                 str(error) if isinstance(error, BatchError) else f"{type(error).__name__}: {error}"
             )
-            with postgres.connect() as conn:
-                BatchJobs(conn, dataset).fail(batch_id, message, lineage=lineage, etag=etag)
+            with jobs.open(dataset) as store:
+                store.fail(batch_id, message, lineage=lineage, etag=etag)
         if bad_input:
             return Failure(description=str(error), allow_retries=False)
         return error

@@ -4,8 +4,7 @@
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
 from batch_assets.datasets import dataset_of_job
-from batch_assets.resources.postgres import PostgresResource
-from batch_assets.tracking import BatchJobs
+from batch_assets.resources.jobs import JobsResource
 
 
 @run_failure_sensor(
@@ -14,15 +13,15 @@ from batch_assets.tracking import BatchJobs
     monitor_all_code_locations=False,
     description="Records a failed run's error on its batch in batch_jobs.",
 )
-def batch_run_failure_sensor(context: RunFailureSensorContext, postgres: PostgresResource) -> None:
+def batch_run_failure_sensor(context: RunFailureSensorContext, jobs: JobsResource) -> None:
     run = context.dagster_run
     batch_id = run.tags.get("dagster/partition")
     dataset = dataset_of_job(run.job_name)
     if not batch_id or dataset is None:
         return
     message = context.failure_event.message or "the run failed"
-    with postgres.connect() as conn:
-        BatchJobs(conn, dataset.name).fail(
+    with jobs.open(dataset.name) as store:
+        store.fail(
             batch_id,
             f"run {run.run_id} failed: {message}",
             lineage=run.root_run_id or run.run_id,

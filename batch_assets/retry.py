@@ -24,6 +24,7 @@ from batch_assets.sinks.dynamodb import BatchWriter, WriteStats, chunk_items, wr
 from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
 from batch_assets.tracking import BatchCounts, BatchJobs
+from batch_assets.tracking_dynamodb import DynamoBatchJobs
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ def retry_failed(
     batch_id: str,
     *,
     conn: psycopg.Connection,
+    jobs: BatchJobs | DynamoBatchJobs | None = None,
     dynamodb: BatchWriter | None = None,
     kinesis: StreamWriter | None = None,
 ) -> RetryResult:
@@ -52,7 +54,9 @@ def retry_failed(
     Args:
         dataset: the batch's dataset (its processor is the one run).
         batch_id: the batch; it must be `completed`.
-        conn: Postgres; the batch's row is locked until the caller commits.
+        conn: Postgres, holding the results (and, by default, the batch's row in
+            `batch_jobs`, locked until the caller commits).
+        jobs: where the batch is tracked, when not in `conn`'s `batch_jobs`.
         dynamodb: the writer for `data_records`, when the dataset has the DynamoDB sink.
         kinesis: the writer for the dataset's stream, when it has the Kinesis sink; the
             retried records are put on it again, with their new status.
@@ -60,17 +64,17 @@ def retry_failed(
     Raises:
         BatchError: no such batch, or it is not completed (running, queued or failed).
     """
-    jobs = BatchJobs(conn, dataset.name)
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT status, lineage, total_count FROM batch_jobs "
-            "WHERE dataset = %s AND batch_id = %s FOR UPDATE",
-            (dataset.name, batch_id),
-        )
-        found = cur.fetchone()
+    jobs = jobs if jobs is not None else BatchJobs(conn, dataset.name)
+    if isinstance(jobs, BatchJobs):  # hold the batch's row until the caller commits
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT 1 FROM batch_jobs WHERE dataset = %s AND batch_id = %s FOR UPDATE",
+                (dataset.name, batch_id),
+            )
+    found = jobs.get(batch_id)
     if found is None:
         raise BatchError(f"no {dataset.name} batch {batch_id}")
-    status, lineage, total = found
+    status, lineage, total = found["status"], found["lineage"], found["total_count"]
     if status != "completed":
         raise BatchError(
             f"{dataset.name} batch {batch_id} is {status}: only a completed batch's failed "

@@ -4,14 +4,24 @@ into Postgres (jsonb) and DynamoDB (data_records), on the embedded stack."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from typing import Any
 
+import httpx
 import psycopg
+import pytest
+from dagster import DagsterInstance
 
+from batch_assets.api.app import ApiConfig
+from batch_assets.datasets import EVENTS
+from batch_assets.definitions import build_definitions
 from batch_assets.local_stack import LocalStack
+from batch_assets.retry import retry_failed
 from batch_assets.sinks.dynamodb import RECORDS_TABLE, batch_records
 from batch_assets.tracking import BatchJobs
+from batch_assets.tracking_dynamodb import DynamoBatchJobs
+from batch_assets_tests.api_helpers import serving
 from batch_assets_tests.pipeline_helpers import Inbox, stream_documents
 
 LINES = (
@@ -143,3 +153,62 @@ def test_malformed_array_fails_the_batch(events_inbox: Inbox, pg_url: str) -> No
     job = stored(pg_url, batch_id)[2]
     assert job["status"] == "failed"
     assert "broken.json: line 3: not valid JSON" in job["error"]
+
+
+def test_batches_tracked_in_dynamodb(
+    stack: LocalStack,
+    instance: DagsterInstance,
+    pg_url: str,
+    events_sensor_state: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = f"batch_jobs_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("BATCH_ASSETS_JOBS_STORE", "dynamodb")
+    monkeypatch.setenv("BATCH_ASSETS_JOBS_TABLE", table)
+    box = Inbox(
+        build_definitions(),
+        instance,
+        stack.s3(),
+        stack.env["BATCH_ASSETS_BUCKET"],
+        dataset=EVENTS,
+        cursor=events_sensor_state["cursor"],
+        run_keys=events_sensor_state["run_keys"],
+        tag=f"tracked-{uuid.uuid4().hex[:6]}",
+    )
+    batch_id, run = box.drop_and_run("events.jsonl", LINES)
+    events_sensor_state["cursor"] = box.cursor
+    assert run.success
+    row = DynamoBatchJobs(stack.client("dynamodb"), "events", table=table).get(batch_id) or {}
+    assert (row["status"], row["total_count"], row["summary"]) == (
+        "completed",
+        6,
+        {"processed": 2, "rejected": 3, "failed": 1},
+    )
+    assert set(row["sink_stats"]) == {"postgres", "dynamodb", "kinesis"}
+    with psycopg.connect(pg_url) as conn:
+        assert BatchJobs(conn, "events").get(batch_id) is None
+        (stored,) = conn.execute(
+            "SELECT count(*) FROM events_results WHERE batch_id = %s", (batch_id,)
+        ).fetchone() or (0,)
+    assert stored == 3
+    with psycopg.connect(pg_url) as conn:
+        retried = retry_failed(
+            EVENTS,
+            batch_id,
+            conn=conn,
+            jobs=DynamoBatchJobs(stack.client("dynamodb"), "events", table=table),
+        )
+    assert retried.as_dict() == {"retried": 1, "processed": 0, "failed": 1}
+
+    # the API reads and writes the same store (a bucket of its own keeps the upload out of
+    # the inbox the other tests' sensor watches)
+    bucket = f"api-jobs-{uuid.uuid4().hex[:8]}"
+    stack.s3().create_bucket(Bucket=bucket)
+    config = ApiConfig(pg_url=pg_url, bucket=bucket, jobs_store="dynamodb", jobs_table=table)
+    with serving(config) as base:
+        upload = httpx.post(f"{base}/batch/upload", files={"file": ("r.csv", b"id,text\n1,ok\n")})
+        assert upload.status_code == 202, upload.text
+        uploaded = upload.json()["batch_id"]
+        assert httpx.get(f"{base}/batch/{uploaded}").json()["total_count"] == 1
+    queued = DynamoBatchJobs(stack.client("dynamodb"), "reviews", table=table).get(uploaded)
+    assert queued is not None and queued["status"] == "queued"

@@ -42,6 +42,7 @@ from batch_assets.readers import CsvLayout
 from batch_assets.s3_objects import partition_key_for, s3_uri
 from batch_assets.sinks.postgres import rejected_page, results_page
 from batch_assets.tracking import BatchJobs, Source, status_document
+from batch_assets.tracking_dynamodb import JOBS_TABLE, DynamoBatchJobs
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,17 @@ class ApiConfig:
         token: when set, every endpoint but `/health` wants `Authorization: Bearer <token>`
             (`BATCH_ASSETS_API_TOKEN`).
         max_upload_bytes: the largest file accepted (`BATCH_ASSETS_API_MAX_UPLOAD_BYTES`).
+        jobs_store: where batches are tracked, `postgres` or `dynamodb`
+            (`BATCH_ASSETS_JOBS_STORE`), and `jobs_table` the DynamoDB table
+            (`BATCH_ASSETS_JOBS_TABLE`).
     """
 
     pg_url: str
     bucket: str
     token: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    jobs_store: str = "postgres"
+    jobs_table: str = JOBS_TABLE
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ApiConfig:
@@ -98,6 +104,8 @@ class ApiConfig:
             bucket=env["BATCH_ASSETS_BUCKET"],
             token=env.get("BATCH_ASSETS_API_TOKEN") or None,
             max_upload_bytes=max_upload_bytes,
+            jobs_store=env.get("BATCH_ASSETS_JOBS_STORE", "postgres"),
+            jobs_table=env.get("BATCH_ASSETS_JOBS_TABLE", JOBS_TABLE),
         )
 
 
@@ -113,7 +121,14 @@ class Backend:
             "s3",
             config=Config(connect_timeout=5, read_timeout=60, retries={"mode": "standard"}),
         )
+        self.dynamodb = boto3.client("dynamodb", config=Config(retries={"mode": "standard"}))
         self._schema_ready = False
+
+    def jobs(self, conn: psycopg.Connection, dataset: str) -> BatchJobs | DynamoBatchJobs:
+        """Where the dataset's batches are tracked: `conn`'s `batch_jobs`, or DynamoDB's."""
+        if self.config.jobs_store == "dynamodb":
+            return DynamoBatchJobs(self.dynamodb, dataset, table=self.config.jobs_table)
+        return BatchJobs(conn, dataset)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -122,7 +137,7 @@ class Backend:
         try:
             with self.pool.connection() as conn:
                 if not self._schema_ready:
-                    BatchJobs(conn, DATASETS[0].name).ensure()
+                    self.jobs(conn, DATASETS[0].name).ensure()
                     for dataset in DATASETS:
                         dataset.tables.ensure(conn)
                     conn.commit()
@@ -328,7 +343,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
         def register() -> None:
             with backend.connection() as conn:
-                BatchJobs(conn, entry.name).register(batch_id, [source], total=total)
+                backend.jobs(conn, entry.name).register(batch_id, [source], total=total)
 
         await run_in_threadpool(register)
         log.info("upload %s: %s records, batch %s", uri, total, batch_id)
@@ -351,7 +366,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     ) -> BatchList:
         """The dataset's newest batches first, optionally in one status only."""
         with backend.connection() as conn:
-            rows = BatchJobs(conn, dataset.value).recent(limit=limit, status=status)
+            rows = backend.jobs(conn, dataset.value).recent(limit=limit, status=status)
         return BatchList(
             batches=[
                 BatchListItem(
@@ -443,7 +458,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
 def _batch_row(backend: Backend, dataset: str, batch_id: str) -> dict[str, Any]:
     with backend.connection() as conn:
-        row = BatchJobs(conn, dataset).get(batch_id)
+        row = backend.jobs(conn, dataset).get(batch_id)
     if row is None:
         raise HTTPException(404, f"no {dataset} batch {batch_id}")
     return row
