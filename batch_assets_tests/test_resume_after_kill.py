@@ -23,6 +23,7 @@ from dagster import (
 from batch_assets.failures import batch_run_failure_sensor
 from batch_assets.generate import reviews_csv
 from batch_assets.local_stack import LocalStack
+from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets_tests.pipeline_helpers import batch_row, reviews_job, settings_config
 
@@ -93,15 +94,15 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     event = instance.report_run_failed(run, message="run worker disappeared")
     failed_run = instance.get_run_by_id(run.run_id)
     assert failed_run is not None
-    batch_run_failure_sensor(
-        build_run_status_sensor_context(
-            sensor_name="batch_run_failure_sensor",
-            dagster_event=event,
-            dagster_instance=instance,
-            dagster_run=failed_run,
-            resources={"postgres": PostgresResource(url=stack.env["BATCH_ASSETS_PG_URL"])},
-        ).for_run_failure()
-    )
+    jobs = JobsResource(postgres=PostgresResource(url=stack.env["BATCH_ASSETS_PG_URL"]))
+    with build_run_status_sensor_context(
+        sensor_name="batch_run_failure_sensor",
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=failed_run,
+        resources={"jobs": jobs},
+    ) as context:
+        batch_run_failure_sensor(context.for_run_failure())
     row = batch_row(stack.env["BATCH_ASSETS_PG_URL"], partition)
     assert row["status"] == "failed" and "run worker disappeared" in row["error"]
     assert 0 < row["processed_count"] < ROWS
