@@ -338,12 +338,8 @@ def print_status(batch_id: str, dataset: str) -> int:
 
     from batch_assets.tracking import status_document
 
-    url = os.environ.get("BATCH_ASSETS_PG_URL")
+    url = _setting("BATCH_ASSETS_PG_URL")
     if not url:
-        print(
-            "BATCH_ASSETS_PG_URL is not set; source the env file `batch-assets dev` wrote",
-            file=sys.stderr,
-        )
         return 2
     with _jobs(url, dataset) as jobs:
         row = jobs.get(batch_id)
@@ -363,12 +359,8 @@ def retry_batch(batch_id: str, dataset_name: str) -> int:
     from batch_assets.retry import retry_failed
     from batch_assets.tracking import status_document
 
-    url = os.environ.get("BATCH_ASSETS_PG_URL")
+    url = _setting("BATCH_ASSETS_PG_URL")
     if not url:
-        print(
-            "BATCH_ASSETS_PG_URL is not set; source the env file `batch-assets dev` wrote",
-            file=sys.stderr,
-        )
         return 2
     dataset = dataset_named(dataset_name)
     resource = _jobs_resource(url)
@@ -391,6 +383,14 @@ def retry_batch(batch_id: str, dataset_name: str) -> int:
     assert row is not None
     print(json.dumps({**status_document(row), "retry": result.as_dict()}, default=str))
     return 0
+
+
+def _setting(name: str) -> str | None:
+    """An environment variable the command needs; None, said on stderr, when unset."""
+    value = os.environ.get(name)
+    if not value:
+        print(f"{name} is not set; source the env file `batch-assets dev` wrote", file=sys.stderr)
+    return value
 
 
 def _jobs_resource(url: str) -> Any:
@@ -423,12 +423,8 @@ def serve(host: str, port: int) -> int:
 def upload_file(path: Path, dataset_name: str) -> int:
     import boto3
 
-    bucket = os.environ.get("BATCH_ASSETS_BUCKET")
+    bucket = _setting("BATCH_ASSETS_BUCKET")
     if not bucket:
-        print(
-            "BATCH_ASSETS_BUCKET is not set; source the env file `batch-assets dev` wrote",
-            file=sys.stderr,
-        )
         return 2
     key = dataset_named(dataset_name).prefix + path.name
     boto3.client("s3").upload_file(str(path), bucket, key)

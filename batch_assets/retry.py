@@ -18,7 +18,7 @@ from psycopg import sql
 from batch_assets.batches import batch_summary
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError
-from batch_assets.processors.sentiment import ERROR
+from batch_assets.processors import ERROR
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
 from batch_assets.sinks.dynamodb import BatchWriter, WriteStats, chunk_items, write_chunk_items
 from batch_assets.sinks.kinesis import StreamWriter, chunk_entries

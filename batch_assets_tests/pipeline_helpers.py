@@ -115,8 +115,9 @@ if __name__ == "__main__":
         )
 
 
-def stream_documents(client: Any, stream: str, batch_id: str) -> list[dict[str, Any]]:
-    """The documents of one batch on a Kinesis stream, every shard from its start."""
+def stream_documents(client: Any, stream: str, batch_id: str | None = None) -> list[dict[str, Any]]:
+    """The JSON documents on a Kinesis stream (of one batch, if given), every shard from
+    its start."""
     documents = []
     for shard in client.list_shards(StreamName=stream)["Shards"]:
         iterator = client.get_shard_iterator(
@@ -128,4 +129,4 @@ def stream_documents(client: Any, stream: str, batch_id: str) -> list[dict[str, 
             if not page["Records"]:
                 break
             iterator = page.get("NextShardIterator")
-    return [d for d in documents if d["batch_id"] == batch_id]
+    return [d for d in documents if batch_id is None or d["batch_id"] == batch_id]

@@ -17,6 +17,7 @@ from batch_assets.local_stack import LocalStack
 from batch_assets.sinks.dynamodb import Backoff, WriteStats
 from batch_assets.sinks.kinesis import Entry, StreamWriter, ensure_stream
 from batch_assets_tests.faults import KinesisFaults
+from batch_assets_tests.pipeline_helpers import stream_documents
 
 
 @pytest.fixture
@@ -41,19 +42,7 @@ def entries(n: int, size: int = 100) -> list[Entry]:
 
 
 def on_stream(kinesis: Any, stream: str) -> Counter[str]:
-    seen: Counter[str] = Counter()
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=1000)
-            for record in page["Records"]:
-                seen[json.loads(record["Data"])["record_id"]] += 1
-            if not page["Records"]:
-                break
-            iterator = page.get("NextShardIterator")
-    return seen
+    return Counter(d["record_id"] for d in stream_documents(kinesis, stream))
 
 
 def test_stream_created_once_and_records_packed(kinesis: Any, stream: str) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from batch_assets.readers import STATUS
+
 
 @dataclass(frozen=True)
 class Processor:
@@ -34,3 +36,20 @@ class Processor:
     summary_labels: tuple[str, ...] = ()
     parallel: bool = False
     json_columns: tuple[str, ...] = ()
+
+
+ERROR = "_error"
+"""The column holding a failed record's error."""
+
+
+def settled_status() -> pl.Expr:
+    """The status after processing: rows that were not `valid` keep theirs; a valid row
+    with an error is `failed`, the others `processed`."""
+    return (
+        pl.when(pl.col(STATUS) != "valid")
+        .then(pl.col(STATUS))
+        .when(pl.col(ERROR).is_not_null())
+        .then(pl.lit("failed"))
+        .otherwise(pl.lit("processed"))
+        .alias(STATUS)
+    )

@@ -13,11 +13,10 @@ from functools import lru_cache
 import polars as pl
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from batch_assets.processors import Processor
+from batch_assets.processors import ERROR, Processor, settled_status
 from batch_assets.readers import STATUS
 
 THRESHOLD = 0.05
-ERROR = "_error"
 
 
 @lru_cache(maxsize=1)
@@ -70,12 +69,7 @@ def score_sentiment(frame: pl.DataFrame, *, text_column: str = "text") -> pl.Dat
         .then(compound.abs())
         .otherwise(1 - compound.abs())
         .alias("score"),
-        pl.when(pl.col(STATUS) != "valid")
-        .then(pl.col(STATUS))
-        .when(pl.col(ERROR).is_not_null())
-        .then(pl.lit("failed"))
-        .otherwise(pl.lit("processed"))
-        .alias(STATUS),
+        settled_status(),
     )
 
 

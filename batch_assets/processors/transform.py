@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from batch_assets.json_reader import RECORD_COLUMN
-from batch_assets.processors import Processor
-from batch_assets.processors.sentiment import ERROR
+from batch_assets.processors import ERROR, Processor, settled_status
 from batch_assets.readers import STATUS
 
 
@@ -53,12 +52,7 @@ def transform_records(frame: pl.DataFrame) -> pl.DataFrame:
         pl.when(pl.col("processed").is_not_null())
         .then(pl.lit(now, dtype=pl.Datetime("us", "UTC")))
         .alias("processed_at"),
-        pl.when(pl.col(STATUS) != "valid")
-        .then(pl.col(STATUS))
-        .when(pl.col(ERROR).is_not_null())
-        .then(pl.lit("failed"))
-        .otherwise(pl.lit("processed"))
-        .alias(STATUS),
+        settled_status(),
     )
 
 

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from batch_assets.errors import ConfigError, SinkError
 from batch_assets.packing import DYNAMODB_BATCH_WRITE, Limits, Oversized, PackStats, pack
-from batch_assets.processors.sentiment import ERROR
+from batch_assets.processors import ERROR
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
 
 RECORDS_TABLE = "data_records"

@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from batch_assets.chunks import Chunks
-from batch_assets.processors.sentiment import ERROR
+from batch_assets.processors import ERROR
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
 from batch_assets.tracking import ensure_schema
 
