@@ -1,0 +1,224 @@
+"""SQL tables as batch sources: increments bounded by a high-water mark, read by keyset.
+
+An increment is the rows whose `(cursor column, key)` lies in `(lower, upper]`, for two
+marks taken from the table. It is read in chunks by keyset pagination on `(cursor, key)`:
+each chunk asks for the rows after the last one read, so the last chunk costs what the first
+does (an index range scan on `(cursor, key)`), however deep into the table, and a resumed
+read starts exactly after the last durable chunk. Reading the same bounds again reads the
+same rows, whatever was inserted meanwhile outside them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from batch_assets.chunks import Chunk, Resume
+from batch_assets.errors import BatchInputError
+from batch_assets.readers import LINE, REASON, RECORD, STATUS
+
+Mark = tuple[Any, Any]
+"""A position in the table's `(cursor column, key)` order."""
+
+
+@dataclass(frozen=True)
+class SqlTable:
+    """A source table.
+
+    Attributes:
+        table: its name; `schema` its schema.
+        key: a unique column that breaks ties of the cursor column.
+        cursor: the column that grows when a row is written (`updated_at`).
+        columns: the columns each record carries, as the dataset names them.
+    """
+
+    table: str
+    key: str
+    cursor: str
+    columns: tuple[str, ...]
+    schema: str = "public"
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    def identifier(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.table))
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """What `check_table` found: the column types, and a warning when no index serves the
+    keyset order."""
+
+    types: dict[str, str]
+    warning: str | None
+
+
+def check_table(conn: psycopg.Connection, source: SqlTable) -> SourceCheck:
+    """Checks that the table and every column it needs exist.
+
+    Raises:
+        BatchInputError: naming the missing table or columns.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            (source.schema, source.table),
+        )
+        types: dict[str, str] = {str(name): str(kind) for name, kind in cur.fetchall()}
+        if not types:
+            raise BatchInputError(
+                f"source table {source.name} does not exist (or this role cannot see it)"
+            )
+        needed = [source.key, source.cursor, *source.columns]
+        missing = [c for c in dict.fromkeys(needed) if c not in types]
+        if missing:
+            raise BatchInputError(
+                f"source table {source.name} has no column(s) {', '.join(missing)}; it has "
+                f"{', '.join(sorted(types))}"
+            )
+        cur.execute(
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND ("
+            "  SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(i.indkey) "
+            "  WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a "
+            "  ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.ord <= 2"
+            ") = ARRAY[%s, %s]::name[]",
+            (source.schema, source.table, source.cursor, source.key),
+        )
+        found = cur.fetchone()
+    warning = None
+    if not found or not found[0]:
+        warning = (
+            f"no index on {source.name} ({source.cursor}, {source.key}): each chunk then scans "
+            f"the table; create one: CREATE INDEX ON {source.name} ({source.cursor}, "
+            f"{source.key})"
+        )
+    return SourceCheck(types, warning)
+
+
+def high_water_mark(
+    conn: psycopg.Connection, source: SqlTable, *, lag: timedelta, now: datetime | None = None
+) -> Mark | None:
+    """The last `(cursor, key)` at least `lag` old, None for an empty table.
+
+    Rows newer than `now - lag` wait for a later increment: a transaction that took its
+    `updated_at` earlier may still commit, and a mark past it would skip its rows.
+    """
+    horizon = (now or datetime.now(UTC)) - lag
+    query = sql.SQL(
+        "SELECT {cursor}, {key} FROM {table} WHERE {cursor} <= %s "
+        "ORDER BY {cursor} DESC, {key} DESC LIMIT 1"
+    ).format(
+        cursor=sql.Identifier(source.cursor),
+        key=sql.Identifier(source.key),
+        table=source.identifier(),
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, (horizon,))
+        row = cur.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def encode_mark(mark: Mark | None) -> str | None:
+    """A mark as text for partition metadata and chunk state (values in their text form)."""
+    if mark is None:
+        return None
+    return json.dumps([_text(mark[0]), _text(mark[1])])
+
+
+def decode_mark(text: str | None) -> Mark | None:
+    if text is None:
+        return None
+    cursor, key = json.loads(text)
+    return (cursor, key)
+
+
+def _text(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def iter_increment_chunks(
+    connect: Callable[[], psycopg.Connection],
+    source: SqlTable,
+    *,
+    lower: Mark | None,
+    upper: Mark,
+    chunk_size: int,
+    resume: Resume,
+) -> Iterator[Chunk]:
+    """Streams the rows in `(lower, upper]` as chunks of at most `chunk_size`, in
+    `(cursor, key)` order, by keyset; each chunk's state holds the mark after it.
+
+    Each chunk holds the source columns as strings, `_line` (the row's 1-based position in
+    the increment), `_status` (`valid`), `_reason` and `_record`. One chunk is in memory at a
+    time; each query is a fresh statement, so nothing holds a transaction open between chunks.
+    """
+    with connect() as conn:
+        types: dict[str, str] = check_table(conn, source).types
+    cursor_type, key_type = types[source.cursor], types[source.key]
+    after = decode_mark(resume.state["after"]) if resume.state else lower
+    position = int(resume.state.get("rows", 0)) if resume.state else 0
+    index = resume.next_index
+    columns = sql.SQL(", ").join(
+        sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"_c{i}"))
+        for i, c in enumerate(source.columns)
+    )
+    order = sql.SQL("{}, {}").format(sql.Identifier(source.cursor), sql.Identifier(source.key))
+    bound = sql.SQL("(CAST(%s AS {}), CAST(%s AS {}))").format(
+        sql.SQL(cursor_type), sql.SQL(key_type)
+    )
+
+    def query(start: bool) -> sql.Composed:
+        after_bound = sql.SQL("true") if start else sql.SQL("({}) > {}").format(order, bound)
+        return sql.SQL(
+            "SELECT {cursor}, {key}, {columns} FROM {table} "
+            "WHERE {after} AND ({order}) <= {upper} ORDER BY {order} LIMIT %s"
+        ).format(
+            cursor=sql.Identifier(source.cursor),
+            key=sql.Identifier(source.key),
+            columns=columns,
+            table=source.identifier(),
+            after=after_bound,
+            order=order,
+            upper=bound,
+        )
+
+    upper_text = (_text(upper[0]), _text(upper[1]))
+    while True:
+        after_text = () if after is None else (_text(after[0]), _text(after[1]))
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(query(after is None), (*after_text, *upper_text, chunk_size))
+            rows = cur.fetchall()
+        if not rows:
+            return
+        after = (rows[-1][0], rows[-1][1])
+        lines = range(position + 1, position + 1 + len(rows))
+        position += len(rows)
+        frame = pl.DataFrame(
+            {
+                LINE: pl.Series(lines, dtype=pl.Int64),
+                **{
+                    column: pl.Series([row[2 + i] for row in rows], dtype=pl.String)
+                    for i, column in enumerate(source.columns)
+                },
+                STATUS: pl.Series(["valid"] * len(rows), dtype=pl.String),
+                REASON: pl.Series([None] * len(rows), dtype=pl.String),
+                RECORD: pl.Series([None] * len(rows), dtype=pl.String),
+            }
+        )
+        yield Chunk(index, frame, {"after": encode_mark(after), "rows": position})
+        index += 1
+        if len(rows) < chunk_size:
+            return
