@@ -8,10 +8,12 @@ from typing import Any
 from batch_assets.checkpoints import Frontier
 from batch_assets.chunks import Chunk, Chunks, Resume
 from batch_assets.datasets import Dataset
+from batch_assets.increments import Increment
 from batch_assets.json_reader import iter_json_chunks
 from batch_assets.readers import CsvLayout, iter_csv_chunks
 from batch_assets.s3_objects import opener
 from batch_assets.sinks.postgres import summarize
+from batch_assets.sql_source import encode_mark, iter_increment_chunks
 from batch_assets.tracking import BatchCounts, Source
 from batch_assets.validation import validate_chunk
 
@@ -39,6 +41,33 @@ def read_source(client: Any, source: Source, dataset: Dataset, *, chunk_size: in
             yield Chunk(chunk.index, frame, chunk.state)
 
     return Chunks(produce, origin={"uri": source.uri, "etag": source.etag})
+
+
+def read_increment(
+    connect: Callable[[], Any], increment: Increment, dataset: Dataset, *, chunk_size: int
+) -> Chunks:
+    """An increment of the dataset's SQL table as validated chunks, read by keyset; a
+    resumed read starts after the last durable chunk's mark."""
+    source = dataset.source
+    assert source is not None
+
+    def produce(resume: Resume) -> Iterator[Chunk]:
+        chunks = iter_increment_chunks(
+            connect,
+            source,
+            lower=increment.lower,
+            upper=increment.upper,
+            chunk_size=chunk_size,
+            resume=resume,
+        )
+        for chunk in chunks:
+            frame = validate_chunk(chunk.frame, dataset.schema, dataset.columns)
+            yield Chunk(chunk.index, frame, chunk.state)
+
+    return Chunks(
+        produce,
+        origin={"increment": increment.increment_id, "upper": encode_mark(increment.upper)},
+    )
 
 
 def on_error(chunks: Chunks, handler: Callable[[Exception], Exception]) -> Chunks:

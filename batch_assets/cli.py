@@ -116,23 +116,30 @@ def _demo_batch(stack: LocalStack, home: Path, args: argparse.Namespace) -> dict
     from dagster import DagsterInstance
 
     from batch_assets.definitions import build_definitions
-    from batch_assets.generate import events_jsonl, reviews_csv
+    from batch_assets.generate import comments_table, events_jsonl, reviews_csv
     from batch_assets.runner import evaluate_inbox_sensor, run_partition
     from batch_assets.tracking import status_document
 
     dataset = dataset_named(args.dataset)
     stack.apply()
     _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
-    if args.file:
-        path = args.file
-    elif dataset.format == "json":
-        path = events_jsonl(home / f"{dataset.name}-{args.rows}.jsonl", args.rows)
+    if dataset.source is not None:
+        if args.file:
+            print(f"{dataset.name} reads a SQL table; use --rows", file=sys.stderr)
+            return None
+        comments_table(stack.env["BATCH_ASSETS_PG_URL"], args.rows, table=dataset.source.table)
+        print(f"added {args.rows:,} rows to {dataset.source.name}", file=sys.stderr)
     else:
-        path = reviews_csv(home / f"{dataset.name}-{args.rows}.csv", args.rows)
-    bucket = stack.env["BATCH_ASSETS_BUCKET"]
-    key = f"{dataset.prefix}{int(time.time())}-{path.name}"
-    stack.s3().upload_file(str(path), bucket, key)
-    print(f"uploaded {path} to s3://{bucket}/{key}", file=sys.stderr)
+        if args.file:
+            path = args.file
+        elif dataset.format == "json":
+            path = events_jsonl(home / f"{dataset.name}-{args.rows}.jsonl", args.rows)
+        else:
+            path = reviews_csv(home / f"{dataset.name}-{args.rows}.csv", args.rows)
+        bucket = stack.env["BATCH_ASSETS_BUCKET"]
+        key = f"{dataset.prefix}{int(time.time())}-{path.name}"
+        stack.s3().upload_file(str(path), bucket, key)
+        print(f"uploaded {path} to s3://{bucket}/{key}", file=sys.stderr)
     defs = build_definitions()
     url = stack.env["BATCH_ASSETS_PG_URL"]
     with DagsterInstance.get() as instance:

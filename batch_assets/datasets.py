@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 import pandera.polars as pa
@@ -10,12 +13,14 @@ import polars as pl
 
 from batch_assets.json_reader import RECORD_COLUMN
 from batch_assets.processors import Processor
-from batch_assets.processors.sentiment import SENTIMENT
+from batch_assets.processors.sentiment import SENTIMENT, score_sentiment
 from batch_assets.processors.transform import TRANSFORM
+from batch_assets.schemas.comments import CommentRecord
 from batch_assets.schemas.events import EventRecord
 from batch_assets.schemas.reviews import ReviewRecord
 from batch_assets.sinks.dynamodb import RecordLayout
 from batch_assets.sinks.postgres import ResultsTables
+from batch_assets.sql_source import SqlTable
 
 
 @dataclass(frozen=True)
@@ -36,17 +41,23 @@ class Dataset:
             the last one completes the batch.
         chunk_size: records per chunk (validation and checkpoint unit).
         inbox: the S3 prefix the sensor watches, under the bucket.
+        source: for `sql`, the table whose increments are the batches (instead of files).
+        lag: for `sql`, how old a row must be to enter an increment: a transaction that
+            stamped its rows earlier may still commit, and an increment closed past them
+            would never see them.
     """
 
     name: str
     columns: tuple[str, ...]
     schema: type[pa.DataFrameModel]
     processor: Processor
-    format: Literal["csv", "json"] = "csv"
+    format: Literal["csv", "json", "sql"] = "csv"
     json_columns: tuple[str, ...] = ()
     sinks: tuple[Literal["postgres", "dynamodb", "kinesis"], ...] = ("postgres",)
     chunk_size: int = 10_000
     inbox: str = ""
+    source: SqlTable | None = None
+    lag: timedelta = timedelta(seconds=30)
 
     @property
     def job_name(self) -> str:
@@ -65,7 +76,8 @@ class Dataset:
         columns: dict[str, pl.DataType] = {column: pl.String() for column in self.columns}
         columns.update(self.processor.columns)
         json_columns = self.json_columns + self.processor.json_columns
-        return ResultsTables(self.name, columns, self.columns, json_columns)
+        key = self.source.key if self.source is not None else None
+        return ResultsTables(self.name, columns, self.columns, json_columns, key)
 
     @property
     def record_layout(self) -> RecordLayout:
@@ -96,7 +108,18 @@ EVENTS = Dataset(
     sinks=("postgres", "dynamodb", "kinesis"),
 )
 
-DATASETS: tuple[Dataset, ...] = (REVIEWS, EVENTS)
+COMMENTS = Dataset(
+    name="comments",
+    columns=("id", "body"),
+    schema=CommentRecord,
+    processor=dataclasses.replace(
+        SENTIMENT, fn=functools.partial(score_sentiment, text_column="body")
+    ),
+    format="sql",
+    source=SqlTable("comments", key="id", cursor="updated_at", columns=("id", "body")),
+)
+
+DATASETS: tuple[Dataset, ...] = (REVIEWS, EVENTS, COMMENTS)
 
 
 def dataset_of_job(job_name: str) -> Dataset | None:

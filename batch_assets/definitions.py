@@ -6,12 +6,16 @@ code at the embedded local stack or at AWS and a real Postgres.
 - `BATCH_ASSETS_PG_URL`: Postgres for results, rejected rows and batch tracking.
 - `BATCH_ASSETS_BUCKET`: the S3 bucket of the datasets' inboxes.
 - `BATCH_ASSETS_CHECKPOINT_BASE`: a folder or `s3://bucket/prefix` for chunk checkpoints.
+- `BATCH_ASSETS_SOURCE_PG_URL`: the Postgres holding SQL sources' tables (default: the
+  results one).
 - `BATCH_ASSETS_JOBS_STORE`: `postgres` (default) or `dynamodb` for `batch_jobs`, and
   `BATCH_ASSETS_JOBS_TABLE` its DynamoDB table (default `batch_jobs`).
 - boto3's own variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials) for S3.
 """
 
 from __future__ import annotations
+
+import os
 
 from dagster import Definitions, EnvVar
 from dagster_aws.s3 import S3Resource
@@ -37,6 +41,13 @@ def build_definitions() -> Definitions:
             resources={
                 "s3": s3,
                 "postgres": postgres,
+                "source_postgres": PostgresResource(
+                    url=EnvVar(
+                        "BATCH_ASSETS_SOURCE_PG_URL"
+                        if os.environ.get("BATCH_ASSETS_SOURCE_PG_URL")
+                        else "BATCH_ASSETS_PG_URL"
+                    )
+                ),
                 "jobs": JobsResource.from_env(postgres),
                 "dynamodb": DynamoDBResource(),
                 "kinesis": KinesisResource(),

@@ -50,6 +50,7 @@ from batch_assets.checkpoints import Frontier
 from batch_assets.chunks import Chunk, Chunks
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError
+from batch_assets.increments import Increments
 from batch_assets.readers import STATUS
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.jobs import JobsResource
@@ -71,7 +72,8 @@ from batch_assets.sinks.postgres import (
     replace_batch,
     stored_counts,
 )
-from batch_assets.tracking import BatchCounts
+from batch_assets.sql_source import check_table, encode_mark
+from batch_assets.tracking import BatchCounts, Source
 
 CHECKPOINTS = "checkpoint_io_manager"
 STEP_RETRY = RetryPolicy(max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
@@ -103,7 +105,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         description=f"The batch's source records, validated by {dataset.schema.__name__}: "
         "valid rows, and rejected rows with their reason and line.",
     )
-    def raw(
+    def raw_file(
         context: AssetExecutionContext,
         s3: S3Resource,
         jobs: JobsResource,
@@ -137,6 +139,56 @@ def build_dataset(dataset: Dataset) -> Definitions:
             client, source, dataset, chunk_size=settings.chunk_size or dataset.chunk_size
         ).on_durable(progress)
         return batches.on_error(chunks, fail)
+
+    @asset(
+        key=[name, "raw"],
+        partitions_def=partitions,
+        io_manager_key=CHECKPOINTS,
+        group_name=name,
+        retry_policy=STEP_RETRY,
+        kinds={"postgres", "polars"},
+        description=f"The increment's rows of {dataset.source.name if dataset.source else ''}, "
+        f"read by keyset and validated by {dataset.schema.__name__}: valid rows, and rejected "
+        "rows with their reason.",
+    )
+    def raw_sql(
+        context: AssetExecutionContext,
+        postgres: PostgresResource,
+        source_postgres: PostgresResource,
+        jobs: JobsResource,
+        settings: BatchSettings,
+    ) -> Chunks:
+        batch_id, lineage = context.partition_key, _lineage(context)
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
+        with postgres.connect() as conn:
+            Increments(conn, name).ensure()
+            increment = Increments(conn, name).get(batch_id)
+        if increment is None:
+            raise fail(
+                BatchInputError(f"no increment {batch_id} of {name}: the sensor closes them")
+            )
+        with jobs.open(name) as store:
+            registered = store.sources(batch_id)
+            if not registered:
+                raise fail(BatchInputError(f"increment {batch_id} is not registered as a batch"))
+            store.start(batch_id, lineage=lineage, run_id=context.run.run_id, source=registered[0])
+        context.log.info(
+            f"reading {registered[0].uri}: ({increment.lower}, {increment.upper}] by keyset"
+        )
+
+        def progress(chunk: Chunk, frontier: Frontier) -> None:
+            with jobs.open(name) as store:
+                store.progress(batch_id, batches.counts_while_reading(frontier), lineage=lineage)
+
+        chunks = batches.read_increment(
+            source_postgres.connect,
+            increment,
+            dataset,
+            chunk_size=settings.chunk_size or dataset.chunk_size,
+        ).on_durable(progress)
+        return batches.on_error(chunks, fail)
+
+    raw = raw_sql if dataset.source is not None else raw_file
 
     @asset(
         key=[name, "processed"],
@@ -207,6 +259,12 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     "nothing was committed"
                 )
             counts = BatchCounts(read, *stored)
+            if dataset.source is not None:
+                # a later version of a source row replaces the earlier one's result, and the
+                # increment's mark moves in this transaction, with its rows
+                replaced = tables.drop_older_versions(conn, batch_id)
+                context.log.info(f"{replaced:,} earlier results replaced by this increment")
+                Increments(conn, name).commit(batch_id)
             store = jobs.within(conn, name)
             figures = stats.sink_stats(retries=context.retry_number)
             store.record_sink(batch_id, "postgres", figures, lineage=lineage)
@@ -422,6 +480,57 @@ def build_dataset(dataset: Dataset) -> Definitions:
             cursor=after.serialize(),
         )
 
+    @sensor(
+        name=dataset.sensor_name,
+        job=batch_job,
+        minimum_interval_seconds=15,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Closes the next increment of {name}'s table once the last one has "
+        "committed, and starts its run.",
+    )
+    def increment_sensor(
+        context: SensorEvaluationContext,
+        postgres: PostgresResource,
+        source_postgres: PostgresResource,
+        jobs: JobsResource,
+    ) -> SensorResult | SkipReason:
+        source = dataset.source
+        assert source is not None
+        with postgres.connect() as conn, source_postgres.connect() as source_conn:
+            increments = Increments(conn, name)
+            increments.ensure()
+            latest = increments.latest()
+            if latest is not None and latest.state == "open":
+                increment = latest  # requested again: its run key launches it once
+            else:
+                if latest is None:
+                    check = check_table(source_conn, source)
+                    if check.warning:
+                        context.log.warning(check.warning)
+                closing = increments.close_next(source_conn, source, lag=dataset.lag)
+                if closing.increment is None:
+                    return SkipReason(closing.reason)
+                increment = closing.increment
+        key = increment.increment_id
+        registered = Source(f"sql://{source.name}#{key}", key, 0, datetime.now(UTC))
+        with jobs.open(name) as store:
+            store.ensure()
+            store.register(key, [registered])
+        return SensorResult(
+            run_requests=[
+                RunRequest(
+                    run_key=f"{name}:{key}",
+                    partition_key=key,
+                    tags={
+                        "batch_assets/source": registered.uri,
+                        "batch_assets/etag": key,
+                        "batch_assets/upper": encode_mark(increment.upper) or "",
+                    },
+                )
+            ],
+            dynamic_partitions_requests=[partitions.build_add_request([key])],
+        )
+
     @op(
         name=f"{name}_retry_failed_records",
         description="Runs the processor again on the batch's failed records only and updates "
@@ -459,7 +568,9 @@ def build_dataset(dataset: Dataset) -> Definitions:
         retry_failed_records()
 
     return Definitions(
-        assets=[raw, processed, *sink_assets], jobs=[batch_job, retry_job], sensors=[inbox_sensor]
+        assets=[raw, processed, *sink_assets],
+        jobs=[batch_job, retry_job],
+        sensors=[increment_sensor if dataset.source is not None else inbox_sensor],
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 _OPENINGS = [
@@ -88,3 +89,26 @@ def events_jsonl(path: str | Path, rows: int, *, seed: int = 7) -> Path:
                 lines.clear()
         handle.writelines(lines)
     return path
+
+
+def comments_table(url: str, rows: int, *, seed: int = 7, table: str = "comments") -> int:
+    """Creates `comments(id, body, updated_at)` (with its `(updated_at, id)` index) when
+    missing and adds `rows` generated comments, stamped a few minutes in the past, ten to a
+    timestamp; the ids continue after the largest present. Returns the first new id."""
+    import psycopg
+
+    rng = random.Random(seed)
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, body text NOT NULL, "
+            "updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur.execute(f"CREATE INDEX IF NOT EXISTS {table}_updated_at_id ON {table} (updated_at, id)")
+        cur.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}")
+        first = int((cur.fetchone() or (1,))[0])
+        with cur.copy(f"COPY {table} (id, body, updated_at) FROM STDIN") as copy:
+            for i in range(first, first + rows):
+                stamp = start + timedelta(milliseconds=(i - first) // 10)
+                copy.write_row((i, review_text(rng), stamp))
+    return first

@@ -33,7 +33,7 @@ class SqlTable:
     """A source table.
 
     Attributes:
-        table: its name; `schema` its schema.
+        table: its name; `schema` its schema (the connection's `search_path` if None).
         key: a unique column that breaks ties of the cursor column.
         cursor: the column that grows when a row is written (`updated_at`).
         columns: the columns each record carries, as the dataset names them.
@@ -43,13 +43,16 @@ class SqlTable:
     key: str
     cursor: str
     columns: tuple[str, ...]
-    schema: str = "public"
+    schema: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.schema}.{self.table}"
+        return f"{self.schema}.{self.table}" if self.schema else self.table
 
-    def identifier(self) -> sql.Composed:
+    def identifier(self) -> sql.Composable:
+        """The table, schema-qualified when a schema is named (else by `search_path`)."""
+        if self.schema is None:
+            return sql.Identifier(self.table)
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.table))
 
 
@@ -72,7 +75,8 @@ def check_table(conn: psycopg.Connection, source: SqlTable) -> SourceCheck:
         cur.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
             "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            "WHERE n.nspname = coalesce(%s::name, current_schema()) AND c.relname = %s "
+            "AND a.attnum > 0 AND NOT a.attisdropped",
             (source.schema, source.table),
         )
         types: dict[str, str] = {str(name): str(kind) for name, kind in cur.fetchall()}
@@ -90,7 +94,7 @@ def check_table(conn: psycopg.Connection, source: SqlTable) -> SourceCheck:
         cur.execute(
             "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = %s AND ("
+            "WHERE n.nspname = coalesce(%s::name, current_schema()) AND c.relname = %s AND ("
             "  SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(i.indkey) "
             "  WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a "
             "  ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.ord <= 2"

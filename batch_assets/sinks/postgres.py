@@ -40,12 +40,15 @@ class ResultsTables:
         columns: record columns then processor columns, with their polars types.
         record_columns: the columns that came from the source record.
         json_columns: string columns that hold JSON text, stored as jsonb.
+        source_key: for a SQL source, the column that identifies a source row across
+            increments (indexed, so a later version can replace an earlier one).
     """
 
     dataset: str
     columns: dict[str, pl.DataType]
     record_columns: tuple[str, ...]
     json_columns: tuple[str, ...] = ()
+    source_key: str | None = None
 
     @property
     def results(self) -> str:
@@ -92,7 +95,28 @@ class ResultsTables:
         )
 
     def ensure(self, conn: psycopg.Connection) -> None:
-        ensure_schema(conn, self.ddl().as_string(conn))
+        ddl = self.ddl()
+        if self.source_key:
+            ddl += sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({});").format(
+                sql.Identifier(f"{self.results}_{self.source_key}"),
+                sql.Identifier(self.results),
+                sql.Identifier(self.source_key),
+            )
+        ensure_schema(conn, ddl.as_string(conn))
+
+    def drop_older_versions(self, conn: psycopg.Connection, batch_id: str) -> int:
+        """Deletes the results of earlier batches (increments, whose ids sort in order) for
+        the source rows this batch holds again; the number deleted."""
+        assert self.source_key is not None
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "DELETE FROM {t} AS old USING {t} AS new WHERE new.batch_id = %s "
+                    "AND old.batch_id < %s AND old.{k} = new.{k}"
+                ).format(t=sql.Identifier(self.results), k=sql.Identifier(self.source_key)),
+                (batch_id, batch_id),
+            )
+            return cur.rowcount
 
 
 def _sql_type(dtype: pl.DataType) -> str:

@@ -1,0 +1,157 @@
+"""The comments dataset: increments of a SQL table closed by the sensor, read by keyset,
+scored and loaded; a row updated later replaces its earlier result; the mark moves only
+when an increment's load commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from dagster import DagsterInstance
+
+from batch_assets.datasets import COMMENTS
+from batch_assets.definitions import build_definitions
+from batch_assets.increments import Increments
+from batch_assets.runner import evaluate_inbox_sensor, run_partition
+from batch_assets_tests.pipeline_helpers import settings_config
+
+OLD = datetime.now(UTC) - timedelta(hours=1)
+
+
+@pytest.fixture
+def table(pg_url: str) -> Iterator[str]:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS comments")
+        # each test starts the source, its increments and its results afresh
+        for name, condition in (
+            ("sql_increments", "dataset = 'comments'"),
+            ("batch_jobs", "dataset = 'comments'"),
+            ("comments_results", "true"),
+        ):
+            if _exists(conn, name):
+                conn.execute(f"DELETE FROM {name} WHERE {condition}")
+        conn.execute(
+            "CREATE TABLE comments (id bigint PRIMARY KEY, body text NOT NULL, "
+            "updated_at timestamptz NOT NULL)"
+        )
+        conn.execute("CREATE INDEX ON comments (updated_at, id)")
+    yield pg_url
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS comments")
+
+
+def _exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone() == (True,)
+
+
+def add(
+    url: str, ids: range, *, text: str = "A lovely, helpful comment", at: datetime = OLD
+) -> None:
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO comments VALUES (%s, %s, %s)",
+            [(i, f"{text} {i}", at + timedelta(seconds=i // 10)) for i in ids],
+        )
+
+
+def tick_and_run(instance: DagsterInstance) -> tuple[str | None, Any]:
+    defs = build_definitions()
+    tick = evaluate_inbox_sensor(defs, instance, COMMENTS)
+    if not tick.run_requests:
+        return None, tick.skipped
+    batch_id = str(tick.run_requests[0].partition_key)
+    return batch_id, run_partition(
+        defs, instance, COMMENTS, batch_id, run_config=settings_config(chunk_size=64)
+    )
+
+
+def results(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT batch_id, id, body, sentiment FROM comments_results ORDER BY id::bigint"
+        ).fetchall()
+
+
+def test_increments_load_every_row_once_and_updates_replace(
+    table: str, instance: DagsterInstance
+) -> None:
+    url = table
+    add(url, range(1, 301))
+    first, run = tick_and_run(instance)
+    assert first is not None and run.success
+    assert first.startswith("000001-")
+    loaded = results(url)
+    assert [r[1] for r in loaded] == [str(i) for i in range(1, 301)]
+    assert {r[0] for r in loaded} == {first}
+
+    # nothing new: no increment (the sensor skips)
+    nothing, reason = tick_and_run(instance)
+    assert nothing is None and "no rows" in str(reason)
+
+    # new rows, some sharing the last timestamp of the first increment; one row edited
+    add(url, range(301, 361), at=OLD - timedelta(seconds=0))
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE comments SET body = 'Terrible, broken and useless', updated_at = %s "
+            "WHERE id = 7",
+            (OLD + timedelta(minutes=5),),
+        )
+    second, run = tick_and_run(instance)
+    assert second is not None and run.success and second.startswith("000002-")
+    loaded = results(url)
+    ids = [r[1] for r in loaded]
+    assert sorted(map(int, ids)) == list(range(1, 361)) and len(ids) == len(set(ids))
+    (seven,) = [r for r in loaded if r[1] == "7"]
+    assert seven[0] == second and seven[2] == "Terrible, broken and useless"
+    assert seven[3] == "negative"
+    with psycopg.connect(url) as conn:
+        increments = Increments(conn, "comments")
+        assert increments.latest() is not None
+        assert (increments.get(first) or increments.latest()).state == "committed"  # type: ignore[union-attr]
+        job = conn.execute(
+            "SELECT status, total_count FROM batch_jobs "
+            "WHERE dataset = 'comments' AND batch_id = %s",
+            (second,),
+        ).fetchone()
+    assert job == ("completed", 61)
+
+
+def test_a_missing_column_and_a_failed_increment(table: str, instance: DagsterInstance) -> None:
+    url = table
+    add(url, range(1, 51))
+    defs = build_definitions()
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE comments RENAME COLUMN body TO text_body")
+    # checked before the first increment: the sensor's tick fails, naming the column
+    with pytest.raises(Exception, match=r"comments has no column\(s\) body; it has id, text_body"):
+        evaluate_inbox_sensor(defs, instance, COMMENTS)
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE comments RENAME COLUMN text_body TO body")
+    tick = evaluate_inbox_sensor(defs, instance, COMMENTS)
+    (request,) = tick.run_requests
+    batch_id = str(request.partition_key)
+
+    # the column goes away between the tick and the run: the run fails, the mark holds
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE comments RENAME COLUMN body TO text_body")
+    assert not run_partition(
+        defs, instance, COMMENTS, batch_id, run_config=settings_config()
+    ).success
+    with psycopg.connect(url) as conn:
+        job = conn.execute(
+            "SELECT status, error FROM batch_jobs WHERE dataset = 'comments' AND batch_id = %s",
+            (batch_id,),
+        ).fetchone()
+        assert job is not None and job[0] == "failed" and "has no column(s) body" in job[1]
+        assert Increments(conn, "comments").committed_mark() is None
+        conn.execute("ALTER TABLE comments RENAME COLUMN text_body TO body")
+    # the open increment is requested again, never a new one past it
+    again = evaluate_inbox_sensor(defs, instance, COMMENTS)
+    assert [str(r.partition_key) for r in again.run_requests] == [batch_id]
+    assert run_partition(defs, instance, COMMENTS, batch_id, run_config=settings_config()).success
+    with psycopg.connect(url) as conn:
+        assert Increments(conn, "comments").committed_mark() is not None
+    assert len(results(url)) == 50
