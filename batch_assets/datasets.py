@@ -65,7 +65,8 @@ class Dataset:
 
     @property
     def sensor_name(self) -> str:
-        return f"{self.name}_inbox_sensor"
+        kind = "increment" if self.source is not None else "inbox"
+        return f"{self.name}_{kind}_sensor"
 
     @property
     def prefix(self) -> str:
