@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -100,16 +102,48 @@ def reviews_job() -> JobDefinition:
     return build_definitions().resolve_job_def("reviews_job")
 
 
+def comments_job() -> JobDefinition:
+    """The comments job, importable by name like `reviews_job`."""
+    return build_definitions().resolve_job_def("comments_job")
+
+
+def wait_for(predicate: Any, *, timeout: float, what: str) -> Any:
+    """Polls `predicate` until it returns something true; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def frontier_of(
+    base: Path, dataset: str, asset: str, partition: str
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint folder and frontier of an asset's partition, once one is written."""
+    for path in (base / dataset / asset / partition).glob("*/frontier.json"):
+        try:
+            return path.parent, json.loads(path.read_text())
+        except (json.JSONDecodeError, FileNotFoundError):
+            return None
+    return None
+
+
 if __name__ == "__main__":
-    # Runs one partition in this process, for tests that kill it: PARTITION CHUNK_SIZE.
+    # Runs one partition in this process, for tests that kill it:
+    # PARTITION CHUNK_SIZE [DATASET]
     import sys
 
+    from batch_assets.datasets import dataset_named
+
     partition, chunk = sys.argv[1], int(sys.argv[2])
+    dataset = dataset_named(sys.argv[3]) if len(sys.argv) > 3 else REVIEWS
     with DagsterInstance.get() as running:
         run_partition(
             build_definitions(),
             running,
-            REVIEWS,
+            dataset,
             partition,
             run_config=settings_config(chunk_size=chunk, workers=1),
         )

@@ -4,19 +4,30 @@ when an increment's load commits."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
 
 from batch_assets.datasets import COMMENTS
 from batch_assets.definitions import build_definitions
 from batch_assets.increments import Increments
+from batch_assets.local_stack import LocalStack
 from batch_assets.runner import evaluate_inbox_sensor, run_partition
-from batch_assets_tests.pipeline_helpers import settings_config
+from batch_assets_tests.pipeline_helpers import (
+    comments_job,
+    frontier_of,
+    settings_config,
+    wait_for,
+)
 
 OLD = datetime.now(UTC) - timedelta(hours=1)
 
@@ -155,3 +166,73 @@ def test_a_missing_column_and_a_failed_increment(table: str, instance: DagsterIn
     with psycopg.connect(url) as conn:
         assert Increments(conn, "comments").committed_mark() is not None
     assert len(results(url)) == 50
+
+
+ROWS, CHUNK = 12_000, 200
+
+
+def test_sigkill_mid_increment_then_reexecute_from_failure(
+    table: str, instance: DagsterInstance, stack: LocalStack
+) -> None:
+    url = table
+    # stamped from now, so each run of this test has an increment (and checkpoints) of its own
+    add(url, range(1, ROWS + 1), at=datetime.now(UTC) - timedelta(minutes=30))
+    defs = build_definitions()
+    (request,) = evaluate_inbox_sensor(defs, instance, COMMENTS).run_requests
+    partition = str(request.partition_key)
+    base = Path(stack.env["BATCH_ASSETS_CHECKPOINT_BASE"])
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batch_assets_tests.pipeline_helpers",
+            partition,
+            str(CHUNK),
+            "comments",
+        ],
+        env=os.environ.copy(),
+    )
+    try:
+        wait_for(
+            lambda: (
+                (f := frontier_of(base, "comments", "processed", partition)) and f[1]["chunks"] >= 5
+            ),
+            timeout=120,
+            what="five durable processed chunks",
+        )
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    folder, killed_at = frontier_of(base, "comments", "processed", partition)  # type: ignore[misc]
+    durable = killed_at["chunks"]
+    assert killed_at["status"] == "in_progress" and 5 <= durable < ROWS // CHUNK
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
+    with psycopg.connect(url) as conn:
+        assert Increments(conn, "comments").committed_mark() is None  # nothing loaded yet
+
+    (run,) = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == partition]
+    instance.report_run_failed(run, message="run worker disappeared")
+    result = execute_job(
+        reconstructable(comments_job),
+        instance=instance,
+        run_config=settings_config(chunk_size=CHUNK, workers=1),
+        reexecution_options=ReexecutionOptions.from_failure(run.run_id, instance),
+        tags={"dagster/partition": partition},
+    )
+    assert result.success
+    assert "comments__raw" not in {e.step_key for e in result.all_events if e.is_step_start}
+    (materialization,) = result.asset_materializations_for_node("comments__processed")
+    assert materialization.metadata["resumed_from_chunk"].value == durable
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
+    for index in range(durable):
+        name = f"chunk-{index:06d}.parquet"
+        assert after[name] == before[name], f"{name} was recomputed"
+    with psycopg.connect(url) as conn:
+        count, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT id) FROM comments_results WHERE batch_id = %s",
+            (partition,),
+        ).fetchone() or (0, 0)
+        mark = Increments(conn, "comments").committed_mark()
+    assert count == distinct == ROWS
+    assert mark is not None and mark[1] == str(ROWS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -25,30 +24,17 @@ from batch_assets.generate import reviews_csv
 from batch_assets.local_stack import LocalStack
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
-from batch_assets_tests.pipeline_helpers import batch_row, reviews_job, settings_config
+from batch_assets_tests.pipeline_helpers import (
+    batch_row,
+    frontier_of,
+    reviews_job,
+    settings_config,
+    wait_for,
+)
 
 ROWS = 30_000
 CHUNK = 300
 CHUNKS = ROWS // CHUNK
-
-
-def wait_for(predicate, *, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def frontier_of(base: Path, asset: str, partition: str) -> tuple[Path, dict] | None:  # type: ignore[type-arg]
-    for path in (base / "reviews" / asset / partition).glob("*/frontier.json"):
-        try:
-            return path.parent, json.loads(path.read_text())
-        except (json.JSONDecodeError, FileNotFoundError):
-            return None
-    return None
 
 
 def test_sigkill_mid_file_then_reexecute_from_failure(
@@ -73,7 +59,9 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     )
     try:
         wait_for(
-            lambda: (f := frontier_of(base, "processed", partition)) and f[1]["chunks"] >= 5,
+            lambda: (
+                (f := frontier_of(base, "reviews", "processed", partition)) and f[1]["chunks"] >= 5
+            ),
             timeout=120,
             what="five durable processed chunks",
         )
@@ -82,7 +70,7 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
 
-    folder, killed_at = frontier_of(base, "processed", partition)  # type: ignore[misc]
+    folder, killed_at = frontier_of(base, "reviews", "processed", partition)  # type: ignore[misc]
     durable = killed_at["chunks"]
     assert killed_at["status"] == "in_progress" and 5 <= durable < CHUNKS
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
@@ -122,7 +110,7 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     assert metadata["resumed_from_chunk"] == durable
     assert metadata["chunks_computed_this_attempt"] == CHUNKS - durable
-    _, final = frontier_of(base, "processed", partition)  # type: ignore[misc]
+    _, final = frontier_of(base, "reviews", "processed", partition)  # type: ignore[misc]
     assert final["status"] == "complete" and final["chunks"] == CHUNKS
     assert final["computed"][-1] == CHUNKS - durable
     after = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
