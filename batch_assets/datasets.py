@@ -45,6 +45,8 @@ class Dataset:
         lag: for `sql`, how old a row must be to enter an increment: a transaction that
             stamped its rows earlier may still commit, and an increment closed past them
             would never see them.
+        empty_increments: for `sql`, what a check that finds no new rows does: `skip` (no
+            partition) or `advance` (an empty increment, so the UI shows the check).
     """
 
     name: str
@@ -58,6 +60,7 @@ class Dataset:
     inbox: str = ""
     source: SqlTable | None = None
     lag: timedelta = timedelta(seconds=30)
+    empty_increments: Literal["skip", "advance"] = "skip"
 
     @property
     def job_name(self) -> str:

@@ -507,7 +507,9 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     check = check_table(source_conn, source)
                     if check.warning:
                         context.log.warning(check.warning)
-                closing = increments.close_next(source_conn, source, lag=dataset.lag)
+                closing = increments.close_next(
+                    source_conn, source, lag=dataset.lag, empty=dataset.empty_increments
+                )
                 if closing.increment is None:
                     return SkipReason(closing.reason)
                 increment = closing.increment

@@ -71,9 +71,11 @@ class Increments:
         *,
         lag: timedelta,
         now: datetime | None = None,
+        empty: Literal["skip", "advance"] = "skip",
     ) -> Closing:
         """Closes the next increment when the source has rows past the committed mark and
-        no earlier increment is still open."""
+        no earlier increment is still open. With nothing new, `skip` closes none; `advance`
+        closes an empty one at the committed mark, so each check leaves a trace."""
         with self.conn.cursor() as cur:
             # one sensor at a time decides, whatever runs concurrently
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"inc:{self.dataset}",))
@@ -86,8 +88,14 @@ class Increments:
             )
         upper = high_water_mark(source_conn, source, lag=lag, now=now)
         lower = last.upper if last is not None else None
-        if upper is None or (lower is not None and encode_mark(upper) == encode_mark(lower)):
+        nothing_new = upper is None or (
+            lower is not None and encode_mark(upper) == encode_mark(lower)
+        )
+        if nothing_new and (empty == "skip" or lower is None):
             return Closing(None, f"no rows in {source.name} past the committed mark")
+        if nothing_new:
+            upper = lower  # an empty increment: (mark, mark]
+        assert upper is not None
         seq = (last.seq if last is not None else 0) + 1
         stamp = _stamp(upper[0])
         increment = Increment(self.dataset, f"{seq:06d}-{stamp}", seq, lower, upper, "open")

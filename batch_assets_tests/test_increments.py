@@ -108,3 +108,21 @@ def test_the_mark_moves_only_when_the_load_commits(pg_url: str, source: SqlTable
         conn.commit()
         nothing = increments.close_next(conn, source, lag=timedelta(0), now=NOW)
         assert nothing.increment is None and "no rows" in (nothing.reason or "")
+
+
+def test_an_empty_check_skips_or_advances_as_configured(pg_url: str, source: SqlTable) -> None:
+    dataset = f"comments_{uuid.uuid4().hex[:6]}"
+    insert(pg_url, source, range(20))
+    with psycopg.connect(pg_url) as conn:
+        increments = Increments(conn, dataset)
+        increments.ensure()
+        first = increments.close_next(conn, source, lag=timedelta(0), now=NOW).increment
+        assert first is not None and increments.commit(first.increment_id)
+        skipped = increments.close_next(conn, source, lag=timedelta(0), now=NOW, empty="skip")
+        assert skipped.increment is None
+        empty = increments.close_next(
+            conn, source, lag=timedelta(0), now=NOW, empty="advance"
+        ).increment
+        assert empty is not None and empty.seq == 2 and empty.lower == empty.upper
+        conn.commit()
+    assert rows(pg_url, source, empty.lower, empty.upper) == []
