@@ -131,13 +131,9 @@ def build_dataset(dataset: Dataset) -> Definitions:
             store.start(batch_id, lineage=lineage, run_id=context.run.run_id, source=source)
         context.log.info(f"reading {source.uri} (ETag {source.etag}, {source.size:,} bytes)")
 
-        def progress(chunk: Chunk, frontier: Frontier) -> None:
-            with jobs.open(name) as store:
-                store.progress(batch_id, batches.counts_while_reading(frontier), lineage=lineage)
-
         chunks = batches.read_source(
             client, source, dataset, chunk_size=settings.chunk_size or dataset.chunk_size
-        ).on_durable(progress)
+        ).on_durable(_reading_progress(jobs, name, batch_id, lineage))
         return batches.on_error(chunks, fail)
 
     @asset(
@@ -176,16 +172,12 @@ def build_dataset(dataset: Dataset) -> Definitions:
             f"reading {registered[0].uri}: ({increment.lower}, {increment.upper}] by keyset"
         )
 
-        def progress(chunk: Chunk, frontier: Frontier) -> None:
-            with jobs.open(name) as store:
-                store.progress(batch_id, batches.counts_while_reading(frontier), lineage=lineage)
-
         chunks = batches.read_increment(
             source_postgres.connect,
             increment,
             dataset,
             chunk_size=settings.chunk_size or dataset.chunk_size,
-        ).on_durable(progress)
+        ).on_durable(_reading_progress(jobs, name, batch_id, lineage))
         return batches.on_error(chunks, fail)
 
     raw = raw_sql if dataset.source is not None else raw_file
@@ -574,6 +566,18 @@ def build_dataset(dataset: Dataset) -> Definitions:
         jobs=[batch_job, retry_job],
         sensors=[increment_sensor if dataset.source is not None else inbox_sensor],
     )
+
+
+def _reading_progress(
+    jobs: JobsResource, dataset: str, batch_id: str, lineage: str
+) -> Callable[[Chunk, Frontier], None]:
+    """Records the counts known while a source is read, after each durable chunk."""
+
+    def progress(chunk: Chunk, frontier: Frontier) -> None:
+        with jobs.open(dataset) as store:
+            store.progress(batch_id, batches.counts_while_reading(frontier), lineage=lineage)
+
+    return progress
 
 
 def _lineage(context: AssetExecutionContext) -> str:

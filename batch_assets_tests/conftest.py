@@ -113,6 +113,7 @@ def inbox(
         run_keys=sensor_state["run_keys"],
         tag="embedded" if pg_url == stack.env["BATCH_ASSETS_PG_URL"] else "external",
     )
+    box.tick()  # objects other tests left are taken now, whatever order the tests run in
     yield box
     sensor_state["cursor"] = box.cursor
 
@@ -140,5 +141,6 @@ def events_inbox(
         run_keys=events_sensor_state["run_keys"],
         tag="embedded" if pg_url == stack.env["BATCH_ASSETS_PG_URL"] else "external",
     )
+    box.tick()
     yield box
     events_sensor_state["cursor"] = box.cursor

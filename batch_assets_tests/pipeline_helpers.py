@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +119,40 @@ def wait_for(predicate: Any, *, timeout: float, what: str) -> Any:
             return value
         time.sleep(0.01)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def kill_after_durable_chunks(
+    base: Path, dataset: str, partition: str, *, chunk_size: int, chunks: int
+) -> tuple[Path, dict[str, Any]]:
+    """Runs the partition in a child process, SIGKILLs it once `chunks` processed chunks are
+    durable, and returns the processed checkpoint folder and frontier it left."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batch_assets_tests.pipeline_helpers",
+            partition,
+            str(chunk_size),
+            dataset,
+        ],
+        env=os.environ.copy(),
+    )
+    try:
+        wait_for(
+            lambda: (
+                (f := frontier_of(base, dataset, "processed", partition))
+                and f[1]["chunks"] >= chunks
+            ),
+            timeout=120,
+            what=f"{chunks} durable processed chunks",
+        )
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    left = frontier_of(base, dataset, "processed", partition)
+    assert left is not None
+    return left
 
 
 def frontier_of(

@@ -4,10 +4,6 @@ when an increment's load commits."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,9 +20,8 @@ from batch_assets.local_stack import LocalStack
 from batch_assets.runner import evaluate_inbox_sensor, run_partition
 from batch_assets_tests.pipeline_helpers import (
     comments_job,
-    frontier_of,
+    kill_after_durable_chunks,
     settings_config,
-    wait_for,
 )
 
 OLD = datetime.now(UTC) - timedelta(hours=1)
@@ -181,30 +176,9 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
     (request,) = evaluate_inbox_sensor(defs, instance, COMMENTS).run_requests
     partition = str(request.partition_key)
     base = Path(stack.env["BATCH_ASSETS_CHECKPOINT_BASE"])
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "batch_assets_tests.pipeline_helpers",
-            partition,
-            str(CHUNK),
-            "comments",
-        ],
-        env=os.environ.copy(),
+    folder, killed_at = kill_after_durable_chunks(
+        base, "comments", partition, chunk_size=CHUNK, chunks=5
     )
-    try:
-        wait_for(
-            lambda: (
-                (f := frontier_of(base, "comments", "processed", partition)) and f[1]["chunks"] >= 5
-            ),
-            timeout=120,
-            what="five durable processed chunks",
-        )
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
-    folder, killed_at = frontier_of(base, "comments", "processed", partition)  # type: ignore[misc]
     durable = killed_at["chunks"]
     assert killed_at["status"] == "in_progress" and 5 <= durable < ROWS // CHUNK
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,9 +23,9 @@ from batch_assets.resources.postgres import PostgresResource
 from batch_assets_tests.pipeline_helpers import (
     batch_row,
     frontier_of,
+    kill_after_durable_chunks,
     reviews_job,
     settings_config,
-    wait_for,
 )
 
 ROWS = 30_000
@@ -53,24 +49,9 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     partition = next(str(r.partition_key) for r in tick.run_requests if r.run_key.startswith(key))
     base = Path(stack.env["BATCH_ASSETS_CHECKPOINT_BASE"])
 
-    child = subprocess.Popen(
-        [sys.executable, "-m", "batch_assets_tests.pipeline_helpers", partition, str(CHUNK)],
-        env=os.environ.copy(),
+    folder, killed_at = kill_after_durable_chunks(
+        base, "reviews", partition, chunk_size=CHUNK, chunks=5
     )
-    try:
-        wait_for(
-            lambda: (
-                (f := frontier_of(base, "reviews", "processed", partition)) and f[1]["chunks"] >= 5
-            ),
-            timeout=120,
-            what="five durable processed chunks",
-        )
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
-
-    folder, killed_at = frontier_of(base, "reviews", "processed", partition)  # type: ignore[misc]
     durable = killed_at["chunks"]
     assert killed_at["status"] == "in_progress" and 5 <= durable < CHUNKS
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
