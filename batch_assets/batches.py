@@ -13,7 +13,7 @@ from batch_assets.json_reader import iter_json_chunks
 from batch_assets.readers import CsvLayout, iter_csv_chunks
 from batch_assets.s3_objects import opener
 from batch_assets.sinks.postgres import summarize
-from batch_assets.sql_source import encode_mark, iter_increment_chunks
+from batch_assets.sql_source import decode_mark, encode_mark, iter_increment_chunks
 from batch_assets.tracking import BatchCounts, Source
 from batch_assets.validation import validate_chunk
 
@@ -59,6 +59,7 @@ def read_increment(
             upper=increment.upper,
             chunk_size=chunk_size,
             resume=resume,
+            time_limit=dataset.time_limit,
         )
         for chunk in chunks:
             frame = validate_chunk(chunk.frame, dataset.schema, dataset.columns)
@@ -81,13 +82,7 @@ def on_error(chunks: Chunks, handler: Callable[[Exception], Exception]) -> Chunk
         except Exception as exc:
             raise handler(exc) from exc
 
-    return Chunks(
-        produce,
-        listeners=chunks.listeners,
-        origin=chunks.origin,
-        rows=chunks.rows,
-        counts=chunks.counts,
-    )
+    return chunks.with_producer(produce)
 
 
 def counts_while_reading(frontier: Frontier) -> BatchCounts:
@@ -124,3 +119,19 @@ def batch_summary(
             conn, dataset.tables, batch_id, processor.summary_column, processor.summary_labels
         )
     return dict(zip(("processed", "rejected", "failed"), stored, strict=True))
+
+
+def source_figures(raw: Chunks, increment: Increment | None) -> dict[str, Any]:
+    """What reading the batch's source came to, from the stored raw output: rows read and
+    chunks; for an increment, its bounds and the latest cursor value read (None when it
+    was empty)."""
+    figures: dict[str, Any] = {"rows_read": raw.rows or 0, "chunks": raw.length or 0}
+    if increment is not None:
+        last = decode_mark(raw.end_state.get("after"))
+        figures.update(
+            increment=increment.increment_id,
+            lower=encode_mark(increment.lower),
+            upper=encode_mark(increment.upper),
+            latest_cursor=None if last is None else last[0],
+        )
+    return figures

@@ -222,6 +222,36 @@ class CheckpointStore:
         self.storage.delete_tree(self._dir(asset, partition))
 
 
+def frontier_report(
+    store: CheckpointStore, asset: str, partition: str, lineage: str | None
+) -> dict[str, Any] | None:
+    """Where the output of (asset, partition) stands, for people: that of `lineage` when it
+    has a frontier (the lineage that owns the batch), else the latest complete one; None
+    when there is no checkpoint.
+
+    Returns:
+        `lineage`, `status` (`in_progress` or `complete`), `chunks` durable,
+        `last_durable_chunk` (None before the first), `rows` behind the frontier,
+        `rows_by_status`, `chunks_per_attempt` and the producer `state` after the last
+        durable chunk (where a resumed read continues).
+    """
+    chosen = lineage if lineage and store.frontier(asset, partition, lineage) else None
+    chosen = chosen or store.latest(asset, partition)
+    frontier = store.frontier(asset, partition, chosen) if chosen else None
+    if frontier is None:
+        return None
+    return {
+        "lineage": chosen,
+        "status": frontier.status,
+        "chunks": frontier.chunks,
+        "last_durable_chunk": frontier.chunks - 1 if frontier.chunks else None,
+        "rows": frontier.rows,
+        "rows_by_status": frontier.counts,
+        "chunks_per_attempt": frontier.computed,
+        "state": frontier.state,
+    }
+
+
 def store_chunks(
     store: CheckpointStore,
     chunks: Chunks,
@@ -286,5 +316,7 @@ def load_chunks(
         origin={"asset": asset, "lineage": lineage},
         rows=frontier.rows,
         counts=frontier.counts,
+        length=frontier.chunks,
+        end_state=frontier.state,
     )
     return chunks, frontier

@@ -8,7 +8,9 @@ bounded number of chunks whatever the size of the source.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+
+from batch_assets.errors import BatchError
 
 # `state` is what a producer needs to continue after a chunk (a byte offset, a line number):
 # plain JSON values, persisted with the frontier.
@@ -55,6 +59,9 @@ class Chunks:
             checkpoint); a stored frontier over another origin is not resumed.
         rows: the number of rows, when known in advance (chunks loaded from a checkpoint).
         counts: rows per `_status`, when known in advance.
+        length: the number of chunks, when known in advance.
+        end_state: the producer state after the last chunk, when known in advance (where
+            the source's reading ended: an offset, a mark).
     """
 
     def __init__(
@@ -65,16 +72,30 @@ class Chunks:
         origin: Mapping[str, Any] | None = None,
         rows: int | None = None,
         counts: Mapping[str, int] | None = None,
+        length: int | None = None,
+        end_state: ChunkState | None = None,
     ):
         self._produce = produce
         self.listeners = listeners
         self.origin = dict(origin or {})
         self.rows = rows
         self.counts = dict(counts or {})
+        self.length = length
+        self.end_state = dict(end_state or {})
 
-    def _derive(self, produce: Producer, listeners: tuple[ChunkListener, ...]) -> Chunks:
+    def with_producer(
+        self, produce: Producer, listeners: tuple[ChunkListener, ...] | None = None
+    ) -> Chunks:
+        """The same chunks' description (origin, what is known in advance, listeners unless
+        given) over another producer."""
         return Chunks(
-            produce, listeners=listeners, origin=self.origin, rows=self.rows, counts=self.counts
+            produce,
+            listeners=self.listeners if listeners is None else listeners,
+            origin=self.origin,
+            rows=self.rows,
+            counts=self.counts,
+            length=self.length,
+            end_state=self.end_state,
         )
 
     @classmethod
@@ -100,40 +121,97 @@ class Chunks:
 
     def on_durable(self, listener: ChunkListener) -> Chunks:
         """The same chunks, with `listener` told of each chunk once it is durably stored."""
-        return self._derive(self._produce, (*self.listeners, listener))
+        return self.with_producer(self._produce, (*self.listeners, listener))
 
-    def map(self, fn: Callable[[pl.DataFrame], pl.DataFrame], *, workers: int = 0) -> Chunks:
+    def map(
+        self,
+        fn: Callable[[pl.DataFrame], pl.DataFrame],
+        *,
+        workers: int = 0,
+        time_limit: float | None = None,
+        label: str = "",
+    ) -> Chunks:
         """Apply `fn` to every chunk, keeping indexes and order.
 
         With `workers` > 1, `fn` (a picklable top-level function) runs in a pool of that many
         processes; at most `workers + 1` chunks are in flight, so memory stays bounded while
         the consumer stores finished chunks in parallel with the scoring of later ones.
+
+        With `time_limit` (seconds), `fn` always runs in a pool (of one process at least),
+        where a chunk that takes longer is interrupted: `ChunkTimeout` names the chunk (after
+        `label`, what the chunks are).
         """
         source = self._produce
 
         def produce(resume: Resume) -> Iterator[Chunk]:
             upstream = source(resume)
-            if workers <= 1:
+            if workers <= 1 and time_limit is None:
                 for chunk in upstream:
                     yield Chunk(chunk.index, fn(chunk.frame), chunk.state)
                 return
-            yield from _map_in_pool(upstream, fn, workers)
+            yield from _map_in_pool(upstream, fn, max(workers, 1), time_limit, label)
 
-        return self._derive(produce, self.listeners)
+        return self.with_producer(produce)
+
+
+class ChunkTimeout(BatchError):
+    """A chunk took longer than its time limit."""
+
+
+class _Expired(BaseException):
+    """Raised inside a worker when its chunk's time is up; a BaseException, so that a
+    processor keeping per-record errors (`except Exception`) cannot take it for one."""
+
+
+def _expire(signum: int, frame: object) -> None:
+    raise _Expired
+
+
+def _limited(
+    fn: Callable[[pl.DataFrame], pl.DataFrame], seconds: float | None, frame: pl.DataFrame
+) -> pl.DataFrame:
+    """Runs `fn` in a pool worker, interrupted by SIGALRM after `seconds` (a worker runs its
+    tasks in its main thread, where Python delivers signals)."""
+    if seconds is None:
+        return fn(frame)
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn(frame)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _map_in_pool(
-    upstream: Iterator[Chunk], fn: Callable[[pl.DataFrame], pl.DataFrame], workers: int
+    upstream: Iterator[Chunk],
+    fn: Callable[[pl.DataFrame], pl.DataFrame],
+    workers: int,
+    time_limit: float | None,
+    label: str,
 ) -> Iterator[Chunk]:
     # spawn, not fork: the Dagster step process runs threads that a fork would copy mid-flight.
     context = multiprocessing.get_context("spawn")
+    task = functools.partial(_limited, fn, time_limit)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending: deque[tuple[Chunk, Future[pl.DataFrame]]] = deque()
-        for chunk in upstream:
-            pending.append((chunk, pool.submit(fn, chunk.frame)))
-            if len(pending) > workers:
-                done, future = pending.popleft()
-                yield Chunk(done.index, future.result(), done.state)
-        while pending:
+
+        def finished() -> Chunk:
             done, future = pending.popleft()
-            yield Chunk(done.index, future.result(), done.state)
+            try:
+                frame = future.result()
+            except _Expired:
+                what = f"{label}: chunk" if label else "chunk"
+                raise ChunkTimeout(
+                    f"{what} {done.index} ({done.frame.height:,} rows) took longer than its "
+                    f"time limit of {time_limit:g} s; raise the dataset's chunk_timeout or "
+                    "make the chunks smaller"
+                ) from None
+            return Chunk(done.index, frame, done.state)
+
+        for chunk in upstream:
+            pending.append((chunk, pool.submit(task, chunk.frame)))
+            if len(pending) > workers:
+                yield finished()
+        while pending:
+            yield finished()

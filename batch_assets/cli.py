@@ -45,9 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("file", type=Path)
     generate.add_argument("--rows", type=int, default=10_000)
 
-    status = commands.add_parser("status", help="print a batch's status as JSON")
+    status = commands.add_parser(
+        "status", help="print a batch's status, its reading and its checkpoints' frontier as JSON"
+    )
     status.add_argument("batch_id")
     status.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
+
+    reset = commands.add_parser(
+        "reset", help="discard a batch's checkpoints, so that its next run starts over"
+    )
+    reset.add_argument("batch_id")
+    reset.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
+    reset.add_argument("--force", action="store_true", help="even while the batch is processing")
 
     retry = commands.add_parser(
         "retry", help="run the processor again on a completed batch's failed records"
@@ -70,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return upload_file(args.file, args.dataset)
     if args.command == "retry":
         return retry_batch(args.batch_id, args.dataset)
+    if args.command == "reset":
+        return reset_batch(args.batch_id, args.dataset, force=args.force)
     if args.command == "serve":
         return serve(args.host, args.port)
     if args.command == "generate":
@@ -341,20 +352,83 @@ def _stop_group(process: subprocess.Popen[Any], deadline: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def print_status(batch_id: str, dataset: str) -> int:
-
+def print_status(batch_id: str, dataset_name: str) -> int:
+    from batch_assets.checkpoints import frontier_report
     from batch_assets.tracking import status_document
 
     url = _setting("BATCH_ASSETS_PG_URL")
     if not url:
         return 2
-    with _jobs(url, dataset) as jobs:
+    dataset = dataset_named(dataset_name)
+    with _jobs(url, dataset.name) as jobs:
         row = jobs.get(batch_id)
     if row is None:
-        print(f"no {dataset} batch {batch_id}", file=sys.stderr)
+        print(f"no {dataset.name} batch {batch_id}", file=sys.stderr)
         return 1
-    print(json.dumps({**status_document(row), "sinks": row["sink_stats"]}, indent=2, default=str))
+    document = {**status_document(row), "source": row["source_stats"], "sinks": row["sink_stats"]}
+    store = _checkpoint_store()
+    if store is not None:
+        document["frontier"] = {
+            asset: frontier_report(store, f"{dataset.name}/{asset}", batch_id, row["lineage"])
+            for asset in dataset.CHECKPOINTED
+        }
+    print(json.dumps(document, indent=2, default=str))
     return 0
+
+
+def reset_batch(batch_id: str, dataset_name: str, *, force: bool) -> int:
+    """Discards the batch's checkpoints: its next run reads and processes it from the start."""
+    from batch_assets.checkpoints import frontier_report
+
+    url = _setting("BATCH_ASSETS_PG_URL")
+    store = _checkpoint_store()
+    if not url or store is None:
+        return 2
+    dataset = dataset_named(dataset_name)
+    with _jobs(url, dataset.name) as jobs:
+        row = jobs.get(batch_id)
+    if row is None:
+        print(f"no {dataset.name} batch {batch_id}", file=sys.stderr)
+        return 1
+    if row["status"] == "processing" and not force:
+        print(
+            f"batch-assets reset: {dataset.name} batch {batch_id} is processing (run "
+            f"{row['run_id']}); its run would write checkpoints again. Stop the run first, or "
+            "pass --force",
+            file=sys.stderr,
+        )
+        return 1
+    discarded = {}
+    for asset in dataset.CHECKPOINTED:
+        path = f"{dataset.name}/{asset}"
+        report = frontier_report(store, path, batch_id, row["lineage"])
+        store.discard(path, batch_id)
+        discarded[path] = (
+            None if report is None else {"chunks": report["chunks"], "rows": report["rows"]}
+        )
+    print(json.dumps({"batch_id": batch_id, "dataset": dataset.name, "discarded": discarded}))
+    print(
+        f"the next run of partition {batch_id} recomputes it from its source; launch a new run "
+        "of the partition (a re-execution from failure would look for the discarded outputs)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _checkpoint_store() -> Any:
+    """The checkpoint store `BATCH_ASSETS_CHECKPOINT_BASE` names; None, said on stderr, when
+    unset."""
+    from batch_assets.checkpoints import CheckpointStore, storage_for
+
+    base = _setting("BATCH_ASSETS_CHECKPOINT_BASE")
+    if not base:
+        return None
+    client = None
+    if base.startswith("s3://"):
+        import boto3
+
+        client = boto3.client("s3")
+    return CheckpointStore(storage_for(base, s3_client=client))
 
 
 def retry_batch(batch_id: str, dataset_name: str) -> int:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pandera.polars as pa
 import polars as pl
+from dagster import Backoff, Jitter, RetryPolicy
 
 from batch_assets.json_reader import RECORD_COLUMN
 from batch_assets.processors import Processor
+from batch_assets.processors.hooks import resolve_hook, with_hooks
 from batch_assets.processors.sentiment import SENTIMENT, score_sentiment
 from batch_assets.processors.transform import TRANSFORM
 from batch_assets.schemas.comments import CommentRecord
@@ -47,6 +50,14 @@ class Dataset:
             would never see them.
         empty_increments: for `sql`, what a check that finds no new rows does: `skip` (no
             partition) or `advance` (an empty increment, so the UI shows the check).
+        pre_process: a function (`package.module:function`) each chunk goes through before
+            the processor; it keeps the chunk's rows and columns (see `processors.hooks`).
+        post_process: the same, after the processor.
+        chunk_timeout: how long one chunk may take to be processed (and, for `sql`, read);
+            past it the step fails naming the chunk. None: no limit.
+        max_retries: how many times a failed step is tried again (each attempt resumes
+            after the last durable chunk); `retry_delay` seconds before the first, doubling,
+            with full jitter.
     """
 
     name: str
@@ -61,6 +72,14 @@ class Dataset:
     source: SqlTable | None = None
     lag: timedelta = timedelta(seconds=30)
     empty_increments: Literal["skip", "advance"] = "skip"
+    pre_process: str | None = None
+    post_process: str | None = None
+    chunk_timeout: timedelta | None = None
+    max_retries: int = 2
+    retry_delay: float = 2.0
+
+    CHECKPOINTED: ClassVar[tuple[str, ...]] = ("raw", "processed")
+    """The assets whose outputs are chunk checkpoints, under `<name>/<asset>`."""
 
     @property
     def job_name(self) -> str:
@@ -70,6 +89,35 @@ class Dataset:
     def sensor_name(self) -> str:
         kind = "increment" if self.source is not None else "inbox"
         return f"{self.name}_{kind}_sensor"
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_retries=self.max_retries,
+            delay=self.retry_delay,
+            backoff=Backoff.EXPONENTIAL,
+            jitter=Jitter.FULL,
+        )
+
+    @property
+    def time_limit(self) -> float | None:
+        """`chunk_timeout` in seconds."""
+        return None if self.chunk_timeout is None else self.chunk_timeout.total_seconds()
+
+    def process_fn(self) -> Callable[[pl.DataFrame], pl.DataFrame]:
+        """The processor with the entry's hooks around it (resolved now: a name that does
+        not resolve is a `ConfigError` when definitions load)."""
+        hooks = {
+            option: resolve_hook(name, dataset=self.name, option=option)
+            for option, name in (
+                ("pre_process", self.pre_process),
+                ("post_process", self.post_process),
+            )
+            if name is not None
+        }
+        return with_hooks(
+            self.processor.fn, pre=hooks.get("pre_process"), post=hooks.get("post_process")
+        )
 
     @property
     def prefix(self) -> str:
@@ -121,6 +169,8 @@ COMMENTS = Dataset(
     ),
     format="sql",
     source=SqlTable("comments", key="id", cursor="updated_at", columns=("id", "body")),
+    pre_process="batch_assets.processors.text:collapse_whitespace",
+    chunk_timeout=timedelta(minutes=5),
 )
 
 DATASETS: tuple[Dataset, ...] = (REVIEWS, EVENTS, COMMENTS)

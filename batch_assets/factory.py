@@ -20,17 +20,14 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetSelection,
-    Backoff,
     DefaultSensorStatus,
     Definitions,
     DynamicPartitionsDefinition,
     Failure,
-    Jitter,
     MaterializeResult,
     MetadataValue,
     OpExecutionContext,
     Output,
-    RetryPolicy,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -76,7 +73,6 @@ from batch_assets.sql_source import check_table, encode_mark
 from batch_assets.tracking import BatchCounts, Source
 
 CHECKPOINTS = "checkpoint_io_manager"
-STEP_RETRY = RetryPolicy(max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.FULL)
 
 
 def build_dataset(dataset: Dataset) -> Definitions:
@@ -84,6 +80,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
     name = dataset.name
     partitions = DynamicPartitionsDefinition(name=name)
     tables = dataset.tables
+    process = dataset.process_fn()
     accounting = AssetCheckSpec(
         "row_accounting",
         asset=AssetKey([name, "postgres"]),
@@ -100,7 +97,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         partitions_def=partitions,
         io_manager_key=CHECKPOINTS,
         group_name=name,
-        retry_policy=STEP_RETRY,
+        retry_policy=dataset.retry_policy,
         kinds={"s3", "polars"},
         description=f"The batch's source records, validated by {dataset.schema.__name__}: "
         "valid rows, and rejected rows with their reason and line.",
@@ -112,7 +109,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         settings: BatchSettings,
     ) -> Chunks:
         batch_id, lineage = context.partition_key, _lineage(context)
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
         client = s3.get_client()
         with jobs.open(name) as store:
             store.ensure()
@@ -141,7 +138,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         partitions_def=partitions,
         io_manager_key=CHECKPOINTS,
         group_name=name,
-        retry_policy=STEP_RETRY,
+        retry_policy=dataset.retry_policy,
         kinds={"postgres", "polars"},
         description=f"The increment's rows of {dataset.source.name if dataset.source else ''}, "
         f"read by keyset and validated by {dataset.schema.__name__}: valid rows, and rejected "
@@ -155,7 +152,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         settings: BatchSettings,
     ) -> Chunks:
         batch_id, lineage = context.partition_key, _lineage(context)
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
         with postgres.connect() as conn:
             Increments(conn, name).ensure()
             increment = Increments(conn, name).get(batch_id)
@@ -188,7 +185,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         partitions_def=partitions,
         io_manager_key=CHECKPOINTS,
         group_name=name,
-        retry_policy=STEP_RETRY,
+        retry_policy=dataset.retry_policy,
         kinds={"polars"},
         description=f"Records after the {dataset.processor.name} processor: processed, or "
         "failed with their error; rejected rows carried along.",
@@ -211,8 +208,13 @@ def build_dataset(dataset: Dataset) -> Definitions:
         with jobs.open(name) as store:
             store.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
         context.log.info(f"processing {raw_rows:,} rows with {workers} worker(s)")
-        chunks = raw.map(dataset.processor.fn, workers=workers).on_durable(progress)
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
+        chunks = raw.map(
+            process,
+            workers=workers,
+            time_limit=dataset.time_limit,
+            label=f"{name}/processed [{batch_id}]",
+        ).on_durable(progress)
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
         return batches.on_error(chunks, fail)
 
     @asset(
@@ -220,7 +222,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         ins={"raw": AssetIn(key=raw.key), "processed": AssetIn(key=processed.key)},
         partitions_def=partitions,
         group_name=name,
-        retry_policy=STEP_RETRY,
+        retry_policy=dataset.retry_policy,
         kinds={"postgres"},
         check_specs=[accounting, unique_ids],
         description=f"{tables.results} and {tables.rejected}: the batch's rows, replaced "
@@ -237,7 +239,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         read = raw.rows or 0
         with jobs.open(name) as store:
             store.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
         with _failing_batch(fail), postgres.connect() as conn:
             tables.ensure(conn)
             stats = replace_batch(conn, tables, batch_id, processed)
@@ -251,13 +253,18 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     "nothing was committed"
                 )
             counts = BatchCounts(read, *stored)
+            increment = None
             if dataset.source is not None:
                 # a later version of a source row replaces the earlier one's result, and the
                 # increment's mark moves in this transaction, with its rows
                 replaced = tables.drop_older_versions(conn, batch_id)
                 context.log.info(f"{replaced:,} earlier results replaced by this increment")
-                Increments(conn, name).commit(batch_id)
+                increments = Increments(conn, name)
+                increment = increments.get(batch_id)
+                increments.commit(batch_id)
+            source_figures = batches.source_figures(raw, increment)
             store = jobs.within(conn, name)
+            store.record_source(batch_id, source_figures, lineage=lineage)
             figures = stats.sink_stats(retries=context.retry_number)
             store.record_sink(batch_id, "postgres", figures, lineage=lineage)
             store.complete(
@@ -272,6 +279,8 @@ def build_dataset(dataset: Dataset) -> Definitions:
                     columns=[TableColumn(c, str(t)) for c, t in tables.columns.items()]
                 ),
                 "rows_read": read,
+                "source": MetadataValue.json(source_figures),
+                "chunks": source_figures["chunks"],
                 "postgres_copies": stats.copies,
                 "postgres_bytes": stats.bytes,
                 "processed": stats.processed,
@@ -316,7 +325,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         batch_id, lineage = context.partition_key, _lineage(context)
         with jobs.open(name) as store:
             store.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context))
+        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
         stats = WriteStats()
         oversized: list[int] = []
         seen = Counter[str]()
@@ -349,7 +358,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         deps=[sink_keys["postgres"]],
         partitions_def=partitions,
         group_name=name,
-        retry_policy=STEP_RETRY,
+        retry_policy=dataset.retry_policy,
         kinds={"dynamodb"},
         description="data_records: one item per record (processed, failed or rejected), "
         "keyed by dataset, batch and line, so a rerun overwrites; queryable by batch and "
@@ -387,7 +396,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
         deps=[dynamodb_table.key if "dynamodb" in dataset.sinks else sink_keys["postgres"]],
         partitions_def=partitions,
         group_name=name,
-        retry_policy=STEP_RETRY,
+        retry_policy=dataset.retry_policy,
         kinds={"kinesis"},
         description="Every record of the batch on the dataset's stream, as JSON with its "
         "record_id (also its partition key) so consumers can drop a rerun's copies.",
@@ -612,8 +621,8 @@ def _failer(
     return fail
 
 
-def _last_attempt(context: AssetExecutionContext) -> bool:
-    return context.retry_number >= STEP_RETRY.max_retries
+def _last_attempt(context: AssetExecutionContext, dataset: Dataset) -> bool:
+    return context.retry_number >= dataset.max_retries
 
 
 @contextlib.contextmanager

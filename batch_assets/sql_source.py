@@ -20,7 +20,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from batch_assets.chunks import Chunk, Resume
+from batch_assets.chunks import Chunk, ChunkTimeout, Resume
 from batch_assets.errors import BatchInputError
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
 
@@ -161,9 +161,13 @@ def iter_increment_chunks(
     upper: Mark,
     chunk_size: int,
     resume: Resume,
+    time_limit: float | None = None,
 ) -> Iterator[Chunk]:
     """Streams the rows in `(lower, upper]` as chunks of at most `chunk_size`, in
     `(cursor, key)` order, by keyset; each chunk's state holds the mark after it.
+
+    With `time_limit` (seconds), a chunk's query that runs longer is cancelled by Postgres
+    (`statement_timeout`) and `ChunkTimeout` names the chunk.
 
     Each chunk holds the source columns as strings, `_line` (the row's 1-based position in
     the increment), `_status` (`valid`), `_reason` and `_record`. One chunk is in memory at a
@@ -203,7 +207,22 @@ def iter_increment_chunks(
     while True:
         after_text = () if after is None else (_text(after[0]), _text(after[1]))
         with connect() as conn, conn.cursor() as cur:
-            cur.execute(query(after is None), (*after_text, *upper_text, chunk_size))
+            if time_limit is not None:
+                cur.execute(
+                    "SELECT set_config('statement_timeout', %s, true)",
+                    (f"{max(1, round(time_limit * 1000))}ms",),
+                )
+            try:
+                cur.execute(query(after is None), (*after_text, *upper_text, chunk_size))
+            except psycopg.errors.QueryCanceled as exc:
+                if time_limit is None:
+                    raise
+                raise ChunkTimeout(
+                    f"{source.name}: reading chunk {index} (the rows after "
+                    f"{encode_mark(after) or 'the start'}) took longer than its time limit of "
+                    f"{time_limit:g} s; raise the dataset's chunk_timeout, or check the index "
+                    f"on ({source.cursor}, {source.key}) and locks on the table"
+                ) from exc
             rows = cur.fetchall()
         if not rows:
             return

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
 );
 CREATE INDEX IF NOT EXISTS batch_jobs_recent ON batch_jobs (dataset, created_at DESC);
 ALTER TABLE batch_jobs ADD COLUMN IF NOT EXISTS sink_stats jsonb;
+ALTER TABLE batch_jobs ADD COLUMN IF NOT EXISTS source_stats jsonb;
 CREATE TABLE IF NOT EXISTS batch_sources (
     dataset text NOT NULL,
     batch_id text NOT NULL,
@@ -130,8 +131,8 @@ class BatchJobs:
                     source_uri = EXCLUDED.source_uri, source_etag = EXCLUDED.source_etag,
                     status = 'queued', total_count = EXCLUDED.total_count, processed_count = 0,
                     rejected_count = 0, failed_count = 0, progress_percent = 0,
-                    summary = NULL, sink_stats = NULL, error = NULL, lineage = NULL,
-                    run_id = NULL,
+                    summary = NULL, sink_stats = NULL, source_stats = NULL, error = NULL,
+                    lineage = NULL, run_id = NULL,
                     created_at = now(), started_at = NULL, completed_at = NULL,
                     updated_at = now()
                 """,
@@ -229,6 +230,11 @@ class BatchJobs:
             batch_id,
             lineage,
         )
+
+    def record_source(self, batch_id: str, figures: dict[str, Any], *, lineage: str) -> bool:
+        """Keeps the figures of the batch's reading under `source_stats`: rows read, chunks,
+        and for an increment its bounds and the latest cursor value read."""
+        return self._update("source_stats = %s", (json.dumps(figures),), batch_id, lineage)
 
     def finish(self, batch_id: str, *, lineage: str) -> bool:
         """Marks the batch completed once its last sink has written it."""

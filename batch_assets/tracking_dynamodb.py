@@ -202,6 +202,9 @@ class DynamoBatchJobs:
         stats = {**(item.get("sink_stats") or {}), sink: figures}
         return self._set(batch_id, {"sink_stats": stats}, lineage=lineage)
 
+    def record_source(self, batch_id: str, figures: dict[str, Any], *, lineage: str) -> bool:
+        return self._set(batch_id, {"source_stats": figures}, lineage=lineage)
+
     def fail(self, batch_id: str, error: str, *, lineage: str, etag: str | None = None) -> bool:
         try:
             self.client.update_item(
@@ -280,6 +283,7 @@ class DynamoBatchJobs:
                 "progress_percent",
                 "summary",
                 "sink_stats",
+                "source_stats",
                 "error",
                 "lineage",
                 "run_id",

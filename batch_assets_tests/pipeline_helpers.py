@@ -110,6 +110,17 @@ def comments_job() -> JobDefinition:
     return build_definitions().resolve_job_def("comments_job")
 
 
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`batch-assets ARGS` in a child process with this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "batch_assets.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+
+
 def wait_for(predicate: Any, *, timeout: float, what: str) -> Any:
     """Polls `predicate` until it returns something true; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@ when an increment's load commits."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from batch_assets.increments import Increments
 from batch_assets.local_stack import LocalStack
 from batch_assets.runner import evaluate_inbox_sensor, run_partition
 from batch_assets_tests.pipeline_helpers import (
+    cli,
     comments_job,
     kill_after_durable_chunks,
     settings_config,
@@ -86,12 +88,32 @@ def test_increments_load_every_row_once_and_updates_replace(
 ) -> None:
     url = table
     add(url, range(1, 301))
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE comments SET body = '  A   lovely,\n\thelpful  comment 2 ' WHERE id = 2"
+        )
     first, run = tick_and_run(instance)
     assert first is not None and run.success
     assert first.startswith("000001-")
     loaded = results(url)
     assert [r[1] for r in loaded] == [str(i) for i in range(1, 301)]
     assert {r[0] for r in loaded} == {first}
+    # the entry's pre_process hook collapsed the whitespace before scoring
+    assert loaded[1][2] == "A lovely, helpful comment 2"
+
+    # statistics of the increment, in batch_jobs and as the load's metadata
+    stats = source_stats(url, first)
+    assert {k: stats[k] for k in ("rows_read", "chunks", "increment", "lower")} == {
+        "rows_read": 300,
+        "chunks": 5,  # 300 rows in chunks of 64
+        "increment": first,
+        "lower": None,
+    }
+    assert datetime.fromisoformat(stats["latest_cursor"]) == OLD + timedelta(seconds=30)
+    assert json.loads(stats["upper"])[1] == "300"
+    (load,) = run.asset_materializations_for_node("comments__postgres")
+    assert load.metadata["source"].value == stats
+    assert load.metadata["chunks"].value == 5
 
     # nothing new: no increment (the sensor skips)
     nothing, reason = tick_and_run(instance)
@@ -123,6 +145,20 @@ def test_increments_load_every_row_once_and_updates_replace(
             (second,),
         ).fetchone()
     assert job == ("completed", 61)
+    stats = source_stats(url, second)
+    assert stats["rows_read"] == 61 and stats["lower"] == source_stats(url, first)["upper"]
+    assert datetime.fromisoformat(stats["latest_cursor"]) == OLD + timedelta(minutes=5)
+
+
+def source_stats(url: str, batch_id: str) -> dict[str, Any]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT source_stats FROM batch_jobs WHERE dataset = 'comments' AND batch_id = %s",
+            (batch_id,),
+        ).fetchone()
+    assert row is not None and row[0] is not None
+    stats: dict[str, Any] = row[0]
+    return stats
 
 
 def test_a_missing_column_and_a_failed_increment(table: str, instance: DagsterInstance) -> None:
@@ -185,6 +221,18 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
     with psycopg.connect(url) as conn:
         assert Increments(conn, "comments").committed_mark() is None  # nothing loaded yet
 
+    # where it stopped, per asset, as `batch-assets status` shows it
+    status = cli("status", partition, "--dataset", "comments")
+    assert status.returncode == 0, status.stderr
+    frontier = json.loads(status.stdout)["frontier"]
+    assert frontier["raw"]["status"] == "complete" and frontier["raw"]["rows"] == ROWS
+    assert frontier["processed"]["status"] == "in_progress"
+    assert frontier["processed"]["last_durable_chunk"] == durable - 1
+    assert frontier["processed"]["rows"] == durable * CHUNK
+    # its run is gone but the batch still says processing: reset wants --force
+    refused = cli("reset", partition, "--dataset", "comments")
+    assert refused.returncode == 1 and "is processing" in refused.stderr
+
     (run,) = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == partition]
     instance.report_run_failed(run, message="run worker disappeared")
     result = execute_job(
@@ -210,3 +258,34 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
         mark = Increments(conn, "comments").committed_mark()
     assert count == distinct == ROWS
     assert mark is not None and mark[1] == str(ROWS)
+    done = json.loads(cli("status", partition, "--dataset", "comments").stdout)
+    assert done["status"] == "completed"
+    assert done["source"]["rows_read"] == ROWS and done["source"]["chunks"] == ROWS // CHUNK
+    processed_frontier = done["frontier"]["processed"]
+    assert processed_frontier["status"] == "complete"
+    assert processed_frontier["chunks_per_attempt"] == [durable, ROWS // CHUNK - durable]
+
+    # reset: the checkpoints go, and the next run recomputes the increment from its rows
+    reset = cli("reset", partition, "--dataset", "comments")
+    assert reset.returncode == 0, reset.stderr
+    assert json.loads(reset.stdout)["discarded"] == {
+        "comments/raw": {"chunks": ROWS // CHUNK, "rows": ROWS},
+        "comments/processed": {"chunks": ROWS // CHUNK, "rows": ROWS},
+    }
+    assert not (base / "comments" / "processed" / partition).exists()
+    assert json.loads(cli("status", partition, "--dataset", "comments").stdout)["frontier"] == {
+        "raw": None,
+        "processed": None,
+    }
+    again = run_partition(
+        defs, instance, COMMENTS, partition, run_config=settings_config(chunk_size=CHUNK)
+    )
+    assert again.success
+    (recomputed,) = again.asset_materializations_for_node("comments__processed")
+    assert recomputed.metadata["resumed_from_chunk"].value == 0
+    assert recomputed.metadata["chunks_computed_this_attempt"].value == ROWS // CHUNK
+    with psycopg.connect(url) as conn:
+        assert conn.execute(
+            "SELECT count(*), count(DISTINCT id) FROM comments_results WHERE batch_id = %s",
+            (partition,),
+        ).fetchone() == (ROWS, ROWS)

@@ -4,6 +4,7 @@ clear errors for a missing table or column."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from batch_assets.chunks import Resume
+from batch_assets.chunks import Chunk, ChunkTimeout, Resume
 from batch_assets.errors import BatchInputError
 from batch_assets.sql_source import (
     SqlTable,
@@ -170,3 +171,31 @@ def test_missing_table_or_column_is_named(comments) -> None:  # type: ignore[no-
         conn.commit()
         plain = SqlTable("plain", key="id", cursor="t", columns=("id",), schema=source.schema)
         assert "CREATE INDEX ON" in (check_table(conn, plain).warning or "")
+
+
+def test_a_chunk_read_over_its_time_limit_fails_naming_it(comments) -> None:  # type: ignore[no-untyped-def]
+    connect, source = comments
+    insert(connect, source, range(100))
+    with connect() as conn:
+        upper = high_water_mark(conn, source, lag=timedelta(0), now=T0 + timedelta(days=1))
+    assert upper is not None
+
+    def chunks(resume: Resume) -> Iterator[Chunk]:
+        return iter_increment_chunks(
+            connect, source, lower=None, upper=upper, chunk_size=10, resume=resume, time_limit=0.5
+        )
+
+    first = list(itertools.islice(chunks(Resume()), 3))
+    after = Resume(3, first[-1].state)
+    with connect() as locker:
+        # a migration holding the table: the chunk's query waits on the lock until cancelled
+        locker.execute(f"LOCK TABLE {source.schema}.comments IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(
+            ChunkTimeout,
+            match=rf"{source.name}: reading chunk 3 \(the rows after .*\"29\"\]\) took longer "
+            r"than its time limit of 0.5 s",
+        ):
+            next(chunks(after))
+        locker.rollback()
+    # the lock gone, the same chunk reads
+    assert next(chunks(after)).frame["id"].to_list()[:2] == ["30", "31"]

@@ -82,12 +82,14 @@ def test_an_older_run_cannot_overwrite_a_newer_version(jobs_for: Callable[[str],
     jobs, batch = jobs_for("reviews"), f"race-{uuid.uuid4().hex[:6]}.csv"
     jobs.register(batch, [source("v1")])
     jobs.start(batch, lineage="L1", run_id="R1", source=source("v1"))
+    assert jobs.record_source(batch, {"rows_read": 5}, lineage="L1")
     jobs.register(batch, [source("v2")])  # a new version lands while v1 is processed
     assert not jobs.progress(batch, BatchCounts(5, 5, 0, 0), lineage="L1")
     assert not jobs.complete(batch, BatchCounts(5, 5, 0, 0), {}, lineage="L1")
     assert not jobs.fail(batch, "v1's run failed", lineage="L1", etag="v1")
     row = jobs.get(batch) or {}
     assert (row["status"], row["source_etag"], row["processed_count"]) == ("queued", "v2", 0)
+    assert row["source_stats"] is None
     # the run started for v2 may fail before it takes the batch: that is recorded
     assert jobs.fail(batch, "run died at launch", lineage="L2", etag="v2")
     assert (jobs.get(batch) or {})["status"] == "failed"
@@ -115,6 +117,9 @@ def test_a_batch_through_its_life(jobs_for: Callable[[str], Store]) -> None:
     assert jobs.resume(batch, lineage="L1", run_id="R2")
     assert not jobs.resume(batch, lineage="other", run_id="R9")
     figures = {"read": 7, "written": 7, "rejected": 1, "failed": 0}
+    reading = {"rows_read": 7, "chunks": 1, "latest_cursor": None, "upper": '["t", "7"]'}
+    assert not jobs.record_source(batch, reading, lineage="other")
+    assert jobs.record_source(batch, reading, lineage="L1")
     assert jobs.record_sink(batch, "postgres", figures, lineage="L1")
     summary = {"processed": 6, "rejected": 1, "failed": 0}
     assert jobs.complete(batch, BatchCounts(7, 6, 1, 0), summary, lineage="L1", final=False)
@@ -129,6 +134,7 @@ def test_a_batch_through_its_life(jobs_for: Callable[[str], Store]) -> None:
         "R2",
     )
     assert row["sink_stats"] == {"postgres": figures, "dynamodb": figures}
+    assert row["source_stats"] == reading
     assert row["completed_at"] >= row["created_at"]
     assert [s.etag for s in jobs.sources(batch)] == ["e1"]
 

@@ -14,7 +14,13 @@ from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputCo
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from batch_assets.checkpoints import CheckpointStore, load_chunks, storage_for, store_chunks
+from batch_assets.checkpoints import (
+    CheckpointStore,
+    frontier_report,
+    load_chunks,
+    storage_for,
+    store_chunks,
+)
 from batch_assets.chunks import Chunks
 
 
@@ -57,17 +63,35 @@ class CheckpointIOManager(ConfigurableIOManager):
                     f"{frontier.rows:,} rows behind the frontier"
                 )
 
-        frontier, first = store_chunks(
-            self.store(),
-            obj.on_durable(report),
-            asset=asset,
-            partition=partition,
-            lineage=lineage,
-        )
+        store = self.store()
+        try:
+            frontier, first = store_chunks(
+                store,
+                obj.on_durable(report),
+                asset=asset,
+                partition=partition,
+                lineage=lineage,
+            )
+        except Exception:
+            if log is not None:
+                where = frontier_report(store, asset, partition, lineage)
+                log.error(
+                    f"{asset} [{partition}] stopped: "
+                    + (
+                        f"{where['chunks']:,} chunks durable ({where['rows']:,} rows); a retry "
+                        f"or re-execution from failure resumes at chunk {where['chunks']}"
+                        if where
+                        else "no chunk is durable yet"
+                    )
+                )
+            raise
         context.add_output_metadata(
             {
                 "dagster/row_count": frontier.rows,
                 "chunks": frontier.chunks,
+                # -1: no chunk (an empty source)
+                "last_durable_chunk": frontier.chunks - 1,
+                "rows_behind_frontier": frontier.rows,
                 "rows_by_status": MetadataValue.json(frontier.counts),
                 "resumed_from_chunk": first,
                 "chunks_computed_this_attempt": frontier.chunks - first,
