@@ -20,7 +20,7 @@ import os
 from dagster import Definitions, EnvVar
 from dagster_aws.s3 import S3Resource
 
-from batch_assets.datasets import DATASETS
+from batch_assets.datasets import DATASETS, Dataset
 from batch_assets.factory import CHECKPOINTS, build_dataset
 from batch_assets.failures import batch_run_failure_sensor
 from batch_assets.io_managers.checkpoint import CheckpointIOManager
@@ -31,11 +31,13 @@ from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
 
 
-def build_definitions() -> Definitions:
+def build_definitions(datasets: tuple[Dataset, ...] = DATASETS) -> Definitions:
+    """The code location's definitions: `datasets` (all of them unless given), with the
+    shared resources and sensors."""
     s3 = S3Resource()
     postgres = PostgresResource(url=EnvVar("BATCH_ASSETS_PG_URL"))
     return Definitions.merge(
-        *(build_dataset(dataset) for dataset in DATASETS),
+        *(build_dataset(dataset) for dataset in datasets),
         Definitions(
             sensors=[batch_run_failure_sensor],
             resources={

@@ -84,7 +84,7 @@ def retry_failed(
     failed = _failed_records(conn, dataset, batch_id)
     if failed.height == 0:
         return RetryResult(0, 0, 0)
-    out = dataset.processor.fn(
+    out = dataset.process_fn()(  # with the entry's hooks, as the first pass
         failed.with_columns(
             pl.lit("valid").alias(STATUS),
             pl.lit(None, pl.String).alias(REASON),

@@ -4,6 +4,7 @@ when an increment's load commits."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -197,6 +198,41 @@ def test_a_missing_column_and_a_failed_increment(table: str, instance: DagsterIn
     with psycopg.connect(url) as conn:
         assert Increments(conn, "comments").committed_mark() is not None
     assert len(results(url)) == 50
+
+
+def test_a_chunk_over_its_time_limit_fails_the_run_naming_it(
+    table: str, instance: DagsterInstance
+) -> None:
+    url = table
+    add(url, range(1, 21))
+    slow = dataclasses.replace(
+        COMMENTS,
+        post_process="batch_assets_tests.test_hooks:slow_on_line_5",  # 30 s on line 5
+        chunk_timeout=timedelta(seconds=1),
+        max_retries=0,
+    )
+    defs = build_definitions((slow,))
+    (request,) = evaluate_inbox_sensor(defs, instance, slow).run_requests
+    batch_id = str(request.partition_key)
+    run = run_partition(defs, instance, slow, batch_id, run_config=settings_config(chunk_size=2))
+    assert not run.success
+    expected = (
+        f"comments/processed [{batch_id}]: chunk 2 (2 rows) took longer than its time limit of 1 s"
+    )
+    with psycopg.connect(url) as conn:
+        job = conn.execute(
+            "SELECT status, error FROM batch_jobs WHERE dataset = 'comments' AND batch_id = %s",
+            (batch_id,),
+        ).fetchone()
+        assert Increments(conn, "comments").committed_mark() is None
+    assert job is not None and job[0] == "failed" and expected in job[1]
+    # the run's log says where a re-execution would resume
+    logged = [e.message for e in instance.all_logs(run.run_id) if e.message]
+    assert any(
+        f"comments/processed [{batch_id}] stopped: 2 chunks durable (4 rows); a retry or "
+        "re-execution from failure resumes at chunk 2" in m
+        for m in logged
+    ), logged[-10:]
 
 
 ROWS, CHUNK = 12_000, 200

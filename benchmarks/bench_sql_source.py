@@ -65,9 +65,11 @@ def fill(url: str, rows: int) -> None:
 def child(url: str) -> dict[str, Any]:
     """Streams the whole table as one increment; its chunk timings and peak memory."""
     from batch_assets.chunks import Resume
-    from batch_assets.sql_source import SqlTable, high_water_mark, iter_increment_chunks
+    from batch_assets.datasets import COMMENTS
+    from batch_assets.sql_source import high_water_mark, iter_increment_chunks
 
-    source = SqlTable("comments", key="id", cursor="updated_at", columns=("id", "body"))
+    source = COMMENTS.source
+    assert source is not None
     with psycopg.connect(url) as conn:
         upper = high_water_mark(conn, source, lag=timedelta(0))
     assert upper is not None
@@ -79,6 +81,7 @@ def child(url: str) -> dict[str, Any]:
         upper=upper,
         chunk_size=CHUNK,
         resume=Resume(),
+        time_limit=COMMENTS.time_limit,  # as the dataset reads: a statement_timeout per chunk
     )
     start = time.perf_counter()
     for chunk in chunks:
