@@ -360,10 +360,8 @@ def print_status(batch_id: str, dataset_name: str) -> int:
     if not url:
         return 2
     dataset = dataset_named(dataset_name)
-    with _jobs(url, dataset.name) as jobs:
-        row = jobs.get(batch_id)
+    row = _batch_row(url, dataset.name, batch_id)
     if row is None:
-        print(f"no {dataset.name} batch {batch_id}", file=sys.stderr)
         return 1
     document = {**status_document(row), "source": row["source_stats"], "sinks": row["sink_stats"]}
     store = _checkpoint_store()
@@ -385,10 +383,8 @@ def reset_batch(batch_id: str, dataset_name: str, *, force: bool) -> int:
     if not url or store is None:
         return 2
     dataset = dataset_named(dataset_name)
-    with _jobs(url, dataset.name) as jobs:
-        row = jobs.get(batch_id)
+    row = _batch_row(url, dataset.name, batch_id)
     if row is None:
-        print(f"no {dataset.name} batch {batch_id}", file=sys.stderr)
         return 1
     if row["status"] == "processing" and not force:
         print(
@@ -413,6 +409,15 @@ def reset_batch(batch_id: str, dataset_name: str, *, force: bool) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _batch_row(url: str, dataset: str, batch_id: str) -> dict[str, Any] | None:
+    """The batch's tracking row; None, said on stderr, when there is no such batch."""
+    with _jobs(url, dataset) as jobs:
+        row: dict[str, Any] | None = jobs.get(batch_id)
+    if row is None:
+        print(f"no {dataset} batch {batch_id}", file=sys.stderr)
+    return row
 
 
 def _checkpoint_store() -> Any:
