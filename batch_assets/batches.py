@@ -111,13 +111,25 @@ def counts_while_processing(
 def batch_summary(
     conn: Any, dataset: Dataset, batch_id: str, stored: tuple[int, int, int]
 ) -> dict[str, int]:
-    """A batch's summary: counts per value of the processor's summary column, or, for a
-    processor without one, counts per status (`stored` is processed, rejected, failed)."""
+    """A batch's summary as stored in Postgres (see `summary_of`)."""
     processor = dataset.processor
+    counted = None
     if processor.summary_column:
-        return summarize(
+        counted = summarize(
             conn, dataset.tables, batch_id, processor.summary_column, processor.summary_labels
         )
+    return summary_of(dataset, counted, stored)
+
+
+def summary_of(
+    dataset: Dataset, counted: dict[str, int] | None, stored: tuple[int, int, int]
+) -> dict[str, int]:
+    """A batch's summary: its processed rows `counted` per value of the processor's summary
+    column (its labels always present), or, for a processor without one, counts per status
+    (`stored` is processed, rejected, failed)."""
+    processor = dataset.processor
+    if processor.summary_column:
+        return {**dict.fromkeys(processor.summary_labels, 0), **(counted or {})}
     return dict(zip(("processed", "rejected", "failed"), stored, strict=True))
 
 

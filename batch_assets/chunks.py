@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -46,6 +47,22 @@ class Resume:
 Producer = Callable[[Resume], Iterator[Chunk]]
 ChunkListener = Callable[[Chunk, Any], None]
 """Told of each chunk once it is durable, with the frontier after it."""
+
+
+def throttled(listener: ChunkListener, *, seconds: float) -> ChunkListener:
+    """`listener`, told of the first chunk and then of a chunk only when `seconds` have
+    passed since it was last told: for progress writes and log lines that cost a round trip
+    each, which a run of many small chunks would otherwise pay per chunk."""
+    last = -float("inf")
+
+    def tell(chunk: Chunk, frontier: Any) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= seconds:
+            last = now
+            listener(chunk, frontier)
+
+    return tell
 
 
 class Chunks:

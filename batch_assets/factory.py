@@ -44,7 +44,7 @@ from dagster_aws.s3 import S3Resource
 
 from batch_assets import batches
 from batch_assets.checkpoints import Frontier
-from batch_assets.chunks import Chunk, Chunks
+from batch_assets.chunks import Chunk, Chunks, throttled
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError
 from batch_assets.increments import Increments
@@ -67,12 +67,13 @@ from batch_assets.sinks.postgres import (
     duplicate_ids,
     preview_markdown,
     replace_batch,
-    stored_counts,
 )
 from batch_assets.sql_source import check_table, encode_mark
 from batch_assets.tracking import BatchCounts, Source
 
 CHECKPOINTS = "checkpoint_io_manager"
+PROGRESS_SECONDS = 0.5
+"""How often, at most, a step writes a batch's progress to batch_jobs."""
 
 
 def build_dataset(dataset: Dataset) -> Definitions:
@@ -213,7 +214,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             workers=workers,
             time_limit=dataset.time_limit,
             label=f"{name}/processed [{batch_id}]",
-        ).on_durable(progress)
+        ).on_durable(throttled(progress, seconds=PROGRESS_SECONDS))
         fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
         return batches.on_error(chunks, fail)
 
@@ -242,9 +243,11 @@ def build_dataset(dataset: Dataset) -> Definitions:
         fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
         with _failing_batch(fail), postgres.connect() as conn:
             tables.ensure(conn)
-            stats = replace_batch(conn, tables, batch_id, processed)
-            stored = stored_counts(conn, tables, batch_id)
-            summary = batches.batch_summary(conn, dataset, batch_id, stored)
+            stats = replace_batch(
+                conn, tables, batch_id, processed, summary_column=dataset.processor.summary_column
+            )
+            stored = stats.stored
+            summary = batches.summary_of(dataset, stats.summary, stored)
             accounted = sum(stored)
             if read != accounted:
                 raise BatchError(
@@ -586,7 +589,7 @@ def _reading_progress(
         with jobs.open(dataset) as store:
             store.progress(batch_id, batches.counts_while_reading(frontier), lineage=lineage)
 
-    return progress
+    return throttled(progress, seconds=PROGRESS_SECONDS)
 
 
 def _lineage(context: AssetExecutionContext) -> str:

@@ -1,5 +1,5 @@
 """Seed 003's options as dataset configuration, without servers: per-chunk hooks around the
-processor, the per-chunk time limit, and the retry policy."""
+processor, the per-chunk time limit, the retry policy; and the throttle on per-chunk writes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 from dagster import Backoff, Jitter
 
-from batch_assets.chunks import Chunks, ChunkTimeout
+from batch_assets import chunks as chunks_module
+from batch_assets.chunks import Chunk, Chunks, ChunkTimeout, throttled
 from batch_assets.datasets import COMMENTS, REVIEWS
 from batch_assets.errors import BatchError, ConfigError
 from batch_assets.factory import build_dataset
@@ -172,3 +173,15 @@ def test_the_entry_sets_the_retry_policy_and_the_limit() -> None:
     assert COMMENTS.time_limit == 300.0
     assert dataclasses.replace(COMMENTS, chunk_timeout=timedelta(seconds=2)).time_limit == 2.0
     assert REVIEWS.time_limit is None
+
+
+def test_a_throttled_listener_hears_the_first_chunk_then_one_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = iter([0.0, 0.2, 0.6, 1.0, 1.05, 3.0])
+    monkeypatch.setattr(chunks_module.time, "monotonic", lambda: next(clock))
+    heard: list[int] = []
+    tell = throttled(lambda chunk, frontier: heard.append(chunk.index), seconds=0.5)
+    for index in range(6):
+        tell(Chunk(index, pl.DataFrame()), None)
+    assert heard == [0, 2, 5]  # at 0.0, 0.6 and 3.0

@@ -21,7 +21,11 @@ from batch_assets.checkpoints import (
     storage_for,
     store_chunks,
 )
-from batch_assets.chunks import Chunks
+from batch_assets.chunks import Chunks, throttled
+
+LOG_SECONDS = 5.0
+"""How often, at most, the run's log says how far an output's frontier has come (each line
+is an event in Dagster's storage)."""
 
 
 def _lineage(context: InputContext | OutputContext) -> str:
@@ -67,7 +71,7 @@ class CheckpointIOManager(ConfigurableIOManager):
         try:
             frontier, first = store_chunks(
                 store,
-                obj.on_durable(report),
+                obj.on_durable(throttled(report, seconds=LOG_SECONDS)),
                 asset=asset,
                 partition=partition,
                 lineage=lineage,

@@ -38,17 +38,18 @@ def score_sentiment(frame: pl.DataFrame, *, text_column: str = "text") -> pl.Dat
     A record whose scoring raises becomes `failed` with the exception in `_error`; the
     others become `processed`. Rows not `valid` keep their status and get nulls.
     """
-    analyzer = _analyzer()
+    polarity = _analyzer().polarity_scores
     compounds: list[float | None] = []
     errors: list[str | None] = []
-    # VADER scores one string at a time; this loop is the processor's whole cost.
-    for text, status in zip(frame[text_column], frame[STATUS], strict=True):
+    # VADER scores one string at a time; this loop is the processor's whole cost, so it
+    # runs over plain lists, not the Series.
+    for text, status in zip(frame[text_column].to_list(), frame[STATUS].to_list(), strict=True):
         if status != "valid":
             compounds.append(None)
             errors.append(None)
             continue
         try:
-            compounds.append(float(analyzer.polarity_scores(text)["compound"]))
+            compounds.append(float(polarity(text)["compound"]))
             errors.append(None)
         except Exception as exc:  # every record's failure is kept, never raised
             compounds.append(None)

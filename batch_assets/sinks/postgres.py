@@ -9,7 +9,8 @@ the primary key `(batch_id, seq)` makes any page of one batch an index range sca
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -18,6 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from batch_assets.chunks import Chunks
+from batch_assets.errors import SinkError
 from batch_assets.processors import ERROR
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
 from batch_assets.tracking import ensure_schema
@@ -129,7 +131,8 @@ def _sql_type(dtype: pl.DataType) -> str:
 @dataclass(frozen=True)
 class LoadStats:
     """What a load wrote: result rows (processed and failed), rejected rows, the chunks
-    read, the COPY statements sent and their bytes."""
+    read, the COPY statements sent and their bytes, and the processed rows counted per
+    value of the summary column (when one was given)."""
 
     results: int
     processed: int
@@ -138,6 +141,12 @@ class LoadStats:
     chunks: int
     copies: int = 0
     bytes: int = 0
+    summary: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def stored(self) -> tuple[int, int, int]:
+        """Processed, rejected and failed rows, as the server's COPY counts confirmed."""
+        return self.processed, self.rejected, self.failed
 
     def sink_stats(self, *, retries: int) -> dict[str, int]:
         """The figures every sink reports (see `tracking.BatchJobs.record_sink`)."""
@@ -154,12 +163,23 @@ class LoadStats:
 
 
 def replace_batch(
-    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, chunks: Chunks
+    conn: psycopg.Connection,
+    tables: ResultsTables,
+    batch_id: str,
+    chunks: Chunks,
+    *,
+    summary_column: str | None = None,
 ) -> LoadStats:
     """Replaces the batch's rows with those of `chunks`, inside the caller's transaction.
 
     `processed` and `failed` rows go to the results table in source order; `rejected` rows
-    go to the rejected table with their reason. One chunk is in memory at a time.
+    go to the rejected table with their reason. One chunk is in memory at a time. Each
+    COPY's row count, as the server reports it, must be the rows sent, so the counts
+    returned are the rows stored; with `summary_column`, the processed rows are counted per
+    its value on the way.
+
+    Raises:
+        SinkError: the server stored another number of rows than were sent.
     """
     columns = list(tables.columns)
     results_copy = sql.SQL(
@@ -169,6 +189,7 @@ def replace_batch(
         "COPY {} (batch_id, line, reason, record) FROM STDIN WITH (FORMAT csv)"
     ).format(sql.Identifier(tables.rejected))
     seq = processed = failed = rejected = n_chunks = copies = sent = 0
+    summary = Counter[str]()
     with conn.cursor() as cur:
         for table in (tables.results, tables.rejected):
             cur.execute(
@@ -194,6 +215,11 @@ def replace_batch(
                 n_failed = int((kept[STATUS] == "failed").sum())
                 failed += n_failed
                 processed += kept.height - n_failed
+                if summary_column is not None:
+                    values = kept.filter(pl.col(STATUS) == "processed")[summary_column]
+                    summary.update(
+                        dict(values.cast(pl.String).fill_null("null").value_counts().iter_rows())
+                    )
             bad = frame.filter(pl.col(STATUS) == "rejected")
             if bad.height:
                 rows = bad.select(
@@ -214,15 +240,24 @@ def replace_batch(
                 sent += copy_frame(cur, rejected_copy, rows)
                 copies += 1
                 rejected += bad.height
-    return LoadStats(seq, processed, failed, rejected, n_chunks, copies, sent)
+    return LoadStats(seq, processed, failed, rejected, n_chunks, copies, sent, dict(summary))
 
 
 def copy_frame(cur: psycopg.Cursor, statement: sql.Composed, rows: pl.DataFrame) -> int:
-    """COPYs a frame's rows, as CSV, with `statement`; the bytes sent."""
+    """COPYs a frame's rows, as CSV, with `statement`; the bytes sent.
+
+    Raises:
+        SinkError: the server's count of rows copied is not the frame's.
+    """
     buffer = io.BytesIO()
     rows.write_csv(buffer, include_header=False)
     with cur.copy(statement) as copy:
         copy.write(buffer.getbuffer())
+    if cur.rowcount != rows.height:
+        raise SinkError(
+            f"COPY stored {cur.rowcount:,} rows of {rows.height:,} sent "
+            f"({statement.as_string(cur)[:80]}...)"
+        )
     return buffer.getbuffer().nbytes
 
 

@@ -1,0 +1,84 @@
+"""The Postgres sink on the embedded (and external) Postgres: what it reports is what the
+server stored, counted in the load's own pass."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import polars as pl
+import psycopg
+import pytest
+
+from batch_assets.chunks import Chunks
+from batch_assets.errors import SinkError
+from batch_assets.processors.sentiment import score_sentiment
+from batch_assets.readers import LINE, REASON, RECORD, STATUS
+from batch_assets.sinks.postgres import ResultsTables, replace_batch
+from batch_assets.sinks.postgres import summarize as stored_summary
+
+TABLES = ResultsTables(
+    "sinktest",
+    {
+        "id": pl.String(),
+        "text": pl.String(),
+        "sentiment": pl.String(),
+        "score": pl.Float64(),
+        "compound": pl.Float64(),
+    },
+    ("id", "text"),
+)
+LABELS = ("positive", "negative", "neutral")
+
+
+@pytest.fixture
+def conn(pg_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(pg_url) as connection:
+        TABLES.ensure(connection)
+        connection.commit()
+        yield connection
+        connection.rollback()
+
+
+def scored(first_line: int, texts: list[str | None]) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        {
+            LINE: pl.Series(range(first_line, first_line + len(texts)), dtype=pl.Int64),
+            "id": [f"r{first_line + i}" for i in range(len(texts))],
+            "text": texts,
+            STATUS: ["valid" if t else "rejected" for t in texts],
+            REASON: [None if t else "text is empty" for t in texts],
+            RECORD: pl.Series([None] * len(texts), dtype=pl.String),
+        }
+    )
+    return score_sentiment(frame)
+
+
+def test_counts_and_summary_are_those_stored(conn: psycopg.Connection) -> None:
+    batch = f"b-{uuid.uuid4().hex[:6]}"
+    chunks = Chunks.from_frames(
+        [
+            scored(2, ["What a lovely day", "Awful, broken junk", None, "It is a box"]),
+            scored(6, ["Great!", None, "Terrible service"]),
+        ]
+    )
+    stats = replace_batch(conn, TABLES, batch, chunks, summary_column="sentiment")
+    assert stats.stored == (5, 2, 0)
+    assert stats.summary == stored_summary(conn, TABLES, batch, "sentiment", LABELS)
+    assert stats.summary == {"positive": 2, "negative": 2, "neutral": 1}
+
+
+def test_rows_the_server_did_not_store_fail_the_load(conn: psycopg.Connection) -> None:
+    # a trigger that drops rows silently: COPY's own count says so, and the load fails
+    # instead of reporting rows that are not there
+    conn.execute(
+        "CREATE FUNCTION pg_temp.drop_r3() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN IF NEW.id = 'r3' THEN RETURN NULL; END IF; RETURN NEW; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER drop_r3 BEFORE INSERT ON sinktest_results FOR EACH ROW "
+        "EXECUTE FUNCTION pg_temp.drop_r3()"
+    )
+    chunks = Chunks.from_frames([scored(2, ["good", "bad", "fine"])])
+    with pytest.raises(SinkError, match=r"COPY stored 2 rows of 3 sent"):
+        replace_batch(conn, TABLES, "b-dropped", chunks, summary_column="sentiment")
