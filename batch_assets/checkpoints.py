@@ -225,9 +225,8 @@ class CheckpointStore:
 def frontier_report(
     store: CheckpointStore, asset: str, partition: str, lineage: str | None
 ) -> dict[str, Any] | None:
-    """Where the output of (asset, partition) stands, for people: that of `lineage` when it
-    has a frontier (the lineage that owns the batch), else the latest complete one; None
-    when there is no checkpoint.
+    """Where the output of (asset, partition) by `lineage` stands, for people; None when
+    that lineage has no frontier (it has made no chunk durable).
 
     Returns:
         `lineage`, `status` (`in_progress` or `complete`), `chunks` durable,
@@ -235,13 +234,11 @@ def frontier_report(
         `rows_by_status`, `chunks_per_attempt` and the producer `state` after the last
         durable chunk (where a resumed read continues).
     """
-    chosen = lineage if lineage and store.frontier(asset, partition, lineage) else None
-    chosen = chosen or store.latest(asset, partition)
-    frontier = store.frontier(asset, partition, chosen) if chosen else None
+    frontier = store.frontier(asset, partition, lineage) if lineage else None
     if frontier is None:
         return None
     return {
-        "lineage": chosen,
+        "lineage": lineage,
         "status": frontier.status,
         "chunks": frontier.chunks,
         "last_durable_chunk": frontier.chunks - 1 if frontier.chunks else None,
@@ -250,6 +247,19 @@ def frontier_report(
         "chunks_per_attempt": frontier.computed,
         "state": frontier.state,
     }
+
+
+def where_batch_stands(
+    store: CheckpointStore, asset: str, partition: str, lineage: str | None
+) -> dict[str, Any] | None:
+    """The frontier of the lineage that owns the batch (`current: true`) or, when it has
+    none (queued again, or failed before its first chunk), that of the latest complete
+    output (`current: false`); None without any checkpoint."""
+    own = frontier_report(store, asset, partition, lineage)
+    if own is not None:
+        return {**own, "current": True}
+    latest = frontier_report(store, asset, partition, store.latest(asset, partition))
+    return None if latest is None else {**latest, "current": False}
 
 
 def store_chunks(
@@ -279,13 +289,22 @@ def store_chunks(
         return frontier, frontier.chunks
     first = frontier.chunks
     frontier = replace(frontier, computed=[*frontier.computed, 0])
-    for chunk in chunks.iter(frontier.resume()):
-        store.write_chunk(asset, partition, lineage, chunk)
-        counts = chunk.frame.group_by(STATUS).len()
-        frontier = frontier.advanced(chunk, dict(zip(counts[STATUS], counts["len"], strict=True)))
-        store.save_frontier(asset, partition, lineage, frontier)
+    try:
+        for chunk in chunks.iter(frontier.resume()):
+            store.write_chunk(asset, partition, lineage, chunk)
+            counts = chunk.frame.group_by(STATUS).len()
+            frontier = frontier.advanced(
+                chunk, dict(zip(counts[STATUS], counts["len"], strict=True))
+            )
+            store.save_frontier(asset, partition, lineage, frontier)
+            for listener in chunks.listeners:
+                listener(chunk, frontier)
+    finally:
+        # a throttled listener is told of the last durable chunk, however the chunks ended
         for listener in chunks.listeners:
-            listener(chunk, frontier)
+            flush = getattr(listener, "flush", None)
+            if flush is not None:
+                flush()
     frontier = replace(frontier, status="complete")
     store.save_frontier(asset, partition, lineage, frontier)
     store.mark_latest(asset, partition, lineage)

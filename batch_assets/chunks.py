@@ -49,20 +49,33 @@ ChunkListener = Callable[[Chunk, Any], None]
 """Told of each chunk once it is durable, with the frontier after it."""
 
 
-def throttled(listener: ChunkListener, *, seconds: float) -> ChunkListener:
+class Throttled:
     """`listener`, told of the first chunk and then of a chunk only when `seconds` have
     passed since it was last told: for progress writes and log lines that cost a round trip
-    each, which a run of many small chunks would otherwise pay per chunk."""
-    last = -float("inf")
+    each, which a run of many small chunks would otherwise pay per chunk. `flush` tells it
+    the last chunk it was not told of; `store_chunks` calls it when the chunks end or fail.
+    """
 
-    def tell(chunk: Chunk, frontier: Any) -> None:
-        nonlocal last
+    def __init__(self, listener: ChunkListener, *, seconds: float):
+        self.listener = listener
+        self.seconds = seconds
+        self._last = -float("inf")
+        self._pending: tuple[Chunk, Any] | None = None
+
+    def __call__(self, chunk: Chunk, frontier: Any) -> None:
         now = time.monotonic()
-        if now - last >= seconds:
-            last = now
-            listener(chunk, frontier)
+        if now - self._last >= self.seconds:
+            self._last = now
+            self._pending = None
+            self.listener(chunk, frontier)
+        else:
+            self._pending = (chunk, frontier)
 
-    return tell
+    def flush(self) -> None:
+        if self._pending is not None:
+            chunk, frontier = self._pending
+            self._pending = None
+            self.listener(chunk, frontier)
 
 
 class Chunks:
@@ -210,25 +223,32 @@ def _map_in_pool(
     # spawn, not fork: the Dagster step process runs threads that a fork would copy mid-flight.
     context = multiprocessing.get_context("spawn")
     task = functools.partial(_limited, fn, time_limit)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending: deque[tuple[Chunk, Future[pl.DataFrame]]] = deque()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pending: deque[tuple[Chunk, Future[pl.DataFrame]]] = deque()
 
-        def finished() -> Chunk:
-            done, future = pending.popleft()
-            try:
-                frame = future.result()
-            except _Expired:
-                what = f"{label}: chunk" if label else "chunk"
-                raise ChunkTimeout(
-                    f"{what} {done.index} ({done.frame.height:,} rows) took longer than its "
-                    f"time limit of {time_limit:g} s; raise the dataset's chunk_timeout or "
-                    "make the chunks smaller"
-                ) from None
-            return Chunk(done.index, frame, done.state)
+    def finished() -> Chunk:
+        done, future = pending.popleft()
+        try:
+            frame = future.result()
+        except _Expired:
+            what = f"{label}: chunk" if label else "chunk"
+            raise ChunkTimeout(
+                f"{what} {done.index} ({done.frame.height:,} rows) took longer than its "
+                f"time limit of {time_limit:g} s; raise the dataset's chunk_timeout or "
+                "make the chunks smaller"
+            ) from None
+        return Chunk(done.index, frame, done.state)
 
+    completed = False
+    try:
         for chunk in upstream:
             pending.append((chunk, pool.submit(task, chunk.frame)))
             if len(pending) > workers:
                 yield finished()
         while pending:
             yield finished()
+        completed = True
+    finally:
+        # after an error, the chunks still queued are dropped and the step fails now, not
+        # once the workers have finished the chunks they hold
+        pool.shutdown(wait=completed, cancel_futures=not completed)

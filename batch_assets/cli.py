@@ -353,7 +353,7 @@ def _stop_group(process: subprocess.Popen[Any], deadline: float = 10.0) -> None:
 
 
 def print_status(batch_id: str, dataset_name: str) -> int:
-    from batch_assets.checkpoints import frontier_report
+    from batch_assets.checkpoints import where_batch_stands
     from batch_assets.tracking import status_document
 
     url = _setting("BATCH_ASSETS_PG_URL")
@@ -367,7 +367,7 @@ def print_status(batch_id: str, dataset_name: str) -> int:
     store = _checkpoint_store()
     if store is not None:
         document["frontier"] = {
-            asset: frontier_report(store, f"{dataset.name}/{asset}", batch_id, row["lineage"])
+            asset: where_batch_stands(store, f"{dataset.name}/{asset}", batch_id, row["lineage"])
             for asset in dataset.CHECKPOINTED
         }
     print(json.dumps(document, indent=2, default=str))
@@ -376,7 +376,7 @@ def print_status(batch_id: str, dataset_name: str) -> int:
 
 def reset_batch(batch_id: str, dataset_name: str, *, force: bool) -> int:
     """Discards the batch's checkpoints: its next run reads and processes it from the start."""
-    from batch_assets.checkpoints import frontier_report
+    from batch_assets.checkpoints import where_batch_stands
 
     url = _setting("BATCH_ASSETS_PG_URL")
     store = _checkpoint_store()
@@ -397,7 +397,7 @@ def reset_batch(batch_id: str, dataset_name: str, *, force: bool) -> int:
     discarded = {}
     for asset in dataset.CHECKPOINTED:
         path = f"{dataset.name}/{asset}"
-        report = frontier_report(store, path, batch_id, row["lineage"])
+        report = where_batch_stands(store, path, batch_id, row["lineage"])
         store.discard(path, batch_id)
         discarded[path] = (
             None if report is None else {"chunks": report["chunks"], "rows": report["rows"]}

@@ -13,6 +13,7 @@ import pandera.polars as pa
 import polars as pl
 from dagster import Backoff, Jitter, RetryPolicy
 
+from batch_assets.errors import ConfigError
 from batch_assets.json_reader import RECORD_COLUMN
 from batch_assets.processors import Processor
 from batch_assets.processors.hooks import resolve_hook, with_hooks
@@ -80,6 +81,15 @@ class Dataset:
 
     CHECKPOINTED: ClassVar[tuple[str, ...]] = ("raw", "processed")
     """The assets whose outputs are chunk checkpoints, under `<name>/<asset>`."""
+
+    def __post_init__(self) -> None:
+        where = f"dataset {self.name}"
+        if self.chunk_timeout is not None and self.chunk_timeout.total_seconds() <= 0:
+            raise ConfigError(f"{where}: chunk_timeout must be positive, or None for no limit")
+        if self.max_retries < 0 or self.retry_delay < 0:
+            raise ConfigError(f"{where}: max_retries and retry_delay cannot be negative")
+        if self.chunk_size < 1:
+            raise ConfigError(f"{where}: chunk_size must be at least 1")
 
     @property
     def job_name(self) -> str:
@@ -169,7 +179,7 @@ COMMENTS = Dataset(
     ),
     format="sql",
     source=SqlTable("comments", key="id", cursor="updated_at", columns=("id", "body")),
-    pre_process="batch_assets.processors.text:collapse_whitespace",
+    pre_process="batch_assets.processors.text:collapse_body_whitespace",
     chunk_timeout=timedelta(minutes=5),
 )
 

@@ -44,9 +44,9 @@ from dagster_aws.s3 import S3Resource
 
 from batch_assets import batches
 from batch_assets.checkpoints import Frontier
-from batch_assets.chunks import Chunk, Chunks, throttled
+from batch_assets.chunks import Chunk, Chunks, Throttled
 from batch_assets.datasets import Dataset
-from batch_assets.errors import BatchError, BatchInputError
+from batch_assets.errors import BatchError, BatchInputError, ConfigError
 from batch_assets.increments import Increments
 from batch_assets.readers import STATUS
 from batch_assets.resources.dynamodb import DynamoDBResource
@@ -214,7 +214,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             workers=workers,
             time_limit=dataset.time_limit,
             label=f"{name}/processed [{batch_id}]",
-        ).on_durable(throttled(progress, seconds=PROGRESS_SECONDS))
+        ).on_durable(Throttled(progress, seconds=PROGRESS_SECONDS))
         fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
         return batches.on_error(chunks, fail)
 
@@ -589,7 +589,7 @@ def _reading_progress(
         with jobs.open(dataset) as store:
             store.progress(batch_id, batches.counts_while_reading(frontier), lineage=lineage)
 
-    return throttled(progress, seconds=PROGRESS_SECONDS)
+    return Throttled(progress, seconds=PROGRESS_SECONDS)
 
 
 def _lineage(context: AssetExecutionContext) -> str:
@@ -607,10 +607,11 @@ def _failer(
     final: bool = True,
 ) -> Callable[[Exception], Exception]:
     """Records an error as the batch's failure when no retry will follow, and returns what
-    the step should raise: a `Failure` that Dagster does not retry for a bad input."""
+    the step should raise: a `Failure` that Dagster does not retry for a bad input or a
+    wrong setting (a hook that breaks its contract), which would fail the same way again."""
 
     def fail(error: Exception) -> Exception:
-        bad_input = isinstance(error, BatchInputError)
+        bad_input = isinstance(error, BatchInputError | ConfigError)
         if bad_input or final:
             message = (
                 str(error) if isinstance(error, BatchError) else f"{type(error).__name__}: {error}"

@@ -149,6 +149,17 @@ def decode_mark(text: str | None) -> Mark | None:
     return (cursor, key)
 
 
+def _statement_limit_ms(conn: psycopg.Connection, time_limit: float | None) -> int | None:
+    """The per-query limit to set for `time_limit` seconds: None when there is none, or when
+    the server's own `statement_timeout` (role, database) is already as strict."""
+    if time_limit is None:
+        return None
+    wanted = max(1, round(time_limit * 1000))
+    row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'")
+    current = int((row.fetchone() or (0,))[0])
+    return None if 0 < current <= wanted else wanted
+
+
 def _text(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
@@ -175,6 +186,7 @@ def iter_increment_chunks(
     """
     with connect() as conn:
         types: dict[str, str] = check_table(conn, source).types
+        limit_ms = _statement_limit_ms(conn, time_limit)
     cursor_type, key_type = types[source.cursor], types[source.key]
     after = decode_mark(resume.state["after"]) if resume.state else lower
     position = int(resume.state.get("rows", 0)) if resume.state else 0
@@ -207,15 +219,13 @@ def iter_increment_chunks(
     while True:
         after_text = () if after is None else (_text(after[0]), _text(after[1]))
         with connect() as conn, conn.cursor() as cur:
-            if time_limit is not None:
-                cur.execute(
-                    "SELECT set_config('statement_timeout', %s, true)",
-                    (f"{max(1, round(time_limit * 1000))}ms",),
-                )
+            if limit_ms is not None:
+                cur.execute("SELECT set_config('statement_timeout', %s, true)", (f"{limit_ms}ms",))
             try:
                 cur.execute(query(after is None), (*after_text, *upper_text, chunk_size))
             except psycopg.errors.QueryCanceled as exc:
-                if time_limit is None:
+                # not a cancel by an administrator, nor a stricter limit of the server's own
+                if limit_ms is None or "statement timeout" not in str(exc):
                     raise
                 raise ChunkTimeout(
                     f"{source.name}: reading chunk {index} (the rows after "

@@ -12,7 +12,7 @@ import pytest
 from dagster import Backoff, Jitter
 
 from batch_assets import chunks as chunks_module
-from batch_assets.chunks import Chunk, Chunks, ChunkTimeout, throttled
+from batch_assets.chunks import Chunk, Chunks, ChunkTimeout, Throttled
 from batch_assets.datasets import COMMENTS, REVIEWS
 from batch_assets.errors import BatchError, ConfigError
 from batch_assets.factory import build_dataset
@@ -60,6 +60,18 @@ def reorder(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.reverse()
 
 
+def reject_short(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.lit("rejected").alias(STATUS))
+
+
+def lookup_down(frame: pl.DataFrame) -> pl.DataFrame:
+    raise ConnectionError("lookup service down")
+
+
+def collapse_text(frame: pl.DataFrame) -> pl.DataFrame:
+    return collapse_whitespace(frame, "text")
+
+
 def slow_on_line_5(frame: pl.DataFrame) -> pl.DataFrame:
     if 5 in frame[LINE].to_list():
         time.sleep(30)
@@ -98,14 +110,27 @@ def test_without_hooks_the_processor_is_itself() -> None:
         (drop_first, r"returned 2 rows for 3 for the chunk of lines 11-13; a hook keeps every row"),
         (reorder, r"returned 3 rows for 3 for the chunk of lines 11-13"),
         (add_column, r"changed the columns for the chunk of lines 11-13 \(extra added\)"),
+        (reject_short, r"changed the _status of rows for the chunk of lines 11-13"),
     ],
 )
-def test_a_hook_that_loses_rows_or_changes_columns_fails_the_chunk(
+def test_a_hook_that_breaks_its_contract_fails_the_chunk_for_good(
     hook: object, message: str
 ) -> None:
     fn = with_hooks(score_sentiment, pre=hook, post=None)  # type: ignore[arg-type]
-    with pytest.raises(BatchError, match=f"pre_process hook {HERE}:.*{message}"):
+    # a ConfigError: the step is not retried, the same code would fail the same way
+    with pytest.raises(ConfigError, match=f"pre_process hook {HERE}:.*{message}"):
         fn(chunk(["a", "b", "c"], first_line=11))
+
+
+def test_a_hook_that_raises_is_named_with_the_chunk() -> None:
+    fn = with_hooks(score_sentiment, pre=None, post=lookup_down)
+    with pytest.raises(BatchError) as raised:
+        fn(chunk(["a", "b"], first_line=3))
+    assert not isinstance(raised.value, ConfigError)  # retried: the service may be back
+    assert str(raised.value) == (
+        f"post_process hook {HERE}:lookup_down raised ConnectionError: lookup service down "
+        "for the chunk of lines 3-4"
+    )
 
 
 def test_hook_names_resolve_or_say_what_is_wrong() -> None:
@@ -124,7 +149,7 @@ def test_hook_names_resolve_or_say_what_is_wrong() -> None:
 
 def test_hooked_processor_runs_in_worker_processes() -> None:
     frames = [chunk([f"good {i}", f"  bad   news {i} "], first_line=2 * i + 1) for i in range(4)]
-    fn = with_hooks(score_sentiment, pre=collapse_whitespace, post=stamp_label)
+    fn = with_hooks(score_sentiment, pre=collapse_text, post=stamp_label)
     out = list(Chunks.from_frames(frames).map(fn, workers=2))
     assert [c.index for c in out] == [0, 1, 2, 3]
     texts = pl.concat([c.frame for c in out])["text"].to_list()
@@ -136,9 +161,13 @@ def test_hooked_processor_runs_in_worker_processes() -> None:
     }
 
 
-def test_collapse_whitespace_leaves_rejected_rows_as_they_came() -> None:
-    out = collapse_whitespace(chunk(["  two\t\tspaces \n", "  kept  "], rejected=(1,)))
+def test_collapse_whitespace_touches_its_column_of_valid_rows_only() -> None:
+    frame = chunk(["  two\t\tspaces \n", "  kept  "], rejected=(1,)).with_columns(
+        pl.lit(" key  1 ").alias("id")
+    )
+    out = collapse_whitespace(frame, "text")
     assert out["text"].to_list() == ["two spaces", "  kept  "]
+    assert out["id"].to_list() == [" key  1 ", " key  1 "]
     assert out[STATUS].to_list() == ["valid", "rejected"]
 
 
@@ -178,10 +207,28 @@ def test_the_entry_sets_the_retry_policy_and_the_limit() -> None:
 def test_a_throttled_listener_hears_the_first_chunk_then_one_per_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = iter([0.0, 0.2, 0.6, 1.0, 1.05, 3.0])
+    clock = iter([0.0, 0.2, 0.6, 1.0, 1.05, 3.0, 3.1])
     monkeypatch.setattr(chunks_module.time, "monotonic", lambda: next(clock))
     heard: list[int] = []
-    tell = throttled(lambda chunk, frontier: heard.append(chunk.index), seconds=0.5)
-    for index in range(6):
+    tell = Throttled(lambda chunk, frontier: heard.append(chunk.index), seconds=0.5)
+    for index in range(7):
         tell(Chunk(index, pl.DataFrame()), None)
     assert heard == [0, 2, 5]  # at 0.0, 0.6 and 3.0
+    tell.flush()  # the last chunk, skipped at 3.1, is told when the chunks end
+    tell.flush()
+    assert heard == [0, 2, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"chunk_timeout": timedelta(0)}, "chunk_timeout must be positive"),
+        ({"max_retries": -1}, "cannot be negative"),
+        ({"chunk_size": 0}, "chunk_size must be at least 1"),
+    ],
+)
+def test_an_entry_with_impossible_options_is_refused(
+    change: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"dataset comments: .*{problem}"):
+        dataclasses.replace(COMMENTS, **change)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ clear errors for a missing table or column."""
 from __future__ import annotations
 
 import itertools
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from batch_assets.sql_source import (
     high_water_mark,
     iter_increment_chunks,
 )
+from batch_assets_tests.pipeline_helpers import wait_for
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -199,3 +201,50 @@ def test_a_chunk_read_over_its_time_limit_fails_naming_it(comments) -> None:  # 
         locker.rollback()
     # the lock gone, the same chunk reads
     assert next(chunks(after)).frame["id"].to_list()[:2] == ["30", "31"]
+
+
+def test_a_cancel_by_an_administrator_is_not_called_a_time_limit(comments) -> None:  # type: ignore[no-untyped-def]
+    connect, source = comments
+    insert(connect, source, range(10))
+    with connect() as conn:
+        upper = high_water_mark(conn, source, lag=timedelta(0), now=T0 + timedelta(days=1))
+    assert upper is not None
+    raised: list[BaseException] = []
+
+    def read_blocked() -> None:
+        try:
+            next(
+                iter_increment_chunks(
+                    connect,
+                    source,
+                    lower=None,
+                    upper=upper,
+                    chunk_size=10,
+                    resume=Resume(),
+                    time_limit=60,
+                )
+            )
+        except BaseException as exc:
+            raised.append(exc)
+
+    with connect() as locker:
+        locker.execute(f"LOCK TABLE {source.schema}.comments IN ACCESS EXCLUSIVE MODE")
+        reader = threading.Thread(target=read_blocked)
+        reader.start()
+        with connect() as admin:
+            admin.autocommit = True
+            waiting = wait_for(
+                lambda: admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE %s",
+                    (f"%{source.schema}%",),
+                ).fetchall(),
+                timeout=30,
+                what="the chunk's query waiting on the lock",
+            )
+            admin.execute("SELECT pg_cancel_backend(%s)", (waiting[0][0],))
+        reader.join(timeout=30)
+        locker.rollback()
+    (error,) = raised
+    assert isinstance(error, psycopg.errors.QueryCanceled)
+    assert not isinstance(error, ChunkTimeout) and "user request" in str(error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from batch_assets.processors import sentiment
+from batch_assets.processors import ERROR, keep_records, sentiment
 from batch_assets.processors.sentiment import score_sentiment
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
 from batch_assets.schemas.reviews import ReviewRecord
@@ -112,3 +112,11 @@ def test_nul_characters_and_blank_text_are_rejected_with_their_reason() -> None:
         ("rejected", "id contains a NUL character (0x00), which Postgres cannot store"),
         ("valid", None),
     ]
+
+
+def test_passthrough_loads_valid_records_as_they_came() -> None:
+    frame = chunk(["a", "b", None], ["one", "two", None], ["valid", "valid", "rejected"])
+    out = keep_records(frame)
+    assert out[STATUS].to_list() == ["processed", "processed", "rejected"]
+    assert out.select("id", "text").equals(frame.select("id", "text"))
+    assert out[ERROR].null_count() == 3

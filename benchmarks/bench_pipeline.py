@@ -51,9 +51,11 @@ VADER_TASK_ROWS = 10_000
 COPY_BLOCK = 1 << 20
 COPY_TABLE = "copy_baseline"
 PIPELINE_CHILD = "_child-pipeline"
+LOAD_DATASET = "reviews_load"
 SEED_CHILD = "_child-seed002"
 BATCH_FIELDS = ("status", "total_count", "processed_count", "rejected_count", "failed_count")
 TARGET_VS_VADER = 0.8
+TARGET_LOAD_VS_COPY = 0.5
 TARGET_MEMORY_GROWTH = 1.2
 
 
@@ -209,8 +211,19 @@ def _usage() -> dict[str, float]:
 # ---------------------------------------------------------------------------------------
 
 
+def load_dataset() -> Any:
+    """The reviews dataset without scoring: validated records loaded as they came."""
+    import dataclasses
+
+    from batch_assets.datasets import REVIEWS
+    from batch_assets.processors import PASSTHROUGH
+
+    return dataclasses.replace(REVIEWS, name=LOAD_DATASET, processor=PASSTHROUGH)
+
+
 def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
-    """Evaluates the reviews inbox sensor and runs the new partition in this process."""
+    """Evaluates the dataset's inbox sensor and runs the new partition in this process: the
+    reviews dataset, or with `load` in the spec the same without scoring."""
     import psycopg
     from dagster import DagsterInstance
 
@@ -219,14 +232,15 @@ def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     from batch_assets.runner import evaluate_inbox_sensor, run_partition
     from batch_assets.tracking import BatchJobs
 
+    dataset = load_dataset() if spec.get("load") else REVIEWS
     bucket = os.environ["BATCH_ASSETS_BUCKET"]
     source = f"s3://{bucket}/{spec['key']}"
     settings = {"bucket": bucket, "chunk_size": spec["chunk_size"], "workers": spec["workers"]}
     run_config = {"resources": {"settings": {"config": settings}}}
-    defs = build_definitions()
+    defs = build_definitions((dataset,))
     with DagsterInstance.get() as instance:
         started = time.perf_counter()
-        tick = evaluate_inbox_sensor(defs, instance, REVIEWS, spec["cursor"])
+        tick = evaluate_inbox_sensor(defs, instance, dataset, spec["cursor"])
         sensor_seconds = time.perf_counter() - started
         requests = [r for r in tick.run_requests if r.tags.get("batch_assets/source") == source]
         if len(requests) != 1:
@@ -235,7 +249,7 @@ def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         batch_id = str(request.partition_key)
         started = time.perf_counter()
         result = run_partition(
-            defs, instance, REVIEWS, batch_id, run_config=run_config, tags=dict(request.tags)
+            defs, instance, dataset, batch_id, run_config=run_config, tags=dict(request.tags)
         )
         run_seconds = time.perf_counter() - started
         steps = {
@@ -245,7 +259,7 @@ def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         }
         errors = [_event_error(event) for event in result.all_events if event.is_failure]
     with psycopg.connect(os.environ["BATCH_ASSETS_PG_URL"]) as conn:
-        row = BatchJobs(conn, "reviews").get(batch_id)
+        row = BatchJobs(conn, dataset.name).get(batch_id)
     batch = {key: row[key] for key in BATCH_FIELDS} if row else None
     return {
         "batch_id": batch_id,
@@ -446,6 +460,23 @@ def bench_rows(
     }
     _log(f"[{rows:,}] pipeline: {pipeline['rows_per_s']:,.0f} rows/s")
 
+    _log(f"[{rows:,}] load without scoring: sensor + run_partition in a child process")
+    load_key = f"inbox/{LOAD_DATASET}/bench-{rows}-{uuid.uuid4().hex[:8]}.csv"
+    stack.s3().upload_file(str(path), bucket, load_key)
+    load_spec = {**spec, "key": load_key, "cursor": None, "load": True}
+    load_run = run_child(PIPELINE_CHILD, load_spec, env=env, workdir=workdir, timeout=args.timeout)
+    loaded = load_run.result
+    if not loaded["success"] or (loaded["batch"] or {}).get("processed_count") != rows:
+        raise RuntimeError(f"the load without scoring failed: {loaded}")
+    load = {
+        "rows": rows,
+        "seconds": loaded["run_seconds"],
+        "rows_per_s": rows / loaded["run_seconds"],
+        "steps_seconds": loaded["steps_seconds"],
+        "vm_hwm_child_mib": loaded["vm_hwm_mib"],
+    }
+    _log(f"[{rows:,}] load without scoring: {load['rows_per_s']:,.0f} rows/s")
+
     _log(f"[{rows:,}] VADER alone on all cores")
     vader = vader_all_cores(path, rows)
     _log(f"[{rows:,}] VADER: {vader['rows_per_s']:,.0f} rows/s")
@@ -481,8 +512,10 @@ def bench_rows(
         "vader_all_cores": vader,
         "seed002": seed,
         "copy": copy,
+        "load": load,
         "ratios": {
             "pipeline_vs_vader": pipeline["rows_per_s"] / vader["rows_per_s"],
+            "load_vs_copy": load["rows_per_s"] / copy["rows_per_s"],
             "pipeline_vs_seed002": pipeline["rows_per_s"] / seed["rows_per_s"],
             "pipeline_vs_copy": pipeline["rows_per_s"] / copy["rows_per_s"],
         },
@@ -497,6 +530,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "target_pipeline_vs_vader": TARGET_VS_VADER,
     }
     summary["pipeline_vs_vader_met"] = summary["pipeline_vs_vader_min"] >= TARGET_VS_VADER
+    summary["load_vs_copy_min"] = min(r["ratios"]["load_vs_copy"] for r in runs)
+    summary["target_load_vs_copy"] = TARGET_LOAD_VS_COPY
+    summary["load_vs_copy_met"] = summary["load_vs_copy_min"] >= TARGET_LOAD_VS_COPY
     small = min(runs, key=lambda r: r["rows"])
     large = max(runs, key=lambda r: r["rows"])
     if large["rows"] > small["rows"]:
@@ -525,31 +561,43 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
 
 def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     throughput = _table(
-        ["rows", "pipeline r/s", "VADER all-cores r/s", "seed-002 r/s (rows)", "COPY r/s"],
+        [
+            "rows",
+            "pipeline r/s",
+            "VADER all-cores r/s",
+            "seed-002 r/s (rows)",
+            "load r/s",
+            "COPY r/s",
+        ],
         [
             [
                 f"{r['rows']:,}",
                 f"{r['pipeline']['rows_per_s']:,.0f}",
                 f"{r['vader_all_cores']['rows_per_s']:,.0f}",
                 f"{r['seed002']['rows_per_s']:,.0f} ({r['seed002']['rows']:,})",
+                f"{r['load']['rows_per_s']:,.0f}",
                 f"{r['copy']['rows_per_s']:,.0f}",
             ]
             for r in runs
         ],
     )
     steps = _table(
-        ["rows", "run s", "sensor s", "raw s", "processed s", "postgres s"],
+        ["rows", "run", "run s", "raw s", "processed s", "postgres s"],
         [
             [
                 f"{r['rows']:,}",
-                f"{r['pipeline']['seconds']:.2f}",
-                f"{r['pipeline']['sensor_seconds']:.2f}",
+                name,
+                f"{r[kind]['seconds']:.2f}",
                 *(
-                    f"{r['pipeline']['steps_seconds'].get(f'reviews__{step}', float('nan')):.2f}"
+                    f"{r[kind]['steps_seconds'].get(f'{prefix}__{step}', float('nan')):.2f}"
                     for step in ("raw", "processed", "postgres")
                 ),
             ]
             for r in runs
+            for kind, name, prefix in (
+                ("pipeline", "pipeline", "reviews"),
+                ("load", "load, no scoring", LOAD_DATASET),
+            )
         ],
     )
     memory = _table(
@@ -584,6 +632,11 @@ def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             f"{ratios['pipeline_vs_vader']:.2f} (target >= {TARGET_VS_VADER}: {verdict}); "
             f"pipeline / seed 002 = {ratios['pipeline_vs_seed002']:.1f}x; "
             f"pipeline / COPY = {ratios['pipeline_vs_copy']:.3f}"
+        )
+        verdict = "ok" if ratios["load_vs_copy"] >= TARGET_LOAD_VS_COPY else "BELOW TARGET"
+        lines.append(
+            f"{r['rows']:>11,} rows: load without scoring / COPY = {ratios['load_vs_copy']:.2f} "
+            f"(target >= {TARGET_LOAD_VS_COPY}: {verdict})"
         )
     growth = summary.get("memory_growth")
     if growth:

@@ -21,7 +21,7 @@ from batch_assets.checkpoints import (
     storage_for,
     store_chunks,
 )
-from batch_assets.chunks import Chunks, throttled
+from batch_assets.chunks import Chunks, Throttled
 
 LOG_SECONDS = 5.0
 """How often, at most, the run's log says how far an output's frontier has come (each line
@@ -71,7 +71,7 @@ class CheckpointIOManager(ConfigurableIOManager):
         try:
             frontier, first = store_chunks(
                 store,
-                obj.on_durable(throttled(report, seconds=LOG_SECONDS)),
+                obj.on_durable(Throttled(report, seconds=LOG_SECONDS)),
                 asset=asset,
                 partition=partition,
                 lineage=lineage,

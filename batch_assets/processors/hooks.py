@@ -1,12 +1,14 @@
 """Per-chunk hooks around a processor: plain functions a dataset entry names.
 
 A hook takes a chunk's frame and returns it, changed: `pre_process` before the processor
-(normalize a column, enrich from a lookup), `post_process` after it (derive a column the
-processor's output allows, stamp the rows). A hook sees every row of the chunk, `_status`
-telling the valid ones from those rejected by validation, and must give back the same rows
-in the same order with the same columns: a row it dropped would be lost, so a hook that
-returns other rows fails the chunk, naming the hook and the chunk's lines. Rows to leave
-out are the schema's to reject.
+(normalize a column, enrich from a lookup), `post_process` after it (adjust the processor's
+output). A hook sees every row of the chunk, `_status` telling the valid ones from those
+rejected by validation, and must give back the same rows in the same order, with the same
+columns and statuses: a row it dropped would be lost, so a hook that returns anything else
+fails the chunk with a `ConfigError` (not retried: the same code would fail the same way),
+naming the hook and the chunk's lines. Rows to leave out are the schema's to reject. An
+exception a hook raises fails the chunk with the hook and lines named, and is retried like
+any other error (a lookup service may be back).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 import polars as pl
 
 from batch_assets.errors import BatchError, ConfigError
-from batch_assets.readers import LINE
+from batch_assets.readers import LINE, STATUS
 
 ChunkFn = Callable[[pl.DataFrame], pl.DataFrame]
 
@@ -64,25 +66,33 @@ def _hooked(
 
 
 def _checked(hook: ChunkFn, frame: pl.DataFrame, option: str) -> pl.DataFrame:
-    result = hook(frame)
     name = f"{option} hook {hook.__module__}:{getattr(hook, '__qualname__', hook)}"
     lines = _lines(frame)
+    try:
+        result = hook(frame)
+    except Exception as exc:
+        raise BatchError(f"{name} raised {type(exc).__name__}: {exc} {lines}") from exc
     if not isinstance(result, pl.DataFrame):
-        raise BatchError(f"{name} returned {type(result).__name__}, not a DataFrame, {lines}")
+        raise ConfigError(f"{name} returned {type(result).__name__}, not a DataFrame, {lines}")
     if result.schema != frame.schema:
         changed = [
             f"{column} {dtype} -> {result.schema.get(column, 'missing')}"
             for column, dtype in frame.schema.items()
             if result.schema.get(column) != dtype
         ] + [f"{column} added" for column in result.columns if column not in frame.schema]
-        raise BatchError(
+        raise ConfigError(
             f"{name} changed the columns {lines} ({', '.join(changed) or 'their order'}); a "
             "hook keeps the chunk's columns, their types and order"
         )
     if result.height != frame.height or not result[LINE].equals(frame[LINE]):
-        raise BatchError(
+        raise ConfigError(
             f"{name} returned {result.height:,} rows for {frame.height:,} {lines}; a hook "
             "keeps every row in order (rows to leave out are the schema's to reject)"
+        )
+    if not result[STATUS].equals(frame[STATUS]):
+        raise ConfigError(
+            f"{name} changed the _status of rows {lines}; statuses are validation's and the "
+            "processor's to set (reject rows in the schema)"
         )
     return result
 

@@ -7,15 +7,17 @@ import polars as pl
 from batch_assets.readers import STATUS
 
 
-def collapse_whitespace(frame: pl.DataFrame) -> pl.DataFrame:
-    """A `pre_process` hook: in the valid rows, every record column (those not starting with
-    `_`) trimmed, with each run of whitespace made one space."""
-    valid = pl.col(STATUS) == "valid"
+def collapse_whitespace(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """`column` of the valid rows trimmed, with each run of whitespace made one space."""
     return frame.with_columns(
-        pl.when(valid)
+        pl.when(pl.col(STATUS) == "valid")
         .then(pl.col(column).str.replace_all(r"\s+", " ").str.strip_chars())
         .otherwise(pl.col(column))
         .alias(column)
-        for column, dtype in frame.schema.items()
-        if not column.startswith("_") and dtype == pl.String
     )
+
+
+def collapse_body_whitespace(frame: pl.DataFrame) -> pl.DataFrame:
+    """A `pre_process` hook: `body` trimmed, each run of whitespace in it made one space
+    (keys and other columns untouched)."""
+    return collapse_whitespace(frame, "body")

@@ -279,7 +279,7 @@ def summarize(
             (batch_id,),
         )
         for value, count in cur.fetchall():
-            summary[str(value)] = int(count)
+            summary["null" if value is None else str(value)] = int(count)
     return summary
 
 
