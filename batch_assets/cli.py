@@ -416,7 +416,14 @@ def _batch_row(url: str, dataset: str, batch_id: str) -> dict[str, Any] | None:
     with _jobs(url, dataset) as jobs:
         row: dict[str, Any] | None = jobs.get(batch_id)
     if row is None:
-        print(f"no {dataset} batch {batch_id}", file=sys.stderr)
+        elsewhere = []
+        for other in DATASETS:
+            if other.name != dataset:
+                with _jobs(url, other.name) as jobs:
+                    if jobs.get(batch_id) is not None:
+                        elsewhere.append(other.name)
+        hint = "".join(f"; it is a batch of {name}: pass --dataset {name}" for name in elsewhere)
+        print(f"no {dataset} batch {batch_id}{hint}", file=sys.stderr)
     return row
 
 

@@ -268,6 +268,11 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
     # its run is gone but the batch still says processing: reset wants --force
     refused = cli("reset", partition, "--dataset", "comments")
     assert refused.returncode == 1 and "is processing" in refused.stderr
+    unknown = cli("status", partition)  # reviews, the default dataset
+    assert unknown.returncode == 1
+    assert f"no reviews batch {partition}; it is a batch of comments: pass --dataset comments" in (
+        unknown.stderr
+    )
 
     (run,) = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == partition]
     instance.report_run_failed(run, message="run worker disappeared")
