@@ -16,6 +16,7 @@ import pytest
 from batch_assets.chunks import Chunk, ChunkTimeout, Resume
 from batch_assets.errors import BatchInputError
 from batch_assets.sql_source import (
+    Mark,
     SqlTable,
     check_table,
     decode_mark,
@@ -175,12 +176,18 @@ def test_missing_table_or_column_is_named(comments) -> None:  # type: ignore[no-
         assert "CREATE INDEX ON" in (check_table(conn, plain).warning or "")
 
 
-def test_a_chunk_read_over_its_time_limit_fails_naming_it(comments) -> None:  # type: ignore[no-untyped-def]
-    connect, source = comments
-    insert(connect, source, range(100))
+def mark_of_all(connect: Callable[[], psycopg.Connection], source: SqlTable) -> Mark:
+    """The mark past every row inserted so far."""
     with connect() as conn:
         upper = high_water_mark(conn, source, lag=timedelta(0), now=T0 + timedelta(days=1))
     assert upper is not None
+    return upper
+
+
+def test_a_chunk_read_over_its_time_limit_fails_naming_it(comments) -> None:  # type: ignore[no-untyped-def]
+    connect, source = comments
+    insert(connect, source, range(100))
+    upper = mark_of_all(connect, source)
 
     def chunks(resume: Resume) -> Iterator[Chunk]:
         return iter_increment_chunks(
@@ -206,9 +213,7 @@ def test_a_chunk_read_over_its_time_limit_fails_naming_it(comments) -> None:  # 
 def test_a_cancel_by_an_administrator_is_not_called_a_time_limit(comments) -> None:  # type: ignore[no-untyped-def]
     connect, source = comments
     insert(connect, source, range(10))
-    with connect() as conn:
-        upper = high_water_mark(conn, source, lag=timedelta(0), now=T0 + timedelta(days=1))
-    assert upper is not None
+    upper = mark_of_all(connect, source)
     raised: list[BaseException] = []
 
     def read_blocked() -> None:

@@ -407,6 +407,22 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _completed_run(result: dict[str, Any], rows: int, what: str) -> dict[str, Any]:
+    """The figures of a pipeline child's run, once checked: completed, every row processed."""
+    batch = result["batch"] or {}
+    if not result["success"] or batch.get("status") != "completed":
+        raise RuntimeError(f"{what} failed: {result}")
+    if batch.get("processed_count") != rows:
+        raise RuntimeError(f"{what}: batch_jobs has processed_count {batch.get('processed_count')}")
+    return {
+        "rows": rows,
+        "seconds": result["run_seconds"],
+        "rows_per_s": rows / result["run_seconds"],
+        "steps_seconds": result["steps_seconds"],
+        "vm_hwm_child_mib": result["vm_hwm_mib"],
+    }
+
+
 def bench_rows(
     rows: int,
     *,
@@ -433,21 +449,12 @@ def bench_rows(
     }
     run = run_child(PIPELINE_CHILD, spec, env=env, workdir=workdir, timeout=args.timeout)
     result = run.result
-    batch = result["batch"] or {}
-    if not result["success"] or batch.get("status") != "completed":
-        raise RuntimeError(f"the pipeline run failed: {result}")
-    if batch.get("processed_count") != rows:
-        raise RuntimeError(f"batch_jobs has processed_count {batch.get('processed_count')}")
     pipeline = {
-        "rows": rows,
-        "seconds": result["run_seconds"],
-        "rows_per_s": rows / result["run_seconds"],
+        **_completed_run(result, rows, "the pipeline run"),
         "sensor_seconds": result["sensor_seconds"],
-        "steps_seconds": result["steps_seconds"],
         "child_wall_seconds": run.wall_seconds,
         "peak_rss_child_mib": run.peak_rss / MIB,
         "peak_rss_tree_mib": run.peak_tree_rss / MIB,
-        "vm_hwm_child_mib": result["vm_hwm_mib"],
         "max_processes": run.max_processes,
         "rss_samples": run.samples,
         "descendants": run.descendants,
@@ -456,7 +463,7 @@ def bench_rows(
             default=0.0,
         ),
         "batch_id": result["batch_id"],
-        "batch": batch,
+        "batch": result["batch"],
     }
     _log(f"[{rows:,}] pipeline: {pipeline['rows_per_s']:,.0f} rows/s")
 
@@ -465,16 +472,7 @@ def bench_rows(
     stack.s3().upload_file(str(path), bucket, load_key)
     load_spec = {**spec, "key": load_key, "cursor": None, "load": True}
     load_run = run_child(PIPELINE_CHILD, load_spec, env=env, workdir=workdir, timeout=args.timeout)
-    loaded = load_run.result
-    if not loaded["success"] or (loaded["batch"] or {}).get("processed_count") != rows:
-        raise RuntimeError(f"the load without scoring failed: {loaded}")
-    load = {
-        "rows": rows,
-        "seconds": loaded["run_seconds"],
-        "rows_per_s": rows / loaded["run_seconds"],
-        "steps_seconds": loaded["steps_seconds"],
-        "vm_hwm_child_mib": loaded["vm_hwm_mib"],
-    }
+    load = _completed_run(load_run.result, rows, "the load without scoring")
     _log(f"[{rows:,}] load without scoring: {load['rows_per_s']:,.0f} rows/s")
 
     _log(f"[{rows:,}] VADER alone on all cores")
