@@ -78,8 +78,13 @@ def test_upload_progress_summary_and_every_page(
     assert sum(final["summary"].values()) == final["processed_count"]
     assert set(final["summary"]) == {"positive", "negative", "neutral"}
     row = batch_row(pg_url, batch_id)
-    assert final == {**{k: v for k, v in row.items() if k in final}, "sinks": row["sink_stats"]}
+    assert final == {
+        **{k: v for k, v in row.items() if k in final},
+        "sinks": row["sink_stats"],
+        "source": row["source_stats"],
+    }
     assert final["sinks"]["postgres"]["written"] == 10_000
+    assert final["source"]["rows_read"] == 10_000 and final["source"]["chunks"] >= 1
 
     for per_page in (1000, 333):
         ids: list[str] = []

@@ -172,6 +172,10 @@ class BatchStatus(BaseModel):
         description="Per sink, once written: records read, written, rejected, failed, "
         "oversized, requests sent, retries and bytes.",
     )
+    source: dict[str, int | str | None] | None = Field(
+        default=None,
+        description="Once loaded, what reading the source came to: rows_read and chunks.",
+    )
 
 
 class BatchListItem(BatchStatus):
@@ -372,6 +376,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                 BatchListItem(
                     **status_document(row),
                     sinks=row["sink_stats"],
+                    source=row["source_stats"],
                     dataset=row["dataset"],
                     source_uri=row["source_uri"],
                     created_at=row["created_at"],
@@ -393,7 +398,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     ) -> BatchStatus:
         """Status, counts and progress; `summary` once completed, `error` once failed."""
         row = _batch_row(backend, dataset.value, batch_id)
-        return BatchStatus(**status_document(row), sinks=row["sink_stats"])
+        return BatchStatus(
+            **status_document(row), sinks=row["sink_stats"], source=row["source_stats"]
+        )
 
     @api.get(
         "/batch/{batch_id}/results",
