@@ -13,6 +13,7 @@ never points past a chunk that is not durable.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -299,16 +300,24 @@ def store_chunks(
             store.save_frontier(asset, partition, lineage, frontier)
             for listener in chunks.listeners:
                 listener(chunk, frontier)
-    finally:
-        # a throttled listener is told of the last durable chunk, however the chunks ended
-        for listener in chunks.listeners:
-            flush = getattr(listener, "flush", None)
-            if flush is not None:
-                flush()
+    except BaseException:
+        # the error in flight is the one to report, not one of telling the last chunk
+        with contextlib.suppress(Exception):
+            _flush(chunks.listeners)
+        raise
+    _flush(chunks.listeners)
     frontier = replace(frontier, status="complete")
     store.save_frontier(asset, partition, lineage, frontier)
     store.mark_latest(asset, partition, lineage)
     return frontier, first
+
+
+def _flush(listeners: tuple[Any, ...]) -> None:
+    """Tells throttled listeners of the last durable chunk they were not told of."""
+    for listener in listeners:
+        flush = getattr(listener, "flush", None)
+        if flush is not None:
+            flush()
 
 
 def load_chunks(

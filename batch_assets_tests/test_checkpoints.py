@@ -16,7 +16,7 @@ from batch_assets.checkpoints import (
     load_chunks,
     store_chunks,
 )
-from batch_assets.chunks import Chunk, Chunks, Resume
+from batch_assets.chunks import Chunk, Chunks, Resume, Throttled
 from batch_assets.readers import STATUS
 
 
@@ -127,3 +127,31 @@ def test_a_crash_before_publishing_a_complete_output_is_mended_on_rerun(
     )
     assert first == 3 and store.latest("a", "p") == "run-B"
     assert produced == [0, 1, 0, 1, 2]
+
+
+def test_a_throttled_listener_hears_the_last_durable_chunk_however_chunks_end(
+    tmp_path: Path,
+) -> None:
+    store = CheckpointStore(LocalStorage(tmp_path))
+    heard: list[tuple[int, int]] = []
+
+    def progress(chunk: Chunk, frontier: Any) -> None:
+        heard.append((chunk.index, frontier.rows))
+
+    chunks = counting_source(5, []).on_durable(Throttled(progress, seconds=3600))
+    store_chunks(store, chunks, asset="a/raw", partition="p", lineage="L1")
+    assert heard == [(0, 2), (4, 10)]  # the first, then the last when the chunks end
+
+    heard.clear()
+    failing = counting_source(5, [], fail_at=3).on_durable(Throttled(progress, seconds=3600))
+    with pytest.raises(Boom, match="chunk 3"):
+        store_chunks(store, failing, asset="a/raw", partition="q", lineage="L1")
+    assert heard == [(0, 2), (2, 6)]  # the last durable one before the failure
+
+    def broken(chunk: Chunk, frontier: Any) -> None:
+        if chunk.index > 0:
+            raise ConnectionError("progress store away")
+
+    failing = counting_source(5, [], fail_at=3).on_durable(Throttled(broken, seconds=3600))
+    with pytest.raises(Boom):  # the producer's error, not the listener's
+        store_chunks(store, failing, asset="a/raw", partition="r", lineage="L1")
