@@ -52,13 +52,14 @@ class Dataset:
         empty_increments: for `sql`, what a check that finds no new rows does: `skip` (no
             partition) or `advance` (an empty increment, so the UI shows the check).
         pre_process: a function (`package.module:function`) each chunk goes through before
-            the processor; it keeps the chunk's rows and columns (see `processors.hooks`).
+            the processor; it keeps the chunk's rows, columns and statuses (see
+            `processors.hooks`).
         post_process: the same, after the processor.
         chunk_timeout: how long one chunk may take to be processed (and, for `sql`, read);
             past it the step fails naming the chunk. None: no limit.
         max_retries: how many times a failed step is tried again (each attempt resumes
-            after the last durable chunk); `retry_delay` seconds before the first, doubling,
-            with full jitter.
+            after the last durable chunk); attempt n waits a random 0 to
+            (2**n - 1) * `retry_delay` seconds (exponential backoff, full jitter).
     """
 
     name: str
