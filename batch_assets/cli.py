@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     reset.add_argument("batch_id")
     reset.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
-    reset.add_argument("--force", action="store_true", help="even while the batch is processing")
+    reset.add_argument(
+        "--force",
+        action="store_true",
+        help="even while the batch says processing (for a run gone without a trace; a run "
+        "still going would fail for want of the checkpoints it wrote)",
+    )
 
     retry = commands.add_parser(
         "retry", help="run the processor again on a completed batch's failed records"
