@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -166,6 +166,13 @@ def storage_for(base: str, *, s3_client: Any = None) -> Storage:
             raise ValueError(f"checkpoint base {base} is on S3 but no S3 client was given")
         return S3Storage(s3_client, parsed.netloc, parsed.path)
     return LocalStorage(base)
+
+
+def checkpoint_store(base: str, *, s3_client: Callable[[], Any]) -> CheckpointStore:
+    """The checkpoints under `base` (a local folder or `s3://bucket/prefix`); `s3_client`
+    makes the S3 client, called for an `s3://` base only."""
+    client = s3_client() if base.startswith("s3://") else None
+    return CheckpointStore(storage_for(base, s3_client=client))
 
 
 class CheckpointStore:

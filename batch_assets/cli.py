@@ -435,17 +435,14 @@ def _batch_row(url: str, dataset: str, batch_id: str) -> dict[str, Any] | None:
 def _checkpoint_store() -> Any:
     """The checkpoint store `BATCH_ASSETS_CHECKPOINT_BASE` names; None, said on stderr, when
     unset."""
-    from batch_assets.checkpoints import CheckpointStore, storage_for
+    import boto3
+
+    from batch_assets.checkpoints import checkpoint_store
 
     base = _setting("BATCH_ASSETS_CHECKPOINT_BASE")
     if not base:
         return None
-    client = None
-    if base.startswith("s3://"):
-        import boto3
-
-        client = boto3.client("s3")
-    return CheckpointStore(storage_for(base, s3_client=client))
+    return checkpoint_store(base, s3_client=lambda: boto3.client("s3"))
 
 
 def retry_batch(batch_id: str, dataset_name: str) -> int:

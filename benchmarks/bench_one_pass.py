@@ -3,10 +3,10 @@ of fusing the raw, processed and postgres steps into one.
 
 This is not the pipeline's code path but a measurement for a design decision. In a child
 process (the embedded stack's moto serves S3 from this one), it reads the object with the
-pipeline's own reader and validation, writes each chunk as Parquet, scores it with the
-pipeline's own processor in a spawn pool of one process per core (at most workers + 1 chunks
-in flight), writes the scored chunk as Parquet and COPYs it into `reviews_results` in one
-open transaction (`sinks.postgres.replace_batch`), committed at the end. There is no Dagster
+pipeline's own reader and validation, writes each chunk as the checkpoint store does, scores
+it with the pipeline's own processor and pool (`Chunks.map`, one process per core), writes
+the scored chunk the same way and COPYs it into `reviews_results` in one open transaction
+(`sinks.postgres.replace_batch`), committed at the end. There is no Dagster
 run, no frontier file and no progress write, so it is a lower bound for a fused step. VADER
 alone on all cores is measured in the same run, as in `bench_pipeline.py`.
 
@@ -16,7 +16,6 @@ alone on all cores is measured in the same run, as in `bench_pipeline.py`.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -24,7 +23,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,15 +33,12 @@ CHILD = "_child-one-pass"
 
 
 def one_pass(spec: dict[str, Any]) -> dict[str, Any]:
-    """Reads, validates, checkpoints, scores, checkpoints and loads the object in one pass."""
-    import multiprocessing
-    from concurrent.futures import Future, ProcessPoolExecutor
-
+    """Reads, validates, checkpoints, scores, checkpoints and loads the object in one pass,
+    with the pipeline's own reader, validation, checkpoint writes, pool and load."""
     import boto3
-    import polars as pl
     import psycopg
 
-    from batch_assets.checkpoints import LocalStorage
+    from batch_assets.checkpoints import CheckpointStore, LocalStorage
     from batch_assets.chunks import Chunk, Chunks, Resume
     from batch_assets.datasets import REVIEWS
     from batch_assets.readers import CsvLayout, iter_csv_chunks
@@ -53,47 +48,38 @@ def one_pass(spec: dict[str, Any]) -> dict[str, Any]:
 
     s3 = boto3.client("s3")
     source = head(s3, spec["uri"])
-    storage = LocalStorage(spec["checkpoints"])
-    workers = os.cpu_count() or 1
-    layout = CsvLayout(REVIEWS.columns)
+    store = CheckpointStore(LocalStorage(spec["checkpoints"]))
+    batch = spec["batch_id"]
 
-    def parquet(frame: pl.DataFrame) -> bytes:
-        buffer = io.BytesIO()
-        frame.write_parquet(buffer, compression="lz4", statistics=False)
-        return buffer.getvalue()
-
-    started = time.perf_counter()
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-    def scored(resume: Resume) -> Iterator[Chunk]:
-        pending: deque[tuple[int, Future[pl.DataFrame]]] = deque()
-        for chunk in iter_csv_chunks(
-            opener(s3, source), name=source.uri, layout=layout, chunk_size=10_000, resume=resume
-        ):
+    def raw(resume: Resume) -> Iterator[Chunk]:
+        chunks = iter_csv_chunks(
+            opener(s3, source),
+            name=source.uri,
+            layout=CsvLayout(REVIEWS.columns),
+            chunk_size=REVIEWS.chunk_size,
+            resume=resume,
+        )
+        for chunk in chunks:
             frame = validate_chunk(chunk.frame, REVIEWS.schema, REVIEWS.columns)
-            storage.put(f"raw/chunk-{chunk.index:06d}.parquet", parquet(frame))
-            pending.append((chunk.index, pool.submit(REVIEWS.processor.fn, frame)))
-            while len(pending) > workers or (pending and pending[0][1].done()):
-                index, future = pending.popleft()
-                yield Chunk(index, future.result())
-        while pending:
-            index, future = pending.popleft()
-            yield Chunk(index, future.result())
+            validated = Chunk(chunk.index, frame, chunk.state)
+            store.write_chunk("reviews/raw", batch, "one-pass", validated)
+            yield validated
 
-    def checkpointed(resume: Resume) -> Iterator[Chunk]:
-        for chunk in scored(resume):
-            storage.put(f"processed/chunk-{chunk.index:06d}.parquet", parquet(chunk.frame))
+    scored = Chunks(raw).map(REVIEWS.processor.fn, workers=os.cpu_count() or 1)
+
+    def processed(resume: Resume) -> Iterator[Chunk]:
+        for chunk in scored.iter(resume):
+            store.write_chunk("reviews/processed", batch, "one-pass", chunk)
             yield chunk
 
+    started = time.perf_counter()
     with psycopg.connect(os.environ["BATCH_ASSETS_PG_URL"]) as conn:
         REVIEWS.tables.ensure(conn)
         conn.commit()
         stats = replace_batch(
-            conn, REVIEWS.tables, spec["batch_id"], Chunks(checkpointed), summary_column="sentiment"
+            conn, REVIEWS.tables, batch, Chunks(processed), summary_column="sentiment"
         )
-    seconds = time.perf_counter() - started
-    pool.shutdown()
-    return {"seconds": seconds, "stored": list(stats.stored)}
+    return {"seconds": time.perf_counter() - started, "stored": list(stats.stored)}
 
 
 def main() -> int:

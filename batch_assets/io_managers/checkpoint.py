@@ -16,9 +16,9 @@ from pydantic import Field
 
 from batch_assets.checkpoints import (
     CheckpointStore,
+    checkpoint_store,
     frontier_report,
     load_chunks,
-    storage_for,
     store_chunks,
 )
 from batch_assets.chunks import Chunks, Throttled
@@ -46,8 +46,7 @@ class CheckpointIOManager(ConfigurableIOManager):
     )
 
     def store(self) -> CheckpointStore:
-        client = self.s3.get_client() if self.base.startswith("s3://") else None
-        return CheckpointStore(storage_for(self.base, s3_client=client))
+        return checkpoint_store(self.base, s3_client=self.s3.get_client)
 
     def handle_output(self, context: OutputContext, obj: Chunks) -> None:
         if not isinstance(obj, Chunks):
