@@ -1,21 +1,27 @@
-"""What one batch run does, step by step, in plain Python the assets call."""
+"""A batch's source opened and read as validated chunks, and its summary figures: plain
+Python the pipeline step calls."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from batch_assets.checkpoints import Frontier
 from batch_assets.chunks import Chunk, Chunks, Resume
 from batch_assets.datasets import Dataset
-from batch_assets.increments import Increment
+from batch_assets.errors import BatchInputError
+from batch_assets.increments import Increment, Increments
 from batch_assets.json_reader import iter_json_chunks
 from batch_assets.readers import CsvLayout, iter_csv_chunks
-from batch_assets.s3_objects import opener
+from batch_assets.s3_objects import head, opener
 from batch_assets.sinks.postgres import summarize
 from batch_assets.sql_source import decode_mark, encode_mark, iter_increment_chunks
-from batch_assets.tracking import BatchCounts, Source
+from batch_assets.tracking import Source
 from batch_assets.validation import validate_chunk
+
+if TYPE_CHECKING:
+    from batch_assets.batch_step import BatchStep
 
 
 def read_source(client: Any, source: Source, dataset: Dataset, *, chunk_size: int) -> Chunks:
@@ -41,6 +47,65 @@ def read_source(client: Any, source: Source, dataset: Dataset, *, chunk_size: in
             yield Chunk(chunk.index, frame, chunk.state)
 
     return Chunks(produce, origin={"uri": source.uri, "etag": source.etag})
+
+
+def open_file(step: BatchStep, client: Any, *, bucket: str, chunk_size: int) -> Opened:
+    """The batch's registered object, checked to exist (pinned to its current ETag), as
+    validated chunks.
+
+    Raises:
+        BatchInputError: the batch has no registered source.
+        BatchError: the object cannot be read; recorded as the batch's failure even before
+            this lineage has taken it.
+    """
+    dataset = step.dataset
+    sources = step.registered()
+    if not sources:
+        raise BatchInputError(
+            f"batch {step.batch_id} has no registered source; drop its file under "
+            f"s3://{bucket}/{dataset.prefix} for the sensor to register it"
+        )
+    with step.failing(etag=sources[0].etag):
+        source = head(client, sources[0].uri)
+    step.log.info(f"reading {source.uri} (ETag {source.etag}, {source.size:,} bytes)")
+    return Opened(source, read_source(client, source, dataset, chunk_size=chunk_size))
+
+
+def open_increment(
+    step: BatchStep,
+    postgres: Callable[[], Any],
+    source_postgres: Callable[[], Any],
+    *,
+    chunk_size: int,
+) -> Opened:
+    """The batch's increment of the dataset's SQL table, as validated chunks read by keyset.
+
+    Raises:
+        BatchInputError: no such increment, or it is not registered as a batch.
+    """
+    dataset = step.dataset
+    with postgres() as conn:
+        increments = Increments(conn, dataset.name)
+        increments.ensure()
+        increment = increments.get(step.batch_id)
+    if increment is None:
+        raise BatchInputError(
+            f"no increment {step.batch_id} of {dataset.name}: the sensor closes them"
+        )
+    registered = step.registered()
+    if not registered:
+        raise BatchInputError(f"increment {step.batch_id} is not registered as a batch")
+    step.log.info(f"reading {registered[0].uri}: ({increment.lower}, {increment.upper}] by keyset")
+    chunks = read_increment(source_postgres, increment, dataset, chunk_size=chunk_size)
+    return Opened(registered[0], chunks)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A batch's source, opened: what it is, and its validated chunks."""
+
+    source: Source
+    chunks: Chunks
 
 
 def read_increment(
@@ -71,43 +136,6 @@ def read_increment(
     )
 
 
-def on_error(chunks: Chunks, handler: Callable[[Exception], Exception]) -> Chunks:
-    """The same chunks; an error raised while producing them is given to `handler` (to
-    record the batch as failed), and what the handler returns is raised in its place."""
-    inner = chunks.iter
-
-    def produce(resume: Resume) -> Iterator[Chunk]:
-        try:
-            yield from inner(resume)
-        except Exception as exc:
-            raise handler(exc) from exc
-
-    return chunks.with_producer(produce)
-
-
-def counts_while_reading(frontier: Frontier) -> BatchCounts:
-    """Batch counts while the source is read: every row read so far is known, none processed."""
-    return BatchCounts(
-        total=frontier.rows,
-        processed=0,
-        rejected=frontier.counts.get("rejected", 0),
-        failed=0,
-        total_known=False,
-    )
-
-
-def counts_while_processing(
-    raw_rows: int, raw_counts: dict[str, int], frontier: Frontier
-) -> BatchCounts:
-    """Batch counts while records are processed, from the read totals and the frontier."""
-    return BatchCounts(
-        total=raw_rows,
-        processed=frontier.counts.get("processed", 0),
-        rejected=raw_counts.get("rejected", 0),
-        failed=frontier.counts.get("failed", 0),
-    )
-
-
 def batch_summary(
     conn: Any, dataset: Dataset, batch_id: str, stored: tuple[int, int, int]
 ) -> dict[str, int]:
@@ -133,13 +161,13 @@ def summary_of(
     return dict(zip(("processed", "rejected", "failed"), stored, strict=True))
 
 
-def source_figures(raw: Chunks, increment: Increment | None) -> dict[str, Any]:
-    """What reading the batch's source came to, from the stored raw output: rows read and
-    chunks; for an increment, its bounds and the latest cursor value read (None when it
-    was empty)."""
-    figures: dict[str, Any] = {"rows_read": raw.rows or 0, "chunks": raw.length or 0}
+def source_figures(raw: Frontier, increment: Increment | None) -> dict[str, Any]:
+    """What reading the batch's source came to, from the `raw` stage's final frontier: rows
+    read and chunks; for an increment, its bounds and the latest cursor value read (None
+    when it was empty)."""
+    figures: dict[str, Any] = {"rows_read": raw.rows, "chunks": raw.chunks}
     if increment is not None:
-        last = decode_mark(raw.end_state.get("after"))
+        last = decode_mark(raw.state.get("after"))
         figures.update(
             increment=increment.increment_id,
             lower=encode_mark(increment.lower),

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import polars as pl
 
-from batch_assets.chunks import Chunk, Chunks, Resume
+from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume
 from batch_assets.readers import STATUS
 
 FrontierState = Literal["in_progress", "complete"]
@@ -270,6 +270,104 @@ def where_batch_stands(
     return None if latest is None else {**latest, "current": False}
 
 
+class Stage:
+    """One checkpointed output of a batch, as a lineage computes it: its durable chunks, its
+    frontier, and the chunks still to compute.
+
+    A stage that finds its lineage's frontier over the same `origin` resumes after it; over
+    another origin (a new ETag, a recomputed upstream), or with none, it starts over. Each
+    computed chunk is written, then the frontier advanced past it, then `listeners` told of
+    it; the frontier never points past a chunk that is not durable.
+
+    Attributes:
+        first: the first chunk this attempt computes (`resumed_from_chunk`).
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        *,
+        asset: str,
+        partition: str,
+        lineage: str,
+        origin: dict[str, Any],
+        listeners: tuple[ChunkListener, ...] = (),
+    ):
+        self.store = store
+        self.asset = asset
+        self.partition = partition
+        self.lineage = lineage
+        self.listeners = listeners
+        found = store.frontier(asset, partition, lineage)
+        if found is None or found.origin != origin:
+            found = Frontier(origin=dict(origin))
+        self.frontier = found
+        self.first = found.chunks
+
+    @property
+    def complete(self) -> bool:
+        return self.frontier.status == "complete"
+
+    def stored(self, start: int = 0, stop: int | None = None) -> Iterator[Chunk]:
+        """The durable chunks from `start` to `stop` (the frontier unless given), read one at
+        a time."""
+        last = self.frontier.chunks - 1
+        for index in range(start, last + 1 if stop is None else stop):
+            frame = self.store.read_chunk(self.asset, self.partition, self.lineage, index)
+            yield Chunk(index, frame, self.frontier.state if index == last else {})
+
+    def chunks(
+        self, compute: Callable[[Resume], Iterator[Chunk]], start: int = 0
+    ) -> Iterator[Chunk]:
+        """Every chunk from `start` on: the durable ones read back, then those `compute`
+        yields from the frontier on (given where to resume), each made durable before it is
+        passed on. The stage is complete when `compute` is exhausted."""
+        yield from self.stored(start)
+        if self.complete:
+            self.store.mark_latest(self.asset, self.partition, self.lineage)
+            return
+        self.frontier = replace(self.frontier, computed=[*self.frontier.computed, 0])
+        try:
+            for chunk in compute(self.frontier.resume()):
+                self._make_durable(chunk)
+                yield chunk
+        except BaseException:
+            # the error in flight is the one to report, not one of telling the last chunk
+            with contextlib.suppress(Exception):
+                _flush(self.listeners)
+            raise
+        _flush(self.listeners)
+        self.frontier = replace(self.frontier, status="complete")
+        self.store.save_frontier(self.asset, self.partition, self.lineage, self.frontier)
+        self.store.mark_latest(self.asset, self.partition, self.lineage)
+
+    def _make_durable(self, chunk: Chunk) -> None:
+        if chunk.index != self.frontier.chunks:
+            raise ValueError(
+                f"{self.asset} [{self.partition}]: chunk {chunk.index} computed where chunk "
+                f"{self.frontier.chunks} was due"
+            )
+        self.store.write_chunk(self.asset, self.partition, self.lineage, chunk)
+        counts = chunk.frame.group_by(STATUS).len()
+        self.frontier = self.frontier.advanced(
+            chunk, dict(zip(counts[STATUS], counts["len"], strict=True))
+        )
+        self.store.save_frontier(self.asset, self.partition, self.lineage, self.frontier)
+        for listener in self.listeners:
+            listener(chunk, self.frontier)
+
+    def as_chunks(self) -> Chunks:
+        """The complete output as lazy `Chunks` over its stored files."""
+        return Chunks(
+            lambda resume: self.stored(resume.next_index),
+            origin={"asset": self.asset, "lineage": self.lineage},
+            rows=self.frontier.rows,
+            counts=self.frontier.counts,
+            length=self.frontier.chunks,
+            end_state=self.frontier.state,
+        )
+
+
 def store_chunks(
     store: CheckpointStore,
     chunks: Chunks,
@@ -278,45 +376,23 @@ def store_chunks(
     partition: str,
     lineage: str,
 ) -> tuple[Frontier, int]:
-    """Writes `chunks` durably, resuming after the lineage's frontier.
-
-    Each chunk is written, then the frontier advanced past it, then the chunks' listeners
-    are told. A lineage whose frontier is complete is not recomputed; one computed from
-    another origin (`chunks.origin`: a new ETag, a recomputed upstream) starts over.
+    """Writes `chunks` durably as a `Stage` of `lineage` (resuming after its frontier; a
+    complete one is not recomputed).
 
     Returns:
         The final frontier and the index of the first chunk this call computed.
     """
-    frontier = store.frontier(asset, partition, lineage)
-    if frontier is not None and frontier.origin != chunks.origin:
-        frontier = None
-    if frontier is None:
-        frontier = Frontier(origin=dict(chunks.origin))
-    if frontier.status == "complete":
-        store.mark_latest(asset, partition, lineage)  # a crash may have come before it
-        return frontier, frontier.chunks
-    first = frontier.chunks
-    frontier = replace(frontier, computed=[*frontier.computed, 0])
-    try:
-        for chunk in chunks.iter(frontier.resume()):
-            store.write_chunk(asset, partition, lineage, chunk)
-            counts = chunk.frame.group_by(STATUS).len()
-            frontier = frontier.advanced(
-                chunk, dict(zip(counts[STATUS], counts["len"], strict=True))
-            )
-            store.save_frontier(asset, partition, lineage, frontier)
-            for listener in chunks.listeners:
-                listener(chunk, frontier)
-    except BaseException:
-        # the error in flight is the one to report, not one of telling the last chunk
-        with contextlib.suppress(Exception):
-            _flush(chunks.listeners)
-        raise
-    _flush(chunks.listeners)
-    frontier = replace(frontier, status="complete")
-    store.save_frontier(asset, partition, lineage, frontier)
-    store.mark_latest(asset, partition, lineage)
-    return frontier, first
+    stage = Stage(
+        store,
+        asset=asset,
+        partition=partition,
+        lineage=lineage,
+        origin=chunks.origin,
+        listeners=chunks.listeners,
+    )
+    for _ in stage.chunks(chunks.iter, start=stage.first):
+        pass
+    return stage.frontier, stage.first
 
 
 def _flush(listeners: tuple[Any, ...]) -> None:

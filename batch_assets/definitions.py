@@ -23,7 +23,7 @@ from dagster_aws.s3 import S3Resource
 from batch_assets.datasets import DATASETS, Dataset
 from batch_assets.factory import CHECKPOINTS, build_dataset
 from batch_assets.failures import batch_run_failure_sensor
-from batch_assets.io_managers.checkpoint import CheckpointIOManager
+from batch_assets.io_managers.checkpoint import CheckpointIOManager, CheckpointsResource
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.kinesis import KinesisResource
@@ -36,6 +36,7 @@ def build_definitions(datasets: tuple[Dataset, ...] = DATASETS) -> Definitions:
     shared resources and sensors."""
     s3 = S3Resource()
     postgres = PostgresResource(url=EnvVar("BATCH_ASSETS_PG_URL"))
+    checkpoints = CheckpointsResource(base=EnvVar("BATCH_ASSETS_CHECKPOINT_BASE"), s3=s3)
     return Definitions.merge(
         *(build_dataset(dataset) for dataset in datasets),
         Definitions(
@@ -54,9 +55,8 @@ def build_definitions(datasets: tuple[Dataset, ...] = DATASETS) -> Definitions:
                 "dynamodb": DynamoDBResource(),
                 "kinesis": KinesisResource(),
                 "settings": BatchSettings(bucket=EnvVar("BATCH_ASSETS_BUCKET")),
-                CHECKPOINTS: CheckpointIOManager(
-                    base=EnvVar("BATCH_ASSETS_CHECKPOINT_BASE"), s3=s3
-                ),
+                "checkpoints": checkpoints,
+                CHECKPOINTS: CheckpointIOManager(checkpoints=checkpoints),
             },
         ),
     )

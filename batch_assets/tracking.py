@@ -77,16 +77,20 @@ class Source:
 @dataclass(frozen=True)
 class BatchCounts:
     """A batch's row counts; `total_known` is False while the source is still being read
-    (the total then grows), and progress stays at 0 until it is known."""
+    (the total then grows), and progress stays at 0 until it is known unless `read_fraction`
+    (the share of the source's bytes behind the rows done) says how far it is."""
 
     total: int
     processed: int
     rejected: int
     failed: int
     total_known: bool = True
+    read_fraction: float | None = None
 
     @property
     def progress_percent(self) -> float:
+        if self.read_fraction is not None and not self.total_known:
+            return round(min(99.99, 100.0 * self.read_fraction), 2)
         if self.total == 0 or not self.total_known:
             return 0.0
         done = self.processed + self.rejected + self.failed

@@ -166,6 +166,51 @@ def kill_after_durable_chunks(
     return left
 
 
+def stage_frontiers(
+    base: Path, dataset: str, partition: str
+) -> dict[str, tuple[Path, dict[str, Any], dict[str, int]]]:
+    """Per checkpointed stage (`raw`, `processed`): its checkpoint folder, frontier and the
+    modification time of each chunk file, as they are now."""
+    found = {}
+    for stage in ("raw", "processed"):
+        where = frontier_of(base, dataset, stage, partition)
+        assert where is not None, f"no {stage} frontier"
+        folder, frontier = where
+        mtimes = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
+        found[stage] = (folder, frontier, mtimes)
+    return found
+
+
+def materialization(result: Any, dataset: str, stage: str) -> dict[str, Any]:
+    """The metadata values of the run's one materialization of `<dataset>/<stage>`."""
+    (event,) = [
+        m
+        for m in result.asset_materializations_for_node(f"{dataset}_pipeline")
+        if m.asset_key.path == [dataset, stage]
+    ]
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def assert_each_stage_resumed(
+    result: Any, base: Path, dataset: str, partition: str, killed: dict[str, Any], chunks: int
+) -> None:
+    """After a re-execution from failure: each checkpointed stage resumed after its own
+    frontier as the kill left it (`stage_frontiers` then), computed only the chunks after
+    it, and left the chunk files before it untouched."""
+    now = stage_frontiers(base, dataset, partition)
+    for stage, (_, frontier, before) in killed.items():
+        durable = frontier["chunks"]
+        metadata = materialization(result, dataset, stage)
+        assert metadata["resumed_from_chunk"] == durable, stage
+        assert metadata["chunks_computed_this_attempt"] == chunks - durable, stage
+        _, final, after = now[stage]
+        assert final["status"] == "complete" and final["chunks"] == chunks, stage
+        assert final["computed"][-1] == chunks - durable, stage
+        for index in range(durable):
+            name = f"chunk-{index:06d}.parquet"
+            assert after[name] == before[name], f"{stage} {name} was rewritten"
+
+
 def frontier_of(
     base: Path, dataset: str, asset: str, partition: str
 ) -> tuple[Path, dict[str, Any]] | None:

@@ -21,10 +21,13 @@ from batch_assets.increments import Increments
 from batch_assets.local_stack import LocalStack
 from batch_assets.runner import evaluate_inbox_sensor, run_partition
 from batch_assets_tests.pipeline_helpers import (
+    assert_each_stage_resumed,
     cli,
     comments_job,
     kill_after_durable_chunks,
+    materialization,
     settings_config,
+    stage_frontiers,
 )
 
 OLD = datetime.now(UTC) - timedelta(hours=1)
@@ -112,9 +115,9 @@ def test_increments_load_every_row_once_and_updates_replace(
     }
     assert datetime.fromisoformat(stats["latest_cursor"]) == OLD + timedelta(seconds=30)
     assert json.loads(stats["upper"])[1] == "300"
-    (load,) = run.asset_materializations_for_node("comments__postgres")
-    assert load.metadata["source"].value == stats
-    assert load.metadata["chunks"].value == 5
+    load = materialization(run, "comments", "postgres")
+    assert load["source"] == stats
+    assert load["chunks"] == 5
 
     # nothing new: no increment (the sensor skips)
     nothing, reason = tick_and_run(instance)
@@ -248,12 +251,12 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
     (request,) = evaluate_inbox_sensor(defs, instance, COMMENTS).run_requests
     partition = str(request.partition_key)
     base = Path(stack.env["BATCH_ASSETS_CHECKPOINT_BASE"])
-    folder, killed_at = kill_after_durable_chunks(
-        base, "comments", partition, chunk_size=CHUNK, chunks=5
-    )
-    durable = killed_at["chunks"]
-    assert killed_at["status"] == "in_progress" and 5 <= durable < ROWS // CHUNK
-    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
+    kill_after_durable_chunks(base, "comments", partition, chunk_size=CHUNK, chunks=5)
+    killed = stage_frontiers(base, "comments", partition)
+    durable = killed["processed"][1]["chunks"]
+    read = killed["raw"][1]["chunks"]
+    assert killed["processed"][1]["status"] == "in_progress"
+    assert 5 <= durable <= read < ROWS // CHUNK
     with psycopg.connect(url) as conn:
         assert Increments(conn, "comments").committed_mark() is None  # nothing loaded yet
 
@@ -261,8 +264,8 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
     status = cli("status", partition, "--dataset", "comments")
     assert status.returncode == 0, status.stderr
     frontier = json.loads(status.stdout)["frontier"]
-    assert frontier["raw"]["status"] == "complete" and frontier["raw"]["rows"] == ROWS
-    assert frontier["processed"]["status"] == "in_progress"
+    assert frontier["raw"]["status"] == frontier["processed"]["status"] == "in_progress"
+    assert frontier["raw"]["rows"] == read * CHUNK
     assert frontier["processed"]["last_durable_chunk"] == durable - 1
     assert frontier["processed"]["rows"] == durable * CHUNK
     # its run is gone but the batch still says processing: reset wants --force
@@ -284,13 +287,7 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
         tags={"dagster/partition": partition},
     )
     assert result.success
-    assert "comments__raw" not in {e.step_key for e in result.all_events if e.is_step_start}
-    (materialization,) = result.asset_materializations_for_node("comments__processed")
-    assert materialization.metadata["resumed_from_chunk"].value == durable
-    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
-    for index in range(durable):
-        name = f"chunk-{index:06d}.parquet"
-        assert after[name] == before[name], f"{name} was recomputed"
+    assert_each_stage_resumed(result, base, "comments", partition, killed, ROWS // CHUNK)
     with psycopg.connect(url) as conn:
         count, distinct = conn.execute(
             "SELECT count(*), count(DISTINCT id) FROM comments_results WHERE batch_id = %s",
@@ -322,9 +319,9 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
         defs, instance, COMMENTS, partition, run_config=settings_config(chunk_size=CHUNK)
     )
     assert again.success
-    (recomputed,) = again.asset_materializations_for_node("comments__processed")
-    assert recomputed.metadata["resumed_from_chunk"].value == 0
-    assert recomputed.metadata["chunks_computed_this_attempt"].value == ROWS // CHUNK
+    recomputed = materialization(again, "comments", "processed")
+    assert recomputed["resumed_from_chunk"] == 0
+    assert recomputed["chunks_computed_this_attempt"] == ROWS // CHUNK
     with psycopg.connect(url) as conn:
         assert conn.execute(
             "SELECT count(*), count(DISTINCT id) FROM comments_results WHERE batch_id = %s",

@@ -196,7 +196,10 @@ def test_the_entry_sets_the_retry_policy_and_the_limit() -> None:
     assert (policy.max_retries, policy.delay) == (5, 0.5)
     assert (policy.backoff, policy.jitter) == (Backoff.EXPONENTIAL, Jitter.FULL)
     assets = list(build_dataset(entry).assets or [])
-    assert len(assets) == 3
+    # one step streams raw, processed and postgres
+    assert [sorted(k.to_user_string() for k in asset.keys) for asset in assets] == [  # type: ignore[union-attr]
+        ["comments/postgres", "comments/processed", "comments/raw"]
+    ]
     for asset in assets:
         assert asset.op.retry_policy == policy  # type: ignore[union-attr]
     assert COMMENTS.time_limit == 300.0

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL mid-file resumes after its frontier when re-executed from failure."""
+"""A run killed with SIGKILL mid-file, every stage in flight, resumes each stage after its own
+frontier when re-executed from failure."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from batch_assets.local_stack import LocalStack
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets_tests.pipeline_helpers import (
+    assert_each_stage_resumed,
     batch_row,
-    frontier_of,
     kill_after_durable_chunks,
+    results,
     reviews_job,
     settings_config,
+    stage_frontiers,
 )
 
 ROWS = 30_000
@@ -49,13 +52,14 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     partition = next(str(r.partition_key) for r in tick.run_requests if r.run_key.startswith(key))
     base = Path(stack.env["BATCH_ASSETS_CHECKPOINT_BASE"])
 
-    folder, killed_at = kill_after_durable_chunks(
-        base, "reviews", partition, chunk_size=CHUNK, chunks=5
-    )
-    durable = killed_at["chunks"]
-    assert killed_at["status"] == "in_progress" and 5 <= durable < CHUNKS
-    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
-    assert len(before) >= durable
+    kill_after_durable_chunks(base, "reviews", partition, chunk_size=CHUNK, chunks=5)
+    # killed with every stage in flight: reading ahead of scoring, the load's transaction open
+    killed = stage_frontiers(base, "reviews", partition)
+    raw, processed = killed["raw"][1], killed["processed"][1]
+    assert raw["status"] == processed["status"] == "in_progress"
+    assert 5 <= processed["chunks"] <= raw["chunks"] < CHUNKS
+    assert len(killed["processed"][2]) >= processed["chunks"]
+    assert results(stack.env["BATCH_ASSETS_PG_URL"], partition) == []
 
     (run,) = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == partition]
     assert run.status == DagsterRunStatus.STARTED
@@ -85,19 +89,7 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     )
     assert result.success
     assert batch_row(stack.env["BATCH_ASSETS_PG_URL"], partition)["error"] is None
-    assert "reviews__raw" not in {e.step_key for e in result.all_events if e.is_step_start}
-
-    (materialization,) = [m for m in result.asset_materializations_for_node("reviews__processed")]
-    metadata = {k: v.value for k, v in materialization.metadata.items()}
-    assert metadata["resumed_from_chunk"] == durable
-    assert metadata["chunks_computed_this_attempt"] == CHUNKS - durable
-    _, final = frontier_of(base, "reviews", "processed", partition)  # type: ignore[misc]
-    assert final["status"] == "complete" and final["chunks"] == CHUNKS
-    assert final["computed"][-1] == CHUNKS - durable
-    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("chunk-*.parquet")}
-    for index in range(durable):
-        name = f"chunk-{index:06d}.parquet"
-        assert after[name] == before[name], f"{name} was rewritten"
+    assert_each_stage_resumed(result, base, "reviews", partition, killed, CHUNKS)
 
     url = stack.env["BATCH_ASSETS_PG_URL"]
     with psycopg.connect(url) as conn:

@@ -9,16 +9,19 @@ the primary key `(batch_id, seq)` makes any page of one batch an index range sca
 from __future__ import annotations
 
 import io
+import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.rows import dict_row
 
-from batch_assets.chunks import Chunks
+from batch_assets.chunks import Chunk
 from batch_assets.errors import SinkError
 from batch_assets.processors import ERROR
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
@@ -162,85 +165,155 @@ class LoadStats:
         }
 
 
+COPY_QUEUE_BLOCKS = 64
+"""Blocks (of up to 128 KiB) a load queues for its COPY thread: the most it holds in memory
+while the server catches up."""
+SPOOL_BYTES = 8 * 1024 * 1024
+"""Rejected rows kept in memory for their COPY, past which they are spooled to a file."""
+
+
+class _QueuedWriter(QueuedLibpqWriter):
+    """psycopg's queued COPY writer (the network I/O in a thread of its own, so the caller
+    keeps preparing rows while the server stores the last ones) with a short queue."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]):
+        super().__init__(cursor)
+        # the same interruptible queue as psycopg's, shorter
+        self._queue = type(self._queue)(maxsize=COPY_QUEUE_BLOCKS)
+
+
 def replace_batch(
     conn: psycopg.Connection,
     tables: ResultsTables,
     batch_id: str,
-    chunks: Chunks,
+    chunks: Iterable[Chunk],
     *,
     summary_column: str | None = None,
 ) -> LoadStats:
     """Replaces the batch's rows with those of `chunks`, inside the caller's transaction.
 
-    `processed` and `failed` rows go to the results table in source order; `rejected` rows
-    go to the rejected table with their reason. One chunk is in memory at a time. Each
-    COPY's row count, as the server reports it, must be the rows sent, so the counts
-    returned are the rows stored; with `summary_column`, the processed rows are counted per
-    its value on the way.
+    `processed` and `failed` rows go to the results table in source order, through one COPY
+    that stays open while the chunks are produced (the server stores each chunk while the
+    next is computed); `rejected` rows go to the rejected table with their reason, in a
+    second COPY at the end (spooled to a file past `SPOOL_BYTES`). One chunk is in memory
+    at a time. Each COPY's row count, as the server reports it, must be the rows sent, so
+    the counts returned are the rows stored; with `summary_column`, the processed rows are
+    counted per its value on the way.
 
     Raises:
         SinkError: the server stored another number of rows than were sent.
     """
-    columns = list(tables.columns)
-    results_copy = sql.SQL(
-        "COPY {} (batch_id, seq, line, {}, status, error) FROM STDIN WITH (FORMAT csv)"
-    ).format(sql.Identifier(tables.results), sql.SQL(", ").join(map(sql.Identifier, columns)))
-    rejected_copy = sql.SQL(
-        "COPY {} (batch_id, line, reason, record) FROM STDIN WITH (FORMAT csv)"
-    ).format(sql.Identifier(tables.rejected))
-    seq = processed = failed = rejected = n_chunks = copies = sent = 0
-    summary = Counter[str]()
-    with conn.cursor() as cur:
+    load = _Load(tables, batch_id, summary_column)
+    with conn.cursor() as cur, tempfile.SpooledTemporaryFile(SPOOL_BYTES) as spool:
         for table in (tables.results, tables.rejected):
             cur.execute(
                 sql.SQL("DELETE FROM {} WHERE batch_id = %s").format(sql.Identifier(table)),
                 (batch_id,),
             )
-        for chunk in chunks:
-            n_chunks += 1
-            frame = chunk.frame
-            kept = frame.filter(pl.col(STATUS).is_in(["processed", "failed"]))
-            if kept.height:
-                rows = kept.select(
-                    pl.lit(batch_id).alias("batch_id"),
-                    pl.int_range(seq + 1, seq + 1 + kept.height, dtype=pl.Int64).alias("seq"),
-                    pl.col(LINE),
-                    *columns,
-                    pl.col(STATUS),
-                    pl.col(ERROR) if ERROR in kept.columns else pl.lit(None, pl.String),
-                )
-                sent += copy_frame(cur, results_copy, rows)
-                copies += 1
-                seq += kept.height
-                n_failed = int((kept[STATUS] == "failed").sum())
-                failed += n_failed
-                processed += kept.height - n_failed
-                if summary_column is not None:
-                    values = kept.filter(pl.col(STATUS) == "processed")[summary_column]
-                    summary.update(
-                        dict(values.cast(pl.String).fill_null("null").value_counts().iter_rows())
-                    )
-            bad = frame.filter(pl.col(STATUS) == "rejected")
-            if bad.height:
-                rows = bad.select(
-                    pl.lit(batch_id).alias("batch_id"),
-                    pl.col(LINE),
-                    pl.col(REASON),
-                    pl.coalesce(
-                        pl.col(RECORD),
-                        pl.concat_str(
-                            [
-                                pl.col(c).fill_null("").str.slice(0, 1000)
-                                for c in tables.record_columns
-                            ],
-                            separator=",",
-                        ),
-                    ),
-                )
-                sent += copy_frame(cur, rejected_copy, rows)
-                copies += 1
-                rejected += bad.height
-    return LoadStats(seq, processed, failed, rejected, n_chunks, copies, sent, dict(summary))
+        with cur.copy(load.results_copy(), writer=_QueuedWriter(cur)) as copy:
+            for chunk in chunks:
+                load.add(chunk.frame, copy, spool)
+        _check_count(cur, load.seq, tables.results)
+        if load.rejected:
+            spool.seek(0)
+            with cur.copy(load.rejected_copy()) as copy:
+                while block := spool.read(1 << 20):
+                    copy.write(block)
+            _check_count(cur, load.rejected, tables.rejected)
+    return load.stats()
+
+
+class _Load:
+    """What one load has sent so far, and how a chunk's rows become COPY data."""
+
+    def __init__(self, tables: ResultsTables, batch_id: str, summary_column: str | None):
+        self.tables = tables
+        self.batch_id = batch_id
+        self.summary_column = summary_column
+        self.seq = self.processed = self.failed = self.rejected = 0
+        self.chunks = self.sent = 0
+        self.summary = Counter[str]()
+
+    def results_copy(self) -> sql.Composed:
+        return sql.SQL(
+            "COPY {} (batch_id, seq, line, {}, status, error) FROM STDIN WITH (FORMAT csv)"
+        ).format(
+            sql.Identifier(self.tables.results),
+            sql.SQL(", ").join(map(sql.Identifier, self.tables.columns)),
+        )
+
+    def rejected_copy(self) -> sql.Composed:
+        return sql.SQL(
+            "COPY {} (batch_id, line, reason, record) FROM STDIN WITH (FORMAT csv)"
+        ).format(sql.Identifier(self.tables.rejected))
+
+    def add(self, frame: pl.DataFrame, copy: Any, spool: IO[bytes]) -> None:
+        self.chunks += 1
+        kept = frame.filter(pl.col(STATUS).is_in(["processed", "failed"]))
+        if kept.height:
+            data = _csv(self._result_rows(kept))
+            copy.write(data)
+            self.sent += len(data)
+            self.seq += kept.height
+            n_failed = int((kept[STATUS] == "failed").sum())
+            self.failed += n_failed
+            self.processed += kept.height - n_failed
+            if self.summary_column is not None:
+                values = kept.filter(pl.col(STATUS) == "processed")[self.summary_column]
+                counted = values.cast(pl.String).fill_null("null").value_counts()
+                self.summary.update(dict(counted.iter_rows()))
+        bad = frame.filter(pl.col(STATUS) == "rejected")
+        if bad.height:
+            data = _csv(self._rejected_rows(bad))
+            spool.write(data)
+            self.sent += len(data)
+            self.rejected += bad.height
+
+    def _result_rows(self, kept: pl.DataFrame) -> pl.DataFrame:
+        return kept.select(
+            pl.lit(self.batch_id).alias("batch_id"),
+            pl.int_range(self.seq + 1, self.seq + 1 + kept.height, dtype=pl.Int64).alias("seq"),
+            pl.col(LINE),
+            *self.tables.columns,
+            pl.col(STATUS),
+            pl.col(ERROR) if ERROR in kept.columns else pl.lit(None, pl.String),
+        )
+
+    def _rejected_rows(self, bad: pl.DataFrame) -> pl.DataFrame:
+        record = pl.concat_str(
+            [pl.col(c).fill_null("").str.slice(0, 1000) for c in self.tables.record_columns],
+            separator=",",
+        )
+        return bad.select(
+            pl.lit(self.batch_id).alias("batch_id"),
+            pl.col(LINE),
+            pl.col(REASON),
+            pl.coalesce(pl.col(RECORD), record),
+        )
+
+    def stats(self) -> LoadStats:
+        copies = (1 if self.chunks else 0) + (1 if self.rejected else 0)
+        return LoadStats(
+            self.seq,
+            self.processed,
+            self.failed,
+            self.rejected,
+            self.chunks,
+            copies,
+            self.sent,
+            dict(self.summary),
+        )
+
+
+def _csv(rows: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    rows.write_csv(buffer, include_header=False)
+    return buffer.getvalue()
+
+
+def _check_count(cur: psycopg.Cursor[Any], sent: int, table: str) -> None:
+    if cur.rowcount != sent:
+        raise SinkError(f"COPY stored {cur.rowcount:,} rows of {sent:,} sent into {table}")
 
 
 def copy_frame(cur: psycopg.Cursor, statement: sql.Composed, rows: pl.DataFrame) -> int:
@@ -249,16 +322,11 @@ def copy_frame(cur: psycopg.Cursor, statement: sql.Composed, rows: pl.DataFrame)
     Raises:
         SinkError: the server's count of rows copied is not the frame's.
     """
-    buffer = io.BytesIO()
-    rows.write_csv(buffer, include_header=False)
+    data = _csv(rows)
     with cur.copy(statement) as copy:
-        copy.write(buffer.getbuffer())
-    if cur.rowcount != rows.height:
-        raise SinkError(
-            f"COPY stored {cur.rowcount:,} rows of {rows.height:,} sent "
-            f"({statement.as_string(cur)[:80]}...)"
-        )
-    return buffer.getbuffer().nbytes
+        copy.write(data)
+    _check_count(cur, rows.height, statement.as_string(cur)[:80])
+    return len(data)
 
 
 def summarize(

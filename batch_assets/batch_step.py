@@ -1,0 +1,146 @@
+"""The life of one batch inside one step attempt: who owns it, and what it tells the tracking
+store (start, resume, progress, failure)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import AssetExecutionContext, Failure
+
+from batch_assets.checkpoints import Frontier
+from batch_assets.chunks import Chunk, Throttled
+from batch_assets.datasets import Dataset
+from batch_assets.errors import BatchError, BatchInputError, ConfigError
+from batch_assets.resources.jobs import JobsResource, JobStore
+from batch_assets.tracking import BatchCounts, Source
+
+PROGRESS_SECONDS = 0.5
+"""How often, at most, a step writes a batch's progress to batch_jobs."""
+
+
+@dataclass
+class BatchStep:
+    """One attempt of a step at one batch.
+
+    Attributes:
+        dataset: the batch's dataset.
+        batch_id: the batch (the partition key).
+        lineage: the run and its retries and re-executions (Dagster's root run id), which
+            owns the batch once it has started it.
+        run_id: this run.
+        retry_number: this attempt's step retry (0 for the first).
+        jobs: the tracking store.
+        log: where the step logs.
+    """
+
+    dataset: Dataset
+    batch_id: str
+    lineage: str
+    run_id: str
+    retry_number: int
+    jobs: JobsResource
+    log: Any = field(default_factory=lambda: logging.getLogger(__name__))
+
+    @classmethod
+    def of(cls, context: AssetExecutionContext, dataset: Dataset, jobs: JobsResource) -> BatchStep:
+        run = context.run
+        return cls(
+            dataset=dataset,
+            batch_id=context.partition_key,
+            lineage=run.root_run_id or run.run_id,
+            run_id=run.run_id,
+            retry_number=context.retry_number,
+            jobs=jobs,
+            log=context.log,
+        )
+
+    @property
+    def final(self) -> bool:
+        """No step retry follows this attempt if it fails."""
+        return self.retry_number >= self.dataset.max_retries
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[JobStore]:
+        """The dataset's tracking store, its writes committed when the block ends."""
+        with self.jobs.open(self.dataset.name) as store:
+            yield store
+
+    def within(self, conn: Any) -> JobStore:
+        """The tracking store inside `conn`'s transaction (Postgres), to commit with it."""
+        return self.jobs.within(conn, self.dataset.name)
+
+    def registered(self) -> list[Source]:
+        with self.store() as store:
+            store.ensure()
+            return store.sources(self.batch_id)
+
+    def start(self, source: Source) -> None:
+        """This lineage takes the batch: it reads `source`, whatever ran before."""
+        with self.store() as store:
+            store.start(self.batch_id, lineage=self.lineage, run_id=self.run_id, source=source)
+
+    def resume(self) -> None:
+        """The batch is processing again in this run (a retry or re-execution)."""
+        with self.store() as store:
+            store.resume(self.batch_id, lineage=self.lineage, run_id=self.run_id)
+
+    def progress(self, counts: BatchCounts) -> None:
+        with self.store() as store:
+            store.progress(self.batch_id, counts, lineage=self.lineage)
+
+    def progress_listener(self, raw: Any, processed: Any, *, size: int | None) -> Throttled:
+        """A listener of processed chunks that writes the batch's counts, at most every
+        `PROGRESS_SECONDS`, from the `raw` and `processed` stages' frontiers (and the
+        source's `size` in bytes, when it has one)."""
+
+        def told(chunk: Chunk, frontier: Frontier) -> None:
+            self.progress(counts_so_far(raw.frontier, processed.frontier, size=size))
+
+        return Throttled(told, seconds=PROGRESS_SECONDS)
+
+    def fail(self, error: Exception, *, etag: str | None = None) -> Exception:
+        """Records `error` as the batch's failure when no retry will follow, and returns what
+        the step should raise: a `Failure` that Dagster does not retry for a bad input or a
+        wrong setting (a hook that breaks its contract), which would fail the same way again.
+        With `etag`, the failure is also recorded for a batch this lineage has not taken yet
+        (its run failed before it could)."""
+        if isinstance(error, Failure):
+            return error  # recorded where it was raised
+        bad_input = isinstance(error, BatchInputError | ConfigError)
+        if bad_input or self.final:
+            message = (
+                str(error) if isinstance(error, BatchError) else f"{type(error).__name__}: {error}"
+            )
+            with self.store() as store:
+                store.fail(self.batch_id, message, lineage=self.lineage, etag=etag)
+        if bad_input:
+            return Failure(description=str(error), allow_retries=False)
+        return error
+
+    @contextlib.contextmanager
+    def failing(self, *, etag: str | None = None) -> Iterator[None]:
+        """Records an error of the block as the batch's failure (see `fail`) and raises."""
+        try:
+            yield
+        except Exception as exc:
+            raise self.fail(exc, etag=etag) from exc
+
+
+def counts_so_far(raw: Frontier, processed: Frontier, *, size: int | None) -> BatchCounts:
+    """A batch's counts while it streams: the rows read so far (the total once reading is
+    complete), and those processed, rejected and failed behind the processed frontier; with
+    the source's `size`, progress is the share of its bytes behind the processed frontier."""
+    offset = processed.state.get("offset")
+    fraction = offset / size if size and isinstance(offset, int) else None
+    return BatchCounts(
+        total=raw.rows,
+        processed=processed.counts.get("processed", 0),
+        rejected=processed.counts.get("rejected", 0),
+        failed=processed.counts.get("failed", 0),
+        total_known=raw.status == "complete",
+        read_fraction=fraction,
+    )

@@ -1,0 +1,309 @@
+"""The step that streams a batch: one multi-asset materializing `<dataset>/raw`,
+`<dataset>/processed` and `<dataset>/postgres` in one pass (see `one_pass`), with the
+`row_accounting` and `unique_ids` checks of the load."""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetOut,
+    AssetsDefinition,
+    DynamicPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableSchema,
+    multi_asset,
+)
+from dagster_aws.s3 import S3Resource
+
+from batch_assets import batches
+from batch_assets.batch_step import BatchStep
+from batch_assets.checkpoints import CheckpointStore, Stage
+from batch_assets.chunks import Chunk, Resume
+from batch_assets.datasets import Dataset
+from batch_assets.io_managers.checkpoint import CheckpointsResource, Durable
+from batch_assets.load import Loaded, load_batch, recount
+from batch_assets.one_pass import (
+    Scoring,
+    durable_log,
+    open_stage,
+    processed_origin,
+    run_pass,
+    stage_metadata,
+    where_it_stopped,
+)
+from batch_assets.resources.jobs import JobsResource
+from batch_assets.resources.postgres import PostgresResource
+from batch_assets.resources.settings import BatchSettings
+from batch_assets.sinks.postgres import duplicate_ids, preview_markdown
+
+CHECKPOINTS = "checkpoint_io_manager"
+STAGES = ("raw", "processed", "postgres")
+
+
+def pipeline_asset(dataset: Dataset, partitions: DynamicPartitionsDefinition) -> AssetsDefinition:
+    """The dataset's streaming step; any subset of its assets can be selected, the others
+    are read from their latest complete checkpoints."""
+    name = dataset.name
+    keys = {stage: AssetKey([name, stage]) for stage in STAGES}
+    # resolved now, so that a hook that does not import fails when the definitions load
+    process = dataset.process_fn()
+
+    @multi_asset(
+        name=f"{name}_pipeline",
+        outs=_outs(dataset, keys),
+        internal_asset_deps={
+            "processed": {keys["raw"]},
+            "postgres": {keys["raw"], keys["processed"]},
+        },
+        check_specs=_checks(keys["postgres"]),
+        partitions_def=partitions,
+        can_subset=True,
+        group_name=name,
+        retry_policy=dataset.retry_policy,
+    )
+    def pipeline(
+        context: AssetExecutionContext,
+        s3: S3Resource,
+        postgres: PostgresResource,
+        source_postgres: PostgresResource,
+        jobs: JobsResource,
+        settings: BatchSettings,
+        checkpoints: CheckpointsResource,
+    ) -> Iterator[Output[Durable] | MaterializeResult | AssetCheckResult]:
+        step = BatchStep.of(context, dataset, jobs)
+        chunk_size = settings.chunk_size or dataset.chunk_size
+
+        def open_source() -> batches.Opened:
+            if dataset.source is not None:
+                return batches.open_increment(
+                    step, postgres.connect, source_postgres.connect, chunk_size=chunk_size
+                )
+            return batches.open_file(
+                step, s3.get_client(), bucket=settings.bucket, chunk_size=chunk_size
+            )
+
+        selected = {key.path[-1] for key in context.selected_asset_keys}
+        workers = settings.worker_count() if dataset.processor.parallel else 1
+        scoring = Scoring(
+            process,
+            workers=workers,
+            time_limit=dataset.time_limit,
+            label=f"{name}/processed [{step.batch_id}]",
+        )
+        streamed = stream_batch(
+            step, checkpoints.store(), open_source, postgres, scoring, selected=selected
+        )
+        yield from streamed.results(postgres, selected, context.retry_number)
+
+    return pipeline
+
+
+def _outs(dataset: Dataset, keys: dict[str, AssetKey]) -> dict[str, AssetOut]:
+    schema = dataset.schema.__name__
+    tables = dataset.tables
+    raw = (
+        f"The increment's rows of {dataset.source.name}, read by keyset"
+        if dataset.source is not None
+        else "The batch's source records"
+    )
+    return {
+        "raw": AssetOut(
+            key=keys["raw"],
+            io_manager_key=CHECKPOINTS,
+            is_required=False,
+            kinds={"postgres" if dataset.source is not None else "s3", "polars"},
+            description=f"{raw}, validated by {schema}: valid rows, and rejected rows with "
+            "their reason and line.",
+        ),
+        "processed": AssetOut(
+            key=keys["processed"],
+            io_manager_key=CHECKPOINTS,
+            is_required=False,
+            kinds={"polars"},
+            description=f"Records after the {dataset.processor.name} processor: processed, "
+            f"or failed with their error; rejected rows carried along.",
+        ),
+        "postgres": AssetOut(
+            key=keys["postgres"],
+            is_required=False,
+            kinds={"postgres"},
+            description=f"{tables.results} and {tables.rejected}: the batch's rows, replaced "
+            "in one transaction; batch_jobs marked completed in the same one.",
+        ),
+    }
+
+
+def _checks(postgres: AssetKey) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(
+            "row_accounting",
+            asset=postgres,
+            description="rows read = processed + rejected + failed, recounted in Postgres",
+        ),
+        AssetCheckSpec(
+            "unique_ids",
+            asset=postgres,
+            description="no id appears twice in the batch (warning)",
+        ),
+    ]
+
+
+@dataclass
+class Streamed:
+    """What one pass over a batch left: its stages and, when loaded, the load's figures."""
+
+    step: BatchStep
+    raw: Stage
+    processed: Stage
+    loaded: Loaded | None
+
+    def results(
+        self, postgres: PostgresResource, selected: set[str], retries: int
+    ) -> Iterator[Output[Durable] | MaterializeResult | AssetCheckResult]:
+        """The selected stages' outputs (each durable by now), then the load's
+        materialization and checks."""
+        for stage in (self.raw, self.processed):
+            name = stage.asset.rsplit("/", 1)[-1]
+            if name in selected:
+                metadata = stage_metadata(stage)
+                metadata["rows_by_status"] = MetadataValue.json(metadata["rows_by_status"])
+                yield Output(
+                    Durable(stage.asset, stage.partition, stage.lineage),
+                    output_name=name,
+                    metadata=metadata,
+                )
+        if self.loaded is not None:
+            yield from self._loaded(postgres, self.loaded)
+
+    def _loaded(
+        self, postgres: PostgresResource, loaded: Loaded
+    ) -> Iterator[MaterializeResult | AssetCheckResult]:
+        dataset, batch_id = self.step.dataset, self.step.batch_id
+        tables = dataset.tables
+        with postgres.connect() as conn:
+            accounted, figures = recount(conn, dataset, batch_id, loaded.counts.total)
+            duplicates = duplicate_ids(conn, tables, batch_id)
+            preview = preview_markdown(conn, tables, batch_id)
+        stats = loaded.stats
+        yield MaterializeResult(
+            asset_key=AssetKey([dataset.name, "postgres"]),
+            metadata={
+                "dagster/row_count": stats.processed,
+                "dagster/column_schema": TableSchema(
+                    columns=[TableColumn(c, str(t)) for c, t in tables.columns.items()]
+                ),
+                "rows_read": loaded.counts.total,
+                "source": MetadataValue.json(loaded.source),
+                "chunks": loaded.source["chunks"],
+                "postgres_copies": stats.copies,
+                "postgres_bytes": stats.bytes,
+                "processed": stats.processed,
+                "rejected": stats.rejected,
+                "failed": stats.failed,
+                "summary": MetadataValue.json(loaded.summary),
+                "table": tables.results,
+                "preview": MetadataValue.md(preview),
+            },
+        )
+        key = AssetKey([dataset.name, "postgres"])
+        yield AssetCheckResult(
+            asset_key=key, check_name="row_accounting", passed=accounted, metadata=figures
+        )
+        yield AssetCheckResult(
+            asset_key=key,
+            check_name="unique_ids",
+            passed=not duplicates,
+            severity=AssetCheckSeverity.WARN,
+            metadata={"duplicated_ids": MetadataValue.json(duplicates)},
+        )
+
+
+def stream_batch(
+    step: BatchStep,
+    store: CheckpointStore,
+    open_source: Callable[[], batches.Opened],
+    postgres: PostgresResource,
+    scoring: Scoring,
+    *,
+    selected: set[str],
+) -> Streamed:
+    """One pass over the batch: the `selected` stages computed (each resumed after its own
+    frontier), the others read from their latest complete checkpoints; with `postgres`
+    selected, every processed chunk loaded in one transaction."""
+    dataset, partition = step.dataset, step.batch_id
+    with step.failing():
+        opened = open_source() if "raw" in selected else None
+        raw = open_stage(
+            store,
+            asset=f"{dataset.name}/raw",
+            partition=partition,
+            lineage=step.lineage,
+            origin=opened.chunks.origin if opened else None,
+            listeners=(durable_log(step.log, f"{dataset.name}/raw", partition),),
+        )
+        processed = open_stage(
+            store,
+            asset=f"{dataset.name}/processed",
+            partition=partition,
+            lineage=step.lineage,
+            origin=processed_origin(raw) if "processed" in selected else None,
+            listeners=(durable_log(step.log, f"{dataset.name}/processed", partition),),
+        )
+        size = opened.source.size if opened else None
+        processed.listeners += (step.progress_listener(raw, processed, size=size),)
+        if opened is not None and raw.first == 0 and not raw.complete:
+            step.start(opened.source)
+        else:
+            step.resume()
+        source = opened.chunks.iter if opened else _no_source
+        computed = ("raw" in selected, "processed" in selected)
+        try:
+            loaded = _pass(step, raw, processed, source, scoring, computed, postgres, selected)
+        except BaseException:
+            for stage, computing in zip((raw, processed), computed, strict=True):
+                if computing:
+                    step.log.error(where_it_stopped(stage))
+            raise
+    return Streamed(step, raw, processed, loaded)
+
+
+def _pass(
+    step: BatchStep,
+    raw: Stage,
+    processed: Stage,
+    source: Callable[[Resume], Iterator[Chunk]],
+    scoring: Scoring,
+    computed: tuple[bool, bool],
+    postgres: PostgresResource,
+    selected: set[str],
+) -> Loaded | None:
+    if "postgres" not in selected:
+        run_pass(raw, processed, source, scoring, compute=computed, load=None)
+        return None
+    with postgres.connect() as conn:
+
+        def load(chunks: Iterator[Chunk]) -> Loaded:
+            return load_batch(
+                conn,
+                step.dataset,
+                step.batch_id,
+                chunks,
+                lambda: raw.frontier,
+                tracking=step.within(conn),
+                lineage=step.lineage,
+                retries=step.retry_number,
+            )
+
+        return run_pass(raw, processed, source, scoring, compute=computed, load=load)
+
+
+def _no_source(resume: Resume) -> Iterator[Chunk]:
+    raise RuntimeError("the raw stage is read from its checkpoint, not from its source")

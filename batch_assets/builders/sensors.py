@@ -1,0 +1,86 @@
+"""The dataset's sensor: its inbox's new objects, or its SQL table's next increment (the
+bodies are `discovery`'s plain functions)."""
+
+from datetime import timedelta
+
+from dagster import (
+    DefaultSensorStatus,
+    DynamicPartitionsDefinition,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
+from dagster_aws.s3 import S3Resource
+
+from batch_assets.datasets import Dataset
+from batch_assets.discovery import inbox_tick, increment_tick
+from batch_assets.resources.jobs import JobsResource
+from batch_assets.resources.postgres import PostgresResource
+from batch_assets.resources.settings import BatchSettings
+
+INTERVAL_SECONDS = 15
+
+
+def dataset_sensor(
+    dataset: Dataset, partitions: DynamicPartitionsDefinition, job: UnresolvedAssetJobDefinition
+) -> SensorDefinition:
+    """The inbox sensor of a file dataset, the increment sensor of a SQL one."""
+    name = dataset.name
+    if dataset.source is not None:
+
+        @sensor(
+            name=dataset.sensor_name,
+            job=job,
+            minimum_interval_seconds=INTERVAL_SECONDS,
+            default_status=DefaultSensorStatus.RUNNING,
+            description=f"Closes the next increment of {name}'s table once the last one has "
+            "committed, and starts its run.",
+        )
+        def increment_sensor(
+            context: SensorEvaluationContext,
+            postgres: PostgresResource,
+            source_postgres: PostgresResource,
+            jobs: JobsResource,
+        ) -> SensorResult | SkipReason:
+            return increment_tick(
+                dataset,
+                partitions,
+                connect=postgres.connect,
+                source_connect=source_postgres.connect,
+                open_store=lambda: jobs.open(name),
+                log=context.log,
+            )
+
+        return increment_sensor
+
+    @sensor(
+        name=dataset.sensor_name,
+        job=job,
+        minimum_interval_seconds=INTERVAL_SECONDS,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Turns each new object under the {name} inbox into a partition and a run.",
+    )
+    def inbox_sensor(
+        context: SensorEvaluationContext,
+        s3: S3Resource,
+        jobs: JobsResource,
+        settings: BatchSettings,
+    ) -> SensorResult | SkipReason:
+        return inbox_tick(
+            dataset,
+            partitions,
+            client=s3.get_client(),
+            bucket=settings.bucket,
+            cursor=context.cursor,
+            lookback=timedelta(minutes=settings.inbox_lookback_minutes),
+            limit=settings.max_objects_per_tick,
+            open_store=lambda: jobs.open(name),
+            log=context.log,
+        )
+
+    return inbox_sensor

@@ -1,0 +1,155 @@
+"""One streaming pass over a batch: read and validate a chunk, score it on the worker pool
+while the next one is read, make each stage's chunk durable, and hand the scored chunks to
+the load as they come.
+
+Each checkpointed stage (`raw`, `processed`) keeps its own frontier, so a new attempt of the
+lineage resumes each where it stopped: `processed` after its last durable chunk, from `raw`'s
+stored chunks up to `raw`'s frontier and from the source after it. A stage that is not
+selected is read from its latest complete checkpoint instead of being computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import polars as pl
+
+from batch_assets.checkpoints import CheckpointStore, Stage, frontier_report
+from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume, Throttled
+
+T = TypeVar("T")
+LOG_SECONDS = 5.0
+"""How often, at most, the run's log says how far a stage's frontier has come (each line is
+an event in Dagster's storage)."""
+
+Source = Callable[[Resume], Iterator[Chunk]]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the `processed` stage computes a chunk from a `raw` one."""
+
+    fn: Callable[[pl.DataFrame], pl.DataFrame]
+    workers: int
+    time_limit: float | None
+    label: str
+
+
+def open_stage(
+    store: CheckpointStore,
+    *,
+    asset: str,
+    partition: str,
+    lineage: str,
+    origin: dict[str, Any] | None,
+    listeners: tuple[ChunkListener, ...] = (),
+) -> Stage:
+    """The stage `asset` of `partition`: computed by `lineage` over `origin` or, when
+    `origin` is None (the stage is not selected), the latest complete output, read only.
+
+    Raises:
+        FileNotFoundError: an unselected stage with no complete output.
+    """
+    if origin is not None:
+        return Stage(
+            store,
+            asset=asset,
+            partition=partition,
+            lineage=lineage,
+            origin=origin,
+            listeners=listeners,
+        )
+    own = store.frontier(asset, partition, lineage)
+    owner = (
+        lineage if own is not None and own.status == "complete" else store.latest(asset, partition)
+    )
+    frontier = store.frontier(asset, partition, owner) if owner else None
+    if owner is None or frontier is None or frontier.status != "complete":
+        raise FileNotFoundError(
+            f"no complete checkpoint of {asset} for partition {partition}; "
+            f"materialize {asset} for this partition first"
+        )
+    return Stage(store, asset=asset, partition=partition, lineage=owner, origin=frontier.origin)
+
+
+def processed_origin(raw: Stage) -> dict[str, Any]:
+    """What a `processed` stage is computed from: the `raw` output of one lineage over one
+    source; a `raw` recomputed over another source starts `processed` over."""
+    return {"asset": raw.asset, "lineage": raw.lineage, "source": raw.frontier.origin}
+
+
+def processed_chunks(
+    raw: Stage, processed: Stage, source: Source, scoring: Scoring, *, start: int = 0
+) -> Iterator[Chunk]:
+    """The `processed` chunks from `start`: the durable ones read back, then the `raw` chunks
+    after `processed`'s frontier (read back up to `raw`'s frontier, then read from `source`)
+    scored on the worker pool, each stage's chunk made durable as it comes."""
+    upstream = Chunks(lambda resume: raw.chunks(source, start=resume.next_index))
+    scored = upstream.map(
+        scoring.fn, workers=scoring.workers, time_limit=scoring.time_limit, label=scoring.label
+    )
+    return processed.chunks(scored.iter, start=start)
+
+
+def run_pass(
+    raw: Stage,
+    processed: Stage,
+    source: Source,
+    scoring: Scoring,
+    *,
+    compute: tuple[bool, bool],
+    load: Callable[[Iterator[Chunk]], T] | None,
+) -> T | None:
+    """Drives the pass: the stages to `compute` (`raw`, `processed`) to completion, and every
+    `processed` chunk, from the first, through `load` when given; returns what `load` does."""
+    compute_raw, compute_processed = compute
+    if compute_raw and not compute_processed:
+        for _ in raw.chunks(source, start=raw.first):
+            pass
+    if load is not None:
+        return load(processed_chunks(raw, processed, source, scoring))
+    for _ in processed_chunks(raw, processed, source, scoring, start=processed.first):
+        pass
+    return None
+
+
+def durable_log(log: Any, stage_name: str, partition: str) -> Throttled:
+    """A listener that logs, at most every `LOG_SECONDS`, how far a stage has come."""
+
+    def told(chunk: Chunk, frontier: Any) -> None:
+        log.info(
+            f"{stage_name} [{partition}]: chunk {chunk.index} durable, "
+            f"{frontier.rows:,} rows behind the frontier"
+        )
+
+    return Throttled(told, seconds=LOG_SECONDS)
+
+
+def where_it_stopped(stage: Stage) -> str:
+    """What a stage that stopped leaves durable, and where a new attempt resumes."""
+    where = frontier_report(stage.store, stage.asset, stage.partition, stage.lineage)
+    if not where or not where["chunks"]:
+        return f"{stage.asset} [{stage.partition}] stopped: no chunk is durable yet"
+    return (
+        f"{stage.asset} [{stage.partition}] stopped: {where['chunks']:,} chunks durable "
+        f"({where['rows']:,} rows); a retry or re-execution from failure resumes at chunk "
+        f"{where['chunks']}"
+    )
+
+
+def stage_metadata(stage: Stage) -> dict[str, Any]:
+    """A checkpointed stage's materialization metadata (plain values)."""
+    frontier = stage.frontier
+    return {
+        "dagster/row_count": frontier.rows,
+        "chunks": frontier.chunks,
+        # -1: no chunk (an empty source)
+        "last_durable_chunk": frontier.chunks - 1,
+        "rows_behind_frontier": frontier.rows,
+        "rows_by_status": dict(frontier.counts),
+        "resumed_from_chunk": stage.first,
+        "chunks_computed_this_attempt": frontier.chunks - stage.first,
+        "lineage": stage.lineage,
+    }
