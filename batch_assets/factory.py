@@ -69,7 +69,7 @@ from batch_assets.sinks.postgres import (
     replace_batch,
 )
 from batch_assets.sql_source import check_table, encode_mark
-from batch_assets.tracking import BatchCounts, Source
+from batch_assets.tracking import Attempt, BatchCounts, Source
 
 CHECKPOINTS = "checkpoint_io_manager"
 PROGRESS_SECONDS = 0.5
@@ -109,8 +109,8 @@ def build_dataset(dataset: Dataset) -> Definitions:
         jobs: JobsResource,
         settings: BatchSettings,
     ) -> Chunks:
-        batch_id, lineage = context.partition_key, _lineage(context)
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
+        batch_id, attempt = context.partition_key, Attempt.of_run(context.run)
+        fail = _failer(jobs, name, batch_id, attempt, final=_last_attempt(context, dataset))
         client = s3.get_client()
         with jobs.open(name) as store:
             store.ensure()
@@ -124,14 +124,14 @@ def build_dataset(dataset: Dataset) -> Definitions:
             source = head(client, sources[0].uri)
         except BatchError as exc:
             # the lineage has not taken the batch yet: fail it as the run of this version
-            raise _failer(jobs, name, batch_id, lineage, etag=sources[0].etag)(exc) from exc
+            raise _failer(jobs, name, batch_id, attempt, etag=sources[0].etag)(exc) from exc
         with jobs.open(name) as store:
-            store.start(batch_id, lineage=lineage, run_id=context.run.run_id, source=source)
+            store.start(batch_id, attempt=attempt, source=source)
         context.log.info(f"reading {source.uri} (ETag {source.etag}, {source.size:,} bytes)")
 
         chunks = batches.read_source(
             client, source, dataset, chunk_size=settings.chunk_size or dataset.chunk_size
-        ).on_durable(_reading_progress(jobs, name, batch_id, lineage))
+        ).on_durable(_reading_progress(jobs, name, batch_id, attempt))
         return batches.on_error(chunks, fail)
 
     @asset(
@@ -152,8 +152,8 @@ def build_dataset(dataset: Dataset) -> Definitions:
         jobs: JobsResource,
         settings: BatchSettings,
     ) -> Chunks:
-        batch_id, lineage = context.partition_key, _lineage(context)
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
+        batch_id, attempt = context.partition_key, Attempt.of_run(context.run)
+        fail = _failer(jobs, name, batch_id, attempt, final=_last_attempt(context, dataset))
         with postgres.connect() as conn:
             Increments(conn, name).ensure()
             increment = Increments(conn, name).get(batch_id)
@@ -165,7 +165,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             registered = store.sources(batch_id)
             if not registered:
                 raise fail(BatchInputError(f"increment {batch_id} is not registered as a batch"))
-            store.start(batch_id, lineage=lineage, run_id=context.run.run_id, source=registered[0])
+            store.start(batch_id, attempt=attempt, source=registered[0])
         context.log.info(
             f"reading {registered[0].uri}: ({increment.lower}, {increment.upper}] by keyset"
         )
@@ -175,7 +175,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             increment,
             dataset,
             chunk_size=settings.chunk_size or dataset.chunk_size,
-        ).on_durable(_reading_progress(jobs, name, batch_id, lineage))
+        ).on_durable(_reading_progress(jobs, name, batch_id, attempt))
         return batches.on_error(chunks, fail)
 
     raw = raw_sql if dataset.source is not None else raw_file
@@ -197,17 +197,17 @@ def build_dataset(dataset: Dataset) -> Definitions:
         jobs: JobsResource,
         settings: BatchSettings,
     ) -> Chunks:
-        batch_id, lineage = context.partition_key, _lineage(context)
+        batch_id, attempt = context.partition_key, Attempt.of_run(context.run)
         raw_rows, raw_counts = raw.rows or 0, raw.counts
         workers = settings.worker_count() if dataset.processor.parallel else 1
 
         def progress(chunk: Chunk, frontier: Frontier) -> None:
             counts = batches.counts_while_processing(raw_rows, raw_counts, frontier)
             with jobs.open(name) as store:
-                store.progress(batch_id, counts, lineage=lineage)
+                store.progress(batch_id, counts, attempt=attempt)
 
         with jobs.open(name) as store:
-            store.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
+            store.resume(batch_id, attempt=attempt)
         context.log.info(f"processing {raw_rows:,} rows with {workers} worker(s)")
         chunks = raw.map(
             process,
@@ -215,7 +215,7 @@ def build_dataset(dataset: Dataset) -> Definitions:
             time_limit=dataset.time_limit,
             label=f"{name}/processed [{batch_id}]",
         ).on_durable(Throttled(progress, seconds=PROGRESS_SECONDS))
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
+        fail = _failer(jobs, name, batch_id, attempt, final=_last_attempt(context, dataset))
         return batches.on_error(chunks, fail)
 
     @asset(
@@ -236,11 +236,11 @@ def build_dataset(dataset: Dataset) -> Definitions:
         postgres: PostgresResource,
         jobs: JobsResource,
     ) -> MaterializeResult:
-        batch_id, lineage = context.partition_key, _lineage(context)
+        batch_id, attempt = context.partition_key, Attempt.of_run(context.run)
         read = raw.rows or 0
         with jobs.open(name) as store:
-            store.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
+            store.resume(batch_id, attempt=attempt)
+        fail = _failer(jobs, name, batch_id, attempt, final=_last_attempt(context, dataset))
         with _failing_batch(fail), postgres.connect() as conn:
             tables.ensure(conn)
             stats = replace_batch(
@@ -267,11 +267,11 @@ def build_dataset(dataset: Dataset) -> Definitions:
                 increments.commit(batch_id)
             source_figures = batches.source_figures(raw, increment)
             store = jobs.within(conn, name)
-            store.record_source(batch_id, source_figures, lineage=lineage)
+            store.record_source(batch_id, source_figures, attempt=attempt)
             figures = stats.sink_stats(retries=context.retry_number)
-            store.record_sink(batch_id, "postgres", figures, lineage=lineage)
+            store.record_sink(batch_id, "postgres", figures, attempt=attempt)
             store.complete(
-                batch_id, counts, summary, lineage=lineage, final=dataset.sinks[-1] == "postgres"
+                batch_id, counts, summary, attempt=attempt, final=dataset.sinks[-1] == "postgres"
             )
             duplicates = duplicate_ids(conn, tables, batch_id)
             preview = preview_markdown(conn, tables, batch_id)
@@ -325,10 +325,10 @@ def build_dataset(dataset: Dataset) -> Definitions:
     ) -> MaterializeResult:
         """Writes every chunk's records with the writer `open_writer(batch_id)` makes (it
         returns the lines of records too large to write); the last sink completes the batch."""
-        batch_id, lineage = context.partition_key, _lineage(context)
+        batch_id, attempt = context.partition_key, Attempt.of_run(context.run)
         with jobs.open(name) as store:
-            store.resume(batch_id, lineage=lineage, run_id=context.run.run_id)
-        fail = _failer(jobs, name, batch_id, lineage, final=_last_attempt(context, dataset))
+            store.resume(batch_id, attempt=attempt)
+        fail = _failer(jobs, name, batch_id, attempt, final=_last_attempt(context, dataset))
         stats = WriteStats()
         oversized: list[int] = []
         seen = Counter[str]()
@@ -345,9 +345,9 @@ def build_dataset(dataset: Dataset) -> Definitions:
             read=seen.total(), rejected=seen["rejected"], failed=seen["failed"]
         )
         with jobs.open(name) as store:
-            store.record_sink(batch_id, sink, figures, lineage=lineage)
+            store.record_sink(batch_id, sink, figures, attempt=attempt)
             if dataset.sinks[-1] == sink:
-                store.finish(batch_id, lineage=lineage)
+                store.finish(batch_id, attempt=attempt)
         metadata: dict[str, Any] = {f"{sink}_{k}": v for k, v in figures.items()}
         if oversized:
             metadata["oversized_lines"] = MetadataValue.json(oversized[:100])
@@ -581,27 +581,22 @@ def build_dataset(dataset: Dataset) -> Definitions:
 
 
 def _reading_progress(
-    jobs: JobsResource, dataset: str, batch_id: str, lineage: str
+    jobs: JobsResource, dataset: str, batch_id: str, attempt: Attempt
 ) -> Callable[[Chunk, Frontier], None]:
     """Records the counts known while a source is read, after each durable chunk."""
 
     def progress(chunk: Chunk, frontier: Frontier) -> None:
         with jobs.open(dataset) as store:
-            store.progress(batch_id, batches.counts_while_reading(frontier), lineage=lineage)
+            store.progress(batch_id, batches.counts_while_reading(frontier), attempt=attempt)
 
     return Throttled(progress, seconds=PROGRESS_SECONDS)
-
-
-def _lineage(context: AssetExecutionContext) -> str:
-    """The run and its retries and re-executions: Dagster's root run id."""
-    return context.run.root_run_id or context.run.run_id
 
 
 def _failer(
     jobs: JobsResource,
     dataset: str,
     batch_id: str,
-    lineage: str,
+    attempt: Attempt,
     *,
     etag: str | None = None,
     final: bool = True,
@@ -617,7 +612,7 @@ def _failer(
                 str(error) if isinstance(error, BatchError) else f"{type(error).__name__}: {error}"
             )
             with jobs.open(dataset) as store:
-                store.fail(batch_id, message, lineage=lineage, etag=etag)
+                store.fail(batch_id, message, attempt=attempt, etag=etag)
         if bad_input:
             return Failure(description=str(error), allow_retries=False)
         return error

@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, JobDefinition
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    Definitions,
+    ExecuteInProcessResult,
+    JobDefinition,
+    build_run_status_sensor_context,
+)
 
 from batch_assets.datasets import REVIEWS, Dataset
 from batch_assets.definitions import build_definitions
+from batch_assets.failures import batch_run_failure_sensor
+from batch_assets.resources.jobs import JobsResource
 from batch_assets.runner import Tick, evaluate_inbox_sensor, run_partition
-from batch_assets.tracking import BatchJobs
+from batch_assets.tracking import BatchJobs, BatchRecord
 
 
 def settings_config(*, chunk_size: int = 50, workers: int = 1) -> dict[str, Any]:
@@ -76,11 +85,28 @@ class Inbox:
         return batch_id, self.run(batch_id, **config)
 
 
-def batch_row(url: str, batch_id: str) -> dict[str, Any]:
+def batch_row(url: str, batch_id: str) -> BatchRecord:
     with psycopg.connect(url) as conn:
         row = BatchJobs(conn, REVIEWS.name).get(batch_id)
     assert row is not None, batch_id
     return row
+
+
+def report_run_failure(
+    instance: DagsterInstance, run: DagsterRun, jobs: JobsResource, message: str
+) -> None:
+    """What run monitoring does for a dead run worker, then the failure sensor's reaction."""
+    event = instance.report_run_failed(run, message=message)
+    failed_run = instance.get_run_by_id(run.run_id)
+    assert failed_run is not None
+    with build_run_status_sensor_context(
+        sensor_name="batch_run_failure_sensor",
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=failed_run,
+        resources={"jobs": jobs},
+    ) as context:
+        batch_run_failure_sensor(context.for_run_failure())
 
 
 def results(url: str, batch_id: str) -> list[tuple[Any, ...]]:

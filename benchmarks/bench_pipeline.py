@@ -260,7 +260,7 @@ def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         errors = [_event_error(event) for event in result.all_events if event.is_failure]
     with psycopg.connect(os.environ["BATCH_ASSETS_PG_URL"]) as conn:
         row = BatchJobs(conn, dataset.name).get(batch_id)
-    batch = {key: row[key] for key in BATCH_FIELDS} if row else None
+    batch = {key: getattr(row, key) for key in BATCH_FIELDS} if row else None
     return {
         "batch_id": batch_id,
         "cursor": tick.cursor,

@@ -41,7 +41,7 @@ from batch_assets.errors import BatchInputError, ConfigError
 from batch_assets.readers import CsvLayout
 from batch_assets.s3_objects import partition_key_for, s3_uri
 from batch_assets.sinks.postgres import rejected_page, results_page
-from batch_assets.tracking import BatchJobs, Source, status_document
+from batch_assets.tracking import BatchJobs, BatchRecord, BatchStore, Source, status_document
 from batch_assets.tracking_dynamodb import JOBS_TABLE, DynamoBatchJobs
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Backend:
         self.dynamodb = boto3.client("dynamodb", config=Config(retries={"mode": "standard"}))
         self._schema_ready = False
 
-    def jobs(self, conn: psycopg.Connection, dataset: str) -> BatchJobs | DynamoBatchJobs:
+    def jobs(self, conn: psycopg.Connection, dataset: str) -> BatchStore:
         """Where the dataset's batches are tracked: `conn`'s `batch_jobs`, or DynamoDB's."""
         if self.config.jobs_store == "dynamodb":
             return DynamoBatchJobs(self.dynamodb, dataset, table=self.config.jobs_table)
@@ -375,12 +375,12 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             batches=[
                 BatchListItem(
                     **status_document(row),
-                    sinks=row["sink_stats"],
-                    source=row["source_stats"],
-                    dataset=row["dataset"],
-                    source_uri=row["source_uri"],
-                    created_at=row["created_at"],
-                    updated_at=row["updated_at"],
+                    sinks=row.sink_stats,
+                    source=row.source_stats,
+                    dataset=row.dataset,
+                    source_uri=row.source_uri,
+                    created_at=row.created_at,
+                    updated_at=row.updated_at,
                 )
                 for row in rows
             ]
@@ -398,9 +398,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     ) -> BatchStatus:
         """Status, counts and progress; `summary` once completed, `error` once failed."""
         row = _batch_row(backend, dataset.value, batch_id)
-        return BatchStatus(
-            **status_document(row), sinks=row["sink_stats"], source=row["source_stats"]
-        )
+        return BatchStatus(**status_document(row), sinks=row.sink_stats, source=row.source_stats)
 
     @api.get(
         "/batch/{batch_id}/results",
@@ -424,7 +422,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             )
         return ResultsPage(
             batch_id=batch_id,
-            status=row["status"],
+            status=row.status,
             page=page,
             per_page=per_page,
             total_results=total,
@@ -463,7 +461,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     return app
 
 
-def _batch_row(backend: Backend, dataset: str, batch_id: str) -> dict[str, Any]:
+def _batch_row(backend: Backend, dataset: str, batch_id: str) -> BatchRecord:
     with backend.connection() as conn:
         row = backend.jobs(conn, dataset).get(batch_id)
     if row is None:

@@ -1,5 +1,5 @@
 """Batch tracking as a Dagster resource: `batch_jobs` in Postgres (the default) or in
-DynamoDB, behind one interface."""
+DynamoDB, behind one `tracking.BatchStore`."""
 
 from __future__ import annotations
 
@@ -16,10 +16,8 @@ from pydantic import Field
 
 from batch_assets.errors import ConfigError
 from batch_assets.resources.postgres import PostgresResource
-from batch_assets.tracking import BatchJobs
+from batch_assets.tracking import BatchJobs, BatchStore
 from batch_assets.tracking_dynamodb import JOBS_TABLE, DynamoBatchJobs
-
-JobStore = BatchJobs | DynamoBatchJobs
 
 
 class JobsResource(ConfigurableResource):
@@ -53,7 +51,7 @@ class JobsResource(ConfigurableResource):
         )
 
     @contextmanager
-    def open(self, dataset: str) -> Iterator[JobStore]:
+    def open(self, dataset: str) -> Iterator[BatchStore]:
         """The dataset's jobs; with Postgres, on a connection committed when the block ends."""
         if self.store == "dynamodb":
             yield self.dynamodb_jobs(dataset)
@@ -61,7 +59,7 @@ class JobsResource(ConfigurableResource):
         with self.postgres.connect() as conn:
             yield BatchJobs(conn, dataset)
 
-    def within(self, conn: psycopg.Connection, dataset: str) -> JobStore:
+    def within(self, conn: psycopg.Connection, dataset: str) -> BatchStore:
         """The dataset's jobs inside an open Postgres transaction, whose commit then carries
         their writes too; the DynamoDB store writes at once."""
         return self.dynamodb_jobs(dataset) if self.store == "dynamodb" else BatchJobs(conn, dataset)
