@@ -10,12 +10,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
+from batch_assets.api.app import ApiConfig
+from batch_assets.errors import ConfigError
 from batch_assets.local_stack import LocalStack
+from batch_assets.resources import jobs as jobs_module
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.tracking import (
@@ -263,6 +267,61 @@ def test_recent_batches_newest_first(tracking: Tracking) -> None:
     assert [(r.batch_id, r.error) for r in jobs.recent(limit=10, status="failed")] == [
         ("b1", "broken")
     ]
+
+
+def test_the_dynamodb_client_and_table_check_are_made_once_per_resource(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[Any] = []
+    checks: list[str] = []
+    real_client: Any = jobs_module.boto3.client  # typed per service name; this one takes any
+
+    def client(service: str, **options: Any) -> Any:
+        made.append(real_client(service, **options))
+        made[-1].meta.events.register(
+            "before-call.dynamodb.DescribeTable", lambda **kwargs: checks.append("describe")
+        )
+        return made[-1]
+
+    monkeypatch.setattr(jobs_module.boto3, "client", client)
+    table = f"batch_jobs_{uuid.uuid4().hex[:8]}"
+    resource = JobsResource(
+        postgres=PostgresResource(url=stack.env["BATCH_ASSETS_PG_URL"]),
+        store="dynamodb",
+        dynamodb_table=table,
+    )
+    batch = f"once-{uuid.uuid4().hex[:6]}.csv"
+    with resource.open("reviews") as jobs:
+        jobs.register(batch, [source("e1")], total=3)
+        jobs.start(batch, attempt=FIRST, source=source("e1"))
+    checks_of_first_open = len(checks)
+    for done in range(1, 4):
+        with resource.open("reviews") as jobs:
+            assert jobs.progress(batch, BatchCounts(3, done, 0, 0), attempt=FIRST)
+        with resource.open("events") as jobs:
+            assert jobs.get(batch) is None
+    assert len(made) == 1 and checks_of_first_open >= 1
+    assert len(checks) == checks_of_first_open
+    with resource.open("reviews") as jobs:
+        assert _record(jobs, batch).processed_count == 3
+    stack.client("dynamodb").delete_table(TableName=table)
+
+
+def test_the_code_location_and_the_api_read_the_store_from_the_same_settings() -> None:
+    url = "postgresql://postgres@127.0.0.1:1/none"
+    env = {
+        "BATCH_ASSETS_PG_URL": url,
+        "BATCH_ASSETS_BUCKET": "b",
+        "BATCH_ASSETS_JOBS_STORE": "dynamodb",
+        "BATCH_ASSETS_JOBS_TABLE": "jobs",
+    }
+    resource = JobsResource.from_env(PostgresResource(url=url), env)
+    api = ApiConfig.from_env(env)
+    assert (resource.store, resource.dynamodb_table) == ("dynamodb", "jobs")
+    assert (api.jobs_store, api.jobs_table) == ("dynamodb", "jobs")
+    assert JobsResource.from_env(PostgresResource(url=url), {}).store == "postgres"
+    with pytest.raises(ConfigError, match="BATCH_ASSETS_JOBS_STORE='dynamo': use postgres or"):
+        ApiConfig.from_env({**env, "BATCH_ASSETS_JOBS_STORE": "dynamo"})
 
 
 def test_progress_percent_counts_every_accounted_row() -> None:

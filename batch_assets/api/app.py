@@ -39,10 +39,12 @@ from batch_assets.api.upload import (
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.errors import BatchInputError, ConfigError
 from batch_assets.readers import CsvLayout
+from batch_assets.resources.jobs import JobsResource, StoreName, store_named
+from batch_assets.resources.postgres import PostgresResource
 from batch_assets.s3_objects import partition_key_for, s3_uri
 from batch_assets.sinks.postgres import rejected_page, results_page
-from batch_assets.tracking import BatchJobs, BatchRecord, BatchStore, Source, status_document
-from batch_assets.tracking_dynamodb import JOBS_TABLE, DynamoBatchJobs
+from batch_assets.tracking import BatchRecord, BatchStore, Source, status_document
+from batch_assets.tracking_dynamodb import JOBS_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class ApiConfig:
     bucket: str
     token: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    jobs_store: str = "postgres"
+    jobs_store: StoreName = "postgres"
     jobs_table: str = JOBS_TABLE
 
     @classmethod
@@ -104,13 +106,14 @@ class ApiConfig:
             bucket=env["BATCH_ASSETS_BUCKET"],
             token=env.get("BATCH_ASSETS_API_TOKEN") or None,
             max_upload_bytes=max_upload_bytes,
-            jobs_store=env.get("BATCH_ASSETS_JOBS_STORE", "postgres"),
+            jobs_store=store_named(env.get("BATCH_ASSETS_JOBS_STORE", "postgres")),
             jobs_table=env.get("BATCH_ASSETS_JOBS_TABLE", JOBS_TABLE),
         )
 
 
 class Backend:
-    """The API's connections: a Postgres pool and an S3 client, shared by requests."""
+    """The API's connections: a Postgres pool, an S3 client and the batch tracking, shared
+    by requests."""
 
     def __init__(self, config: ApiConfig):
         self.config = config
@@ -121,14 +124,16 @@ class Backend:
             "s3",
             config=Config(connect_timeout=5, read_timeout=60, retries={"mode": "standard"}),
         )
-        self.dynamodb = boto3.client("dynamodb", config=Config(retries={"mode": "standard"}))
+        self.tracking = JobsResource(
+            postgres=PostgresResource(url=config.pg_url),
+            store=config.jobs_store,
+            dynamodb_table=config.jobs_table,
+        )
         self._schema_ready = False
 
     def jobs(self, conn: psycopg.Connection, dataset: str) -> BatchStore:
         """Where the dataset's batches are tracked: `conn`'s `batch_jobs`, or DynamoDB's."""
-        if self.config.jobs_store == "dynamodb":
-            return DynamoBatchJobs(self.dynamodb, dataset, table=self.config.jobs_table)
-        return BatchJobs(conn, dataset)
+        return self.tracking.within(conn, dataset)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
