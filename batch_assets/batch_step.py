@@ -15,8 +15,8 @@ from batch_assets.checkpoints import Frontier
 from batch_assets.chunks import Chunk, Throttled
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError, ConfigError
-from batch_assets.resources.jobs import JobsResource, JobStore
-from batch_assets.tracking import BatchCounts, Source
+from batch_assets.resources.jobs import JobsResource
+from batch_assets.tracking import Attempt, BatchCounts, BatchStore, Source
 
 PROGRESS_SECONDS = 0.5
 """How often, at most, a step writes a batch's progress to batch_jobs."""
@@ -29,9 +29,9 @@ class BatchStep:
     Attributes:
         dataset: the batch's dataset.
         batch_id: the batch (the partition key).
-        lineage: the run and its retries and re-executions (Dagster's root run id), which
-            owns the batch once it has started it.
-        run_id: this run.
+        attempt: this run and its lineage (the run and its retries and re-executions,
+            Dagster's root run id); the batch's state is written only by the attempt that
+            started or resumed it last.
         retry_number: this attempt's step retry (0 for the first).
         jobs: the tracking store.
         log: where the step logs.
@@ -39,24 +39,25 @@ class BatchStep:
 
     dataset: Dataset
     batch_id: str
-    lineage: str
-    run_id: str
+    attempt: Attempt
     retry_number: int
     jobs: JobsResource
     log: Any = field(default_factory=lambda: logging.getLogger(__name__))
 
     @classmethod
     def of(cls, context: AssetExecutionContext, dataset: Dataset, jobs: JobsResource) -> BatchStep:
-        run = context.run
         return cls(
             dataset=dataset,
             batch_id=context.partition_key,
-            lineage=run.root_run_id or run.run_id,
-            run_id=run.run_id,
+            attempt=Attempt.of_run(context.run),
             retry_number=context.retry_number,
             jobs=jobs,
             log=context.log,
         )
+
+    @property
+    def lineage(self) -> str:
+        return self.attempt.lineage
 
     @property
     def final(self) -> bool:
@@ -64,12 +65,12 @@ class BatchStep:
         return self.retry_number >= self.dataset.max_retries
 
     @contextlib.contextmanager
-    def store(self) -> Iterator[JobStore]:
+    def store(self) -> Iterator[BatchStore]:
         """The dataset's tracking store, its writes committed when the block ends."""
         with self.jobs.open(self.dataset.name) as store:
             yield store
 
-    def within(self, conn: Any) -> JobStore:
+    def within(self, conn: Any) -> BatchStore:
         """The tracking store inside `conn`'s transaction (Postgres), to commit with it."""
         return self.jobs.within(conn, self.dataset.name)
 
@@ -81,16 +82,16 @@ class BatchStep:
     def start(self, source: Source) -> None:
         """This lineage takes the batch: it reads `source`, whatever ran before."""
         with self.store() as store:
-            store.start(self.batch_id, lineage=self.lineage, run_id=self.run_id, source=source)
+            store.start(self.batch_id, attempt=self.attempt, source=source)
 
     def resume(self) -> None:
         """The batch is processing again in this run (a retry or re-execution)."""
         with self.store() as store:
-            store.resume(self.batch_id, lineage=self.lineage, run_id=self.run_id)
+            store.resume(self.batch_id, attempt=self.attempt)
 
     def progress(self, counts: BatchCounts) -> None:
         with self.store() as store:
-            store.progress(self.batch_id, counts, lineage=self.lineage)
+            store.progress(self.batch_id, counts, attempt=self.attempt)
 
     def progress_listener(self, raw: Any, processed: Any, *, size: int | None) -> Throttled:
         """A listener of processed chunks that writes the batch's counts, at most every
@@ -116,7 +117,7 @@ class BatchStep:
                 str(error) if isinstance(error, BatchError) else f"{type(error).__name__}: {error}"
             )
             with self.store() as store:
-                store.fail(self.batch_id, message, lineage=self.lineage, etag=etag)
+                store.fail(self.batch_id, message, attempt=self.attempt, etag=etag)
         if bad_input:
             return Failure(description=str(error), allow_retries=False)
         return error

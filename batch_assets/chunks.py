@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -21,6 +23,9 @@ from typing import Any
 import polars as pl
 
 from batch_assets.errors import BatchError
+
+PARENT_POLL_SECONDS = 0.5
+"""How often a pool worker checks that the process it works for is still there."""
 
 # `state` is what a producer needs to continue after a chunk (a byte offset, a line number):
 # plain JSON values, persisted with the frontier.
@@ -213,6 +218,18 @@ def _limited(
         signal.signal(signal.SIGALRM, previous)
 
 
+def _die_with_parent(parent: int) -> None:
+    """A pool worker's initializer: the worker ends when the process that started it is
+    gone, even killed with SIGKILL (which gives the pool no chance to stop its workers)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def _map_in_pool(
     upstream: Iterator[Chunk],
     fn: Callable[[pl.DataFrame], pl.DataFrame],
@@ -223,7 +240,12 @@ def _map_in_pool(
     # spawn, not fork: the Dagster step process runs threads that a fork would copy mid-flight.
     context = multiprocessing.get_context("spawn")
     task = functools.partial(_limited, fn, time_limit)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
     pending: deque[tuple[Chunk, Future[pl.DataFrame]]] = deque()
 
     def finished() -> Chunk:

@@ -14,10 +14,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_assets.datasets import DATASETS, dataset_named
 from batch_assets.local_stack import LocalStack
+
+if TYPE_CHECKING:
+    from batch_assets.resources.jobs import JobsResource
+    from batch_assets.tracking import BatchRecord
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +181,7 @@ def _demo_batch(stack: LocalStack, home: Path, args: argparse.Namespace) -> dict
             stop.set()
             bar.join()
         print(f"run {result.run_id}: {'success' if result.success else 'failure'}", file=sys.stderr)
-    with _jobs(url, dataset.name) as jobs:
+    with _jobs_resource(url).open(dataset.name) as jobs:
         row = jobs.get(batch_id)
     return status_document(row) if row is not None else None
 
@@ -188,20 +192,21 @@ _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 def _progress_bar(url: str, dataset: str, batch_id: str, stop: threading.Event) -> None:
     last = ""
+    resource = _jobs_resource(url)
     while True:
         stopping = stop.wait(0.5)  # after the run, one last look at the final state
         try:
-            with _jobs(url, dataset) as jobs:
+            with resource.open(dataset) as jobs:
                 row = jobs.get(batch_id)
         except Exception:  # a frame of the bar missed (a store briefly away) is no error
             row = None
         if row is not None:
-            done = int(row["progress_percent"] // 2.5)
+            done = int(row.progress_percent // 2.5)
             line = (
-                f"\r[{'#' * done}{'.' * (40 - done)}] {row['progress_percent']:5.1f}% "
-                f"{row['status']}: {row['processed_count']:,} processed, "
-                f"{row['rejected_count']:,} rejected, {row['failed_count']:,} failed "
-                f"of {row['total_count']:,}"
+                f"\r[{'#' * done}{'.' * (40 - done)}] {row.progress_percent:5.1f}% "
+                f"{row.status}: {row.processed_count:,} processed, "
+                f"{row.rejected_count:,} rejected, {row.failed_count:,} failed "
+                f"of {row.total_count:,}"
             )
             if line != last:
                 sys.stderr.write(line)
@@ -365,14 +370,14 @@ def print_status(batch_id: str, dataset_name: str) -> int:
     if not url:
         return 2
     dataset = dataset_named(dataset_name)
-    row = _batch_row(url, dataset.name, batch_id)
+    row = _batch_row(_jobs_resource(url), dataset.name, batch_id)
     if row is None:
         return 1
-    document = {**status_document(row), "source": row["source_stats"], "sinks": row["sink_stats"]}
+    document = {**status_document(row), "source": row.source_stats, "sinks": row.sink_stats}
     store = _checkpoint_store()
     if store is not None:
         document["frontier"] = {
-            asset: where_batch_stands(store, f"{dataset.name}/{asset}", batch_id, row["lineage"])
+            asset: where_batch_stands(store, f"{dataset.name}/{asset}", batch_id, row.lineage)
             for asset in dataset.CHECKPOINTED
         }
     print(json.dumps(document, indent=2, default=str))
@@ -388,13 +393,13 @@ def reset_batch(batch_id: str, dataset_name: str, *, force: bool) -> int:
     if not url or store is None:
         return 2
     dataset = dataset_named(dataset_name)
-    row = _batch_row(url, dataset.name, batch_id)
+    row = _batch_row(_jobs_resource(url), dataset.name, batch_id)
     if row is None:
         return 1
-    if row["status"] == "processing" and not force:
+    if row.status == "processing" and not force:
         print(
             f"batch-assets reset: {dataset.name} batch {batch_id} is processing (run "
-            f"{row['run_id']}); its run would write checkpoints again. Stop the run first, or "
+            f"{row.run_id}); its run would write checkpoints again. Stop the run first, or "
             "pass --force",
             file=sys.stderr,
         )
@@ -402,7 +407,7 @@ def reset_batch(batch_id: str, dataset_name: str, *, force: bool) -> int:
     discarded = {}
     for asset in dataset.CHECKPOINTED:
         path = f"{dataset.name}/{asset}"
-        report = where_batch_stands(store, path, batch_id, row["lineage"])
+        report = where_batch_stands(store, path, batch_id, row.lineage)
         store.discard(path, batch_id)
         discarded[path] = (
             None if report is None else {"chunks": report["chunks"], "rows": report["rows"]}
@@ -416,15 +421,15 @@ def reset_batch(batch_id: str, dataset_name: str, *, force: bool) -> int:
     return 0
 
 
-def _batch_row(url: str, dataset: str, batch_id: str) -> dict[str, Any] | None:
-    """The batch's tracking row; None, said on stderr, when there is no such batch."""
-    with _jobs(url, dataset) as jobs:
-        row: dict[str, Any] | None = jobs.get(batch_id)
+def _batch_row(resource: JobsResource, dataset: str, batch_id: str) -> BatchRecord | None:
+    """The batch's tracking record; None, said on stderr, when there is no such batch."""
+    with resource.open(dataset) as jobs:
+        row = jobs.get(batch_id)
     if row is None:
         elsewhere = []
         for other in DATASETS:
             if other.name != dataset:
-                with _jobs(url, other.name) as jobs:
+                with resource.open(other.name) as jobs:
                     if jobs.get(batch_id) is not None:
                         elsewhere.append(other.name)
         hint = "".join(f"; it is a batch of {name}: pass --dataset {name}" for name in elsewhere)
@@ -488,16 +493,12 @@ def _setting(name: str) -> str | None:
     return value
 
 
-def _jobs_resource(url: str) -> Any:
+def _jobs_resource(url: str) -> JobsResource:
+    """Where batches are tracked (`BATCH_ASSETS_JOBS_STORE`), beside the results at `url`."""
     from batch_assets.resources.jobs import JobsResource
     from batch_assets.resources.postgres import PostgresResource
 
     return JobsResource.from_env(PostgresResource(url=url))
-
-
-def _jobs(url: str, dataset: str) -> Any:
-    """Where the dataset's batches are tracked (`BATCH_ASSETS_JOBS_STORE`), opened."""
-    return _jobs_resource(url).open(dataset)
 
 
 def serve(host: str, port: int) -> int:

@@ -12,12 +12,11 @@ from dagster import DynamicPartitionsDefinition, RunRequest, SensorResult, SkipR
 
 from batch_assets.datasets import Dataset
 from batch_assets.increments import Increment, Increments
-from batch_assets.resources.jobs import JobStore
 from batch_assets.s3_objects import InboxCursor, new_objects, partition_key_for
 from batch_assets.sql_source import check_table, encode_mark
-from batch_assets.tracking import Source
+from batch_assets.tracking import BatchStore, Source
 
-OpenStore = Callable[[], AbstractContextManager[JobStore]]
+OpenStore = Callable[[], AbstractContextManager[BatchStore]]
 
 
 def inbox_tick(

@@ -1,10 +1,14 @@
 """Marks a batch failed when its run fails for a reason the assets could not record
-(a killed process, a lost worker, an error outside the chunk loop)."""
+(a killed process, a lost worker, an error outside the chunk loop).
+
+The failure is written as the run's attempt: a run whose re-execution has resumed the batch
+since (a killed run reported late) no longer owns it, and leaves its state alone."""
 
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
 from batch_assets.datasets import dataset_of_job
 from batch_assets.resources.jobs import JobsResource
+from batch_assets.tracking import Attempt
 
 
 @run_failure_sensor(
@@ -21,9 +25,14 @@ def batch_run_failure_sensor(context: RunFailureSensorContext, jobs: JobsResourc
         return
     message = context.failure_event.message or "the run failed"
     with jobs.open(dataset.name) as store:
-        store.fail(
+        recorded = store.fail(
             batch_id,
             f"run {run.run_id} failed: {message}",
-            lineage=run.root_run_id or run.run_id,
+            attempt=Attempt.of_run(run),
             etag=run.tags.get("batch_assets/etag"),
+        )
+    if not recorded:
+        context.log.info(
+            f"{dataset.name} batch {batch_id}: run {run.run_id} no longer owns it (a newer run "
+            "took it, or a newer version was registered); its failure is not recorded"
         )

@@ -15,9 +15,8 @@ from batch_assets.chunks import Chunk
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError
 from batch_assets.increments import Increments
-from batch_assets.resources.jobs import JobStore
 from batch_assets.sinks.postgres import LoadStats, replace_batch, stored_counts
-from batch_assets.tracking import BatchCounts
+from batch_assets.tracking import Attempt, BatchCounts, BatchStore
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,13 @@ def load_batch(
     processed: Iterable[Chunk],
     raw: Callable[[], Frontier],
     *,
-    tracking: JobStore,
-    lineage: str,
+    tracking: BatchStore,
+    attempt: Attempt,
     retries: int,
 ) -> Loaded:
-    """Replaces the batch's rows with the `processed` chunks, inside `conn`'s transaction.
+    """Replaces the batch's rows with the `processed` chunks, inside `conn`'s transaction
+    (the dataset's tables exist: `ResultsTables.ensure`, committed before, so that the
+    schema lock is not held for the whole load).
 
     Once the chunks are exhausted, the rows read (`raw()`, the `raw` stage's final
     frontier) must equal the rows stored (processed + rejected + failed, as COPY counted
@@ -62,7 +63,6 @@ def load_batch(
         BatchError: the rows stored are not the rows read; nothing is committed.
     """
     tables = dataset.tables
-    tables.ensure(conn)
     stats = replace_batch(
         conn, tables, batch_id, processed, summary_column=dataset.processor.summary_column
     )
@@ -85,10 +85,10 @@ def load_batch(
     figures = source_figures(read_frontier, increment)
     summary = summary_of(dataset, stats.summary, stored)
     counts = BatchCounts(read, *stored)
-    tracking.record_source(batch_id, figures, lineage=lineage)
-    tracking.record_sink(batch_id, "postgres", stats.sink_stats(retries=retries), lineage=lineage)
+    tracking.record_source(batch_id, figures, attempt=attempt)
+    tracking.record_sink(batch_id, "postgres", stats.sink_stats(retries=retries), attempt=attempt)
     final = dataset.sinks[-1] == "postgres"
-    tracking.complete(batch_id, counts, summary, lineage=lineage, final=final)
+    tracking.complete(batch_id, counts, summary, attempt=attempt, final=final)
     return Loaded(stats, counts, summary, figures, replaced)
 
 

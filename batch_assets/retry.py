@@ -23,8 +23,7 @@ from batch_assets.readers import LINE, REASON, RECORD, STATUS
 from batch_assets.sinks.dynamodb import BatchWriter, WriteStats, chunk_items, write_chunk_items
 from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
-from batch_assets.tracking import BatchCounts, BatchJobs
-from batch_assets.tracking_dynamodb import DynamoBatchJobs
+from batch_assets.tracking import BatchCounts, BatchJobs, BatchStore
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def retry_failed(
     batch_id: str,
     *,
     conn: psycopg.Connection,
-    jobs: BatchJobs | DynamoBatchJobs | None = None,
+    jobs: BatchStore | None = None,
     dynamodb: BatchWriter | None = None,
     kinesis: StreamWriter | None = None,
 ) -> RetryResult:
@@ -65,20 +64,15 @@ def retry_failed(
         BatchError: no such batch, or it is not completed (running, queued or failed).
     """
     jobs = jobs if jobs is not None else BatchJobs(conn, dataset.name)
-    if isinstance(jobs, BatchJobs):  # hold the batch's row until the caller commits
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT 1 FROM batch_jobs WHERE dataset = %s AND batch_id = %s FOR UPDATE",
-                (dataset.name, batch_id),
-            )
+    if isinstance(jobs, BatchJobs):  # in `conn`: hold the batch's row until the caller commits
+        jobs.lock(batch_id)
     found = jobs.get(batch_id)
     if found is None:
         raise BatchError(f"no {dataset.name} batch {batch_id}")
-    status, lineage, total = found["status"], found["lineage"], found["total_count"]
-    if status != "completed":
+    if found.status != "completed" or found.attempt is None:
         raise BatchError(
-            f"{dataset.name} batch {batch_id} is {status}: only a completed batch's failed "
-            "records can be retried"
+            f"{dataset.name} batch {batch_id} is {found.status}: only a completed batch's "
+            "failed records can be retried"
         )
     tables = dataset.tables
     failed = _failed_records(conn, dataset, batch_id)
@@ -103,9 +97,9 @@ def retry_failed(
     stored = stored_counts(conn, tables, batch_id)
     jobs.complete(
         batch_id,
-        BatchCounts(int(total), *stored),
+        BatchCounts(found.total_count, *stored),
         batch_summary(conn, dataset, batch_id, stored),
-        lineage=str(lineage),
+        attempt=found.attempt,  # as the completing run: a run that took the batch since wins
     )
     now_processed = int((out[STATUS] == "processed").sum())
     return RetryResult(failed.height, now_processed, failed.height - now_processed)

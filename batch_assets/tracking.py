@@ -1,4 +1,5 @@
-"""Batch job tracking: `batch_jobs` and the `batch_sources` manifest, in Postgres.
+"""Batch job tracking: the records of `batch_jobs`, the contract of a store that keeps them
+(`BatchStore`), and the Postgres store with its `batch_sources` manifest.
 
 A batch moves `queued -> processing -> completed | failed`. Counts are written as absolute
 values taken from the checkpoint frontier, so a resumed run never counts a row twice.
@@ -7,12 +8,12 @@ values taken from the checkpoint frontier, so a resumed run never counts a row t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import class_row
 
 BatchStatus = Literal["queued", "processing", "completed", "failed"]
 
@@ -97,21 +98,91 @@ class BatchCounts:
         return round(min(100.0, 100.0 * done / self.total), 2)
 
 
-class BatchJobs:
-    """`batch_jobs` and `batch_sources` rows of one dataset, through one connection.
+class _DagsterRun(Protocol):
+    """What `Attempt.of_run` reads of a Dagster run (a `DagsterRun`, `context.run`)."""
 
-    A batch belongs to the lineage (Dagster's root run id) that started processing its
-    current version: progress, completion and failure are written only by that lineage, so
-    a run of an older version that is still going cannot overwrite the state of a newer
-    version registered since (registration clears the lineage).
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def root_run_id(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The run writing a batch's state, and the lineage it belongs to.
+
+    Attributes:
+        lineage: Dagster's root run id: a run, its step retries and its re-executions
+            share it, and resume each other's checkpoints.
+        run_id: this run's own id; a re-execution of the lineage has a new one.
     """
 
-    def __init__(self, conn: psycopg.Connection, dataset: str):
-        self.conn = conn
-        self.dataset = dataset
+    lineage: str
+    run_id: str
+
+    @classmethod
+    def of_run(cls, run: _DagsterRun) -> Attempt:
+        """The attempt of a Dagster run: its root run id (its own when it is the root)."""
+        return cls(run.root_run_id or run.run_id, run.run_id)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A batch as `batch_jobs` keeps it: every column, the same in every store.
+
+    `lineage` and `run_id` are the attempt that took the batch last (None while queued);
+    times are timezone-aware; `summary` (processed rows per label), `sink_stats` (per
+    sink: see `BatchStore.record_sink`) and `source_stats` are None until written.
+    """
+
+    dataset: str
+    batch_id: str
+    status: BatchStatus
+    source_uri: str | None
+    source_etag: str | None
+    total_count: int
+    processed_count: int
+    rejected_count: int
+    failed_count: int
+    progress_percent: float
+    summary: dict[str, int] | None
+    error: str | None
+    sink_stats: dict[str, dict[str, int]] | None
+    source_stats: dict[str, Any] | None
+    lineage: str | None
+    run_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    completed_at: datetime | None
+
+    @property
+    def attempt(self) -> Attempt | None:
+        """The attempt that owns the batch; None while no run has taken it."""
+        if self.lineage is None or self.run_id is None:
+            return None
+        return Attempt(self.lineage, self.run_id)
+
+
+COLUMNS = tuple(field.name for field in fields(BatchRecord))
+"""The columns of `batch_jobs`, as `BatchRecord` names them."""
+
+
+class BatchStore(Protocol):
+    """Where a dataset's batches are tracked: `BatchJobs` (Postgres) or `DynamoBatchJobs`.
+
+    A batch belongs to the attempt that took it last: `start` takes it whatever ran before,
+    `resume` takes it back for a new run of the lineage that owns it. Progress, completion,
+    figures and failure are written only by that attempt (the stored lineage and run id
+    both its own), so neither a run of an older version still going (registration clears
+    the owner) nor an older run of the same lineage (a killed run whose failure is reported
+    after its re-execution resumed, a late progress write) overwrites a newer outcome.
+    Every write returns whether it happened.
+    """
 
     def ensure(self) -> None:
-        ensure_schema(self.conn, SCHEMA)
+        """Creates what the store keeps batches in, when missing; idempotent."""
 
     def register(self, batch_id: str, sources: list[Source], *, total: int = 0) -> bool:
         """Queues a batch for its sources; False when exactly these versions are registered
@@ -122,6 +193,75 @@ class BatchJobs:
             sources: the objects it reads.
             total: its record count when already known (an upload counts them).
         """
+
+    def sources(self, batch_id: str) -> list[Source]:
+        """The batch's registered sources, by URI; empty for an unknown batch."""
+
+    def start(self, batch_id: str, *, attempt: Attempt, source: Source) -> None:
+        """`attempt` takes the batch, whatever ran before: it reads `source`."""
+
+    def resume(self, batch_id: str, *, attempt: Attempt) -> bool:
+        """Marks the batch processing again by `attempt` (a step retry or a re-execution of
+        the lineage that owns it); False when another lineage owns it, or another version
+        has been registered since."""
+
+    def progress(self, batch_id: str, counts: BatchCounts, *, attempt: Attempt) -> bool:
+        """Records the counts so far."""
+
+    def complete(
+        self,
+        batch_id: str,
+        counts: BatchCounts,
+        summary: dict[str, int],
+        *,
+        attempt: Attempt,
+        final: bool = True,
+    ) -> bool:
+        """Records the batch's final counts and summary; with `final`, also that it is
+        completed (otherwise it stays `processing` until `finish`: more sinks follow)."""
+
+    def record_sink(
+        self, batch_id: str, sink: str, figures: dict[str, int], *, attempt: Attempt
+    ) -> bool:
+        """Keeps one sink's figures for the batch's current version, under `sink_stats`:
+        records read, written, rejected, failed, oversized, requests sent, items sent again
+        (`retries`) and bytes."""
+
+    def record_source(self, batch_id: str, figures: dict[str, Any], *, attempt: Attempt) -> bool:
+        """Keeps the figures of the batch's reading under `source_stats`: rows read, chunks,
+        and for an increment its bounds and the latest cursor value read."""
+
+    def finish(self, batch_id: str, *, attempt: Attempt) -> bool:
+        """Marks the batch completed once its last sink has written it."""
+
+    def fail(self, batch_id: str, error: str, *, attempt: Attempt, etag: str | None = None) -> bool:
+        """Records `attempt`'s failure (the error cut to 4,000 characters); with `etag`, also
+        that of a run that died before it could take the queued batch it was started for."""
+
+    def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[BatchRecord]:
+        """The dataset's newest batches first, optionally only those in one status."""
+
+    def get(self, batch_id: str) -> BatchRecord | None:
+        """The batch; None when the dataset has no such batch."""
+
+
+_SELECTED = ", ".join(COLUMNS)
+
+
+class BatchJobs:
+    """`batch_jobs` and `batch_sources` rows of one dataset, through one connection: the
+    Postgres `BatchStore`. Its writes join the connection's transaction, so a load and its
+    batch's completion commit together.
+    """
+
+    def __init__(self, conn: psycopg.Connection, dataset: str):
+        self.conn = conn
+        self.dataset = dataset
+
+    def ensure(self) -> None:
+        ensure_schema(self.conn, SCHEMA)
+
+    def register(self, batch_id: str, sources: list[Source], *, total: int = 0) -> bool:
         if {(s.uri, s.etag) for s in self.sources(batch_id)} == {(s.uri, s.etag) for s in sources}:
             return False
         first = sources[0]
@@ -162,8 +302,7 @@ class BatchJobs:
             )
             return [Source(*row) for row in cur.fetchall()]
 
-    def start(self, batch_id: str, *, lineage: str, run_id: str, source: Source) -> None:
-        """The lineage takes the batch: it reads `source`, whatever ran before."""
+    def start(self, batch_id: str, *, attempt: Attempt, source: Source) -> None:
         with self.conn.cursor() as cur:
             cur.execute(
                 """
@@ -173,20 +312,27 @@ class BatchJobs:
                     updated_at = now()
                 WHERE dataset = %s AND batch_id = %s
                 """,
-                (lineage, run_id, source.uri, source.etag, self.dataset, batch_id),
+                (
+                    attempt.lineage,
+                    attempt.run_id,
+                    source.uri,
+                    source.etag,
+                    self.dataset,
+                    batch_id,
+                ),
             )
 
-    def resume(self, batch_id: str, *, lineage: str, run_id: str) -> bool:
-        """Marks the batch processing again in `run_id` (a retry or a re-execution of the
-        lineage that owns it); False when another version has been registered since."""
-        return self._update(
-            "status = 'processing', run_id = %s, error = NULL, completed_at = NULL",
-            (run_id,),
-            batch_id,
-            lineage,
-        )
+    def resume(self, batch_id: str, *, attempt: Attempt) -> bool:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "UPDATE batch_jobs SET status = 'processing', run_id = %s, error = NULL, "
+                "completed_at = NULL, updated_at = now() "
+                "WHERE dataset = %s AND batch_id = %s AND lineage = %s",
+                (attempt.run_id, self.dataset, batch_id, attempt.lineage),
+            )
+            return cur.rowcount == 1
 
-    def progress(self, batch_id: str, counts: BatchCounts, *, lineage: str) -> bool:
+    def progress(self, batch_id: str, counts: BatchCounts, *, attempt: Attempt) -> bool:
         return self._update(
             "total_count = %s, processed_count = %s, rejected_count = %s, "
             "failed_count = %s, progress_percent = %s",
@@ -198,7 +344,7 @@ class BatchJobs:
                 counts.progress_percent,
             ),
             batch_id,
-            lineage,
+            attempt,
         )
 
     def complete(
@@ -207,43 +353,35 @@ class BatchJobs:
         counts: BatchCounts,
         summary: dict[str, int],
         *,
-        lineage: str,
+        attempt: Attempt,
         final: bool = True,
     ) -> bool:
-        """Records the batch's final counts and summary; with `final`, also that it is
-        completed (otherwise it stays `processing` until `finish`: more sinks follow)."""
         done = self._update(
             "total_count = %s, processed_count = %s, rejected_count = %s, failed_count = %s, "
             "progress_percent = 100, summary = %s, error = NULL",
             (counts.total, counts.processed, counts.rejected, counts.failed, json.dumps(summary)),
             batch_id,
-            lineage,
+            attempt,
         )
-        return self.finish(batch_id, lineage=lineage) if done and final else done
+        return self.finish(batch_id, attempt=attempt) if done and final else done
 
     def record_sink(
-        self, batch_id: str, sink: str, figures: dict[str, int], *, lineage: str
+        self, batch_id: str, sink: str, figures: dict[str, int], *, attempt: Attempt
     ) -> bool:
-        """Keeps one sink's figures for the batch's current version, under `sink_stats`:
-        records read, written, rejected, failed, oversized, requests sent, items sent again
-        (`retries`) and bytes."""
         return self._update(
             "sink_stats = coalesce(sink_stats, '{}'::jsonb) || jsonb_build_object(%s::text, "
             "%s::jsonb)",
             (sink, json.dumps(figures)),
             batch_id,
-            lineage,
+            attempt,
         )
 
-    def record_source(self, batch_id: str, figures: dict[str, Any], *, lineage: str) -> bool:
-        """Keeps the figures of the batch's reading under `source_stats`: rows read, chunks,
-        and for an increment its bounds and the latest cursor value read."""
-        return self._update("source_stats = %s", (json.dumps(figures),), batch_id, lineage)
+    def record_source(self, batch_id: str, figures: dict[str, Any], *, attempt: Attempt) -> bool:
+        return self._update("source_stats = %s", (json.dumps(figures),), batch_id, attempt)
 
-    def finish(self, batch_id: str, *, lineage: str) -> bool:
-        """Marks the batch completed once its last sink has written it."""
+    def finish(self, batch_id: str, *, attempt: Attempt) -> bool:
         done = self._update(
-            "status = 'completed', error = NULL, completed_at = now()", (), batch_id, lineage
+            "status = 'completed', error = NULL, completed_at = now()", (), batch_id, attempt
         )
         if done:
             with self.conn.cursor() as cur:
@@ -254,61 +392,68 @@ class BatchJobs:
                 )
         return done
 
-    def fail(self, batch_id: str, error: str, *, lineage: str, etag: str | None = None) -> bool:
-        """Records the lineage's failure; with `etag`, also that of a run that died before it
-        could take the batch it was started for."""
+    def fail(self, batch_id: str, error: str, *, attempt: Attempt, etag: str | None = None) -> bool:
         with self.conn.cursor() as cur:
             cur.execute(
                 """
                 UPDATE batch_jobs SET status = 'failed', error = %s, updated_at = now()
                 WHERE dataset = %s AND batch_id = %s
-                  AND (lineage = %s OR (lineage IS NULL AND status = 'queued'
-                                        AND source_etag = %s))
+                  AND ((lineage = %s AND run_id = %s)
+                       OR (lineage IS NULL AND status = 'queued' AND source_etag = %s))
                 """,
-                (error[:4000], self.dataset, batch_id, lineage, etag),
+                (error[:4000], self.dataset, batch_id, attempt.lineage, attempt.run_id, etag),
             )
             return cur.rowcount == 1
 
+    def lock(self, batch_id: str) -> None:
+        """Holds the batch's row against every other writer until the transaction ends."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT 1 FROM batch_jobs WHERE dataset = %s AND batch_id = %s FOR UPDATE",
+                (self.dataset, batch_id),
+            )
+
     def _update(
-        self, assignments: str, values: tuple[Any, ...], batch_id: str, lineage: str
+        self, assignments: str, values: tuple[Any, ...], batch_id: str, attempt: Attempt
     ) -> bool:
+        """Applies `assignments` while `attempt` owns the batch; False when it does not."""
         with self.conn.cursor() as cur:
             cur.execute(
                 f"UPDATE batch_jobs SET {assignments}, updated_at = now() "
-                "WHERE dataset = %s AND batch_id = %s AND lineage = %s",
-                (*values, self.dataset, batch_id, lineage),
+                "WHERE dataset = %s AND batch_id = %s AND lineage = %s AND run_id = %s",
+                (*values, self.dataset, batch_id, attempt.lineage, attempt.run_id),
             )
             return cur.rowcount == 1
 
-    def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[dict[str, Any]]:
-        """The dataset's newest batches first, optionally only those in one status."""
-        with self.conn.cursor(row_factory=dict_row) as cur:
+    def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[BatchRecord]:
+        with self.conn.cursor(row_factory=class_row(BatchRecord)) as cur:
             cur.execute(
-                "SELECT * FROM batch_jobs WHERE dataset = %s AND (%s::text IS NULL OR status = %s)"
-                " ORDER BY created_at DESC, batch_id LIMIT %s",
+                f"SELECT {_SELECTED} FROM batch_jobs "
+                "WHERE dataset = %s AND (%s::text IS NULL OR status = %s) "
+                "ORDER BY created_at DESC, batch_id LIMIT %s",
                 (self.dataset, status, status, limit),
             )
             return cur.fetchall()
 
-    def get(self, batch_id: str) -> dict[str, Any] | None:
-        with self.conn.cursor(row_factory=dict_row) as cur:
+    def get(self, batch_id: str) -> BatchRecord | None:
+        with self.conn.cursor(row_factory=class_row(BatchRecord)) as cur:
             cur.execute(
-                "SELECT * FROM batch_jobs WHERE dataset = %s AND batch_id = %s",
+                f"SELECT {_SELECTED} FROM batch_jobs WHERE dataset = %s AND batch_id = %s",
                 (self.dataset, batch_id),
             )
             return cur.fetchone()
 
 
-def status_document(row: dict[str, Any]) -> dict[str, Any]:
+def status_document(record: BatchRecord) -> dict[str, Any]:
     """The public status of a batch: the keys the demo's `--json` and the API print."""
     return {
-        "batch_id": row["batch_id"],
-        "status": row["status"],
-        "total_count": row["total_count"],
-        "processed_count": row["processed_count"],
-        "rejected_count": row["rejected_count"],
-        "failed_count": row["failed_count"],
-        "progress_percent": float(row["progress_percent"]),
-        "summary": row["summary"],
-        "error": row["error"],
+        "batch_id": record.batch_id,
+        "status": record.status,
+        "total_count": record.total_count,
+        "processed_count": record.processed_count,
+        "rejected_count": record.rejected_count,
+        "failed_count": record.failed_count,
+        "progress_percent": float(record.progress_percent),
+        "summary": record.summary,
+        "error": record.error,
     }

@@ -1,23 +1,25 @@
-"""Batch job tracking in DynamoDB, for deployments without a Postgres for it: the same
-interface as `tracking.BatchJobs`, over a `batch_jobs` table.
+"""Batch job tracking in DynamoDB, for deployments without a Postgres for it: a
+`tracking.BatchStore` over a `batch_jobs` table.
 
 The table is keyed by `dataset` (partition) and `batch_id` (sort), so that the same batch id
 in two datasets is two batches, and a global secondary index `dataset_created_index`
 (`dataset`, `created_at`) lists a dataset's newest batches. Every write of a running batch
-is conditional on the lineage that owns it, as in Postgres: a run of an older version never
-overwrites a newer one. A batch's sources are kept on its item.
+is conditional on the attempt that owns it (its lineage and run id), as in Postgres: neither
+a run of an older version nor an older run of the same lineage overwrites a newer one. A
+batch's sources are kept on its item.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from batch_assets.tracking import BatchCounts, BatchStatus, Source
+from batch_assets.tracking import COLUMNS, Attempt, BatchCounts, BatchRecord, BatchStatus, Source
 
 JOBS_TABLE = "batch_jobs"
 RECENT_INDEX = "dataset_created_index"
@@ -85,7 +87,7 @@ _TIMES = ("created_at", "started_at", "updated_at", "completed_at")
 
 
 class DynamoBatchJobs:
-    """`batch_jobs` of one dataset in DynamoDB; see `tracking.BatchJobs` for the contract.
+    """`batch_jobs` of one dataset in DynamoDB; see `tracking.BatchStore` for the contract.
 
     Args:
         client: a boto3 DynamoDB client.
@@ -148,14 +150,14 @@ class DynamoBatchJobs:
             key=lambda s: s.uri,
         )
 
-    def start(self, batch_id: str, *, lineage: str, run_id: str, source: Source) -> None:
+    def start(self, batch_id: str, *, attempt: Attempt, source: Source) -> None:
         item = self._item(batch_id) or {}
         self._set(
             batch_id,
             {
                 "status": "processing",
-                "lineage": lineage,
-                "run_id": run_id,
+                "lineage": attempt.lineage,
+                "run_id": attempt.run_id,
                 "source_uri": source.uri,
                 "source_etag": source.etag,
                 "started_at": item.get("started_at") or _now(),
@@ -163,16 +165,16 @@ class DynamoBatchJobs:
             remove=("error", "completed_at"),
         )
 
-    def resume(self, batch_id: str, *, lineage: str, run_id: str) -> bool:
+    def resume(self, batch_id: str, *, attempt: Attempt) -> bool:
         return self._set(
             batch_id,
-            {"status": "processing", "run_id": run_id},
+            {"status": "processing", "run_id": attempt.run_id},
             remove=("error", "completed_at"),
-            lineage=lineage,
+            when=_of_lineage(attempt),
         )
 
-    def progress(self, batch_id: str, counts: BatchCounts, *, lineage: str) -> bool:
-        return self._set(batch_id, _counts(counts), lineage=lineage)
+    def progress(self, batch_id: str, counts: BatchCounts, *, attempt: Attempt) -> bool:
+        return self._set(batch_id, _counts(counts), when=_owned_by(attempt))
 
     def complete(
         self,
@@ -180,55 +182,40 @@ class DynamoBatchJobs:
         counts: BatchCounts,
         summary: dict[str, int],
         *,
-        lineage: str,
+        attempt: Attempt,
         final: bool = True,
     ) -> bool:
         values = {**_counts(counts), "progress_percent": 100, "summary": summary}
-        done = self._set(batch_id, values, remove=("error",), lineage=lineage)
-        return self.finish(batch_id, lineage=lineage) if done and final else done
+        done = self._set(batch_id, values, remove=("error",), when=_owned_by(attempt))
+        return self.finish(batch_id, attempt=attempt) if done and final else done
 
-    def finish(self, batch_id: str, *, lineage: str) -> bool:
+    def finish(self, batch_id: str, *, attempt: Attempt) -> bool:
         return self._set(
             batch_id,
             {"status": "completed", "completed_at": _now(), "sources_state": "loaded"},
             remove=("error",),
-            lineage=lineage,
+            when=_owned_by(attempt),
         )
 
     def record_sink(
-        self, batch_id: str, sink: str, figures: dict[str, int], *, lineage: str
+        self, batch_id: str, sink: str, figures: dict[str, int], *, attempt: Attempt
     ) -> bool:
         item = self._item(batch_id) or {}
         stats = {**(item.get("sink_stats") or {}), sink: figures}
-        return self._set(batch_id, {"sink_stats": stats}, lineage=lineage)
+        return self._set(batch_id, {"sink_stats": stats}, when=_owned_by(attempt))
 
-    def record_source(self, batch_id: str, figures: dict[str, Any], *, lineage: str) -> bool:
-        return self._set(batch_id, {"source_stats": figures}, lineage=lineage)
+    def record_source(self, batch_id: str, figures: dict[str, Any], *, attempt: Attempt) -> bool:
+        return self._set(batch_id, {"source_stats": figures}, when=_owned_by(attempt))
 
-    def fail(self, batch_id: str, error: str, *, lineage: str, etag: str | None = None) -> bool:
-        try:
-            self.client.update_item(
-                TableName=self.table,
-                Key=self._key(batch_id),
-                UpdateExpression="SET #status = :failed, #error = :error, updated_at = :now",
-                ConditionExpression="lineage = :lineage OR (attribute_not_exists(lineage) "
-                "AND #status = :queued AND source_etag = :etag)",
-                ExpressionAttributeNames={"#status": "status", "#error": "error"},
-                ExpressionAttributeValues={
-                    ":failed": {"S": "failed"},
-                    ":error": {"S": error[:4000]},
-                    ":now": {"S": _now()},
-                    ":lineage": {"S": lineage},
-                    ":queued": {"S": "queued"},
-                    ":etag": {"S": etag or ""},
-                },
-            )
-        except self.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+    def fail(self, batch_id: str, error: str, *, attempt: Attempt, etag: str | None = None) -> bool:
+        return self._set(
+            batch_id,
+            {"status": "failed", "error": error[:4000]},
+            when=_failable_by(attempt, etag),
+        )
 
-    def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+    def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[BatchRecord]:
+        rows: list[BatchRecord] = []
         paginator = self.client.get_paginator("query")
         pages = paginator.paginate(
             TableName=self.table,
@@ -240,13 +227,13 @@ class DynamoBatchJobs:
         for page in pages:
             for item in page.get("Items", []):
                 row = self._row(item)
-                if status is None or row["status"] == status:
+                if status is None or row.status == status:
                     rows.append(row)
                 if len(rows) == limit:
                     return rows
         return rows
 
-    def get(self, batch_id: str) -> dict[str, Any] | None:
+    def get(self, batch_id: str) -> BatchRecord | None:
         raw = self._raw(batch_id)
         return None if raw is None else self._row(raw)
 
@@ -264,37 +251,15 @@ class DynamoBatchJobs:
             return None
         return {k: _plain(_deserializer.deserialize(v)) for k, v in raw.items()}
 
-    def _row(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """An item as `tracking.BatchJobs.get` returns a row: the same keys, times as
-        datetimes, absent attributes as None."""
+    def _row(self, raw: dict[str, Any]) -> BatchRecord:
+        """An item as a record: times as datetimes, absent attributes as None."""
         item = {k: _plain(_deserializer.deserialize(v)) for k, v in raw.items()}
-        row: dict[str, Any] = {
-            key: item.get(key)
-            for key in (
-                "dataset",
-                "batch_id",
-                "source_uri",
-                "source_etag",
-                "status",
-                "total_count",
-                "processed_count",
-                "rejected_count",
-                "failed_count",
-                "progress_percent",
-                "summary",
-                "sink_stats",
-                "source_stats",
-                "error",
-                "lineage",
-                "run_id",
-                *_TIMES,
-            )
-        }
+        row: dict[str, Any] = {key: item.get(key) for key in COLUMNS}
         for key in _TIMES:
             if row[key] is not None:
                 row[key] = datetime.fromisoformat(row[key])
         row["progress_percent"] = float(row["progress_percent"] or 0)
-        return row
+        return BatchRecord(**row)
 
     def _set(
         self,
@@ -302,35 +267,65 @@ class DynamoBatchJobs:
         values: dict[str, Any],
         *,
         remove: tuple[str, ...] = (),
-        lineage: str | None = None,
+        when: _Condition | None = None,
     ) -> bool:
-        """Sets attributes (and `updated_at`), removes others; with `lineage`, only while
-        that lineage owns the batch. False when the condition fails."""
+        """Sets attributes (and `updated_at`) and removes others when the item exists and
+        meets `when`; False when it does not."""
+        when = when or _Condition("attribute_exists(batch_id)")
         values = {**values, "updated_at": _now()}
-        names = {f"#a{i}": name for i, name in enumerate([*values, *remove])}
-        by_name = {name: alias for alias, name in names.items()}
-        expression = "SET " + ", ".join(f"{by_name[k]} = :v{i}" for i, k in enumerate(values))
+        expression = "SET " + ", ".join(f"#{k} = :v{i}" for i, k in enumerate(values))
         if remove:
-            expression += " REMOVE " + ", ".join(by_name[k] for k in remove)
-        options: dict[str, Any] = {
-            "TableName": self.table,
-            "Key": self._key(batch_id),
-            "UpdateExpression": expression,
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": {
-                f":v{i}": _typed(v) for i, v in enumerate(values.values())
-            },
-        }
-        if lineage is not None:
-            options["ConditionExpression"] = "lineage = :lineage"
-            options["ExpressionAttributeValues"][":lineage"] = {"S": lineage}
-        else:
-            options["ConditionExpression"] = "attribute_exists(batch_id)"
+            expression += " REMOVE " + ", ".join(f"#{k}" for k in remove)
         try:
-            self.client.update_item(**options)
+            self.client.update_item(
+                TableName=self.table,
+                Key=self._key(batch_id),
+                UpdateExpression=expression,
+                ConditionExpression=when.expression,
+                ExpressionAttributeNames={f"#{k}": k for k in (*values, *remove, *when.names)},
+                ExpressionAttributeValues={
+                    **{f":v{i}": _typed(v) for i, v in enumerate(values.values())},
+                    **when.values,
+                },
+            )
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
         return True
+
+
+@dataclass(frozen=True)
+class _Condition:
+    """A condition of an update: its expression, the values it names (`:name`) and the
+    attributes it names as `#attribute` (reserved words such as `status` must be)."""
+
+    expression: str
+    values: dict[str, Any] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+
+
+def _owned_by(attempt: Attempt) -> _Condition:
+    """The batch belongs to `attempt`: its lineage took it, and this run last."""
+    return _Condition(
+        "lineage = :lineage AND run_id = :run_id",
+        {":lineage": {"S": attempt.lineage}, ":run_id": {"S": attempt.run_id}},
+    )
+
+
+def _of_lineage(attempt: Attempt) -> _Condition:
+    """The batch belongs to `attempt`'s lineage, whichever of its runs took it last."""
+    return _Condition("lineage = :lineage", {":lineage": {"S": attempt.lineage}})
+
+
+def _failable_by(attempt: Attempt, etag: str | None) -> _Condition:
+    """The batch belongs to `attempt`, or is still queued for the version `etag` (the run
+    started for it died before it could take it)."""
+    owned = _owned_by(attempt)
+    return _Condition(
+        f"({owned.expression}) OR (attribute_not_exists(lineage) AND #status = :queued "
+        "AND source_etag = :etag)",
+        {**owned.values, ":queued": {"S": "queued"}, ":etag": {"S": etag or ""}},
+        names=("status",),
+    )
 
 
 def _counts(counts: BatchCounts) -> dict[str, Any]:

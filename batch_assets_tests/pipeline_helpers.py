@@ -12,13 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
-from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, JobDefinition
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    Definitions,
+    ExecuteInProcessResult,
+    JobDefinition,
+    build_run_status_sensor_context,
+)
 
 from batch_assets.datasets import REVIEWS, Dataset
 from batch_assets.definitions import build_definitions
+from batch_assets.failures import batch_run_failure_sensor
+from batch_assets.resources.jobs import JobsResource
 from batch_assets.runner import Tick, evaluate_inbox_sensor, run_partition
-from batch_assets.tracking import BatchJobs
+from batch_assets.tracking import BatchJobs, BatchRecord
 
 
 def settings_config(*, chunk_size: int = 50, workers: int = 1) -> dict[str, Any]:
@@ -76,11 +86,28 @@ class Inbox:
         return batch_id, self.run(batch_id, **config)
 
 
-def batch_row(url: str, batch_id: str) -> dict[str, Any]:
+def batch_row(url: str, batch_id: str) -> BatchRecord:
     with psycopg.connect(url) as conn:
         row = BatchJobs(conn, REVIEWS.name).get(batch_id)
     assert row is not None, batch_id
     return row
+
+
+def report_run_failure(
+    instance: DagsterInstance, run: DagsterRun, jobs: JobsResource, message: str
+) -> None:
+    """What run monitoring does for a dead run worker, then the failure sensor's reaction."""
+    event = instance.report_run_failed(run, message=message)
+    failed_run = instance.get_run_by_id(run.run_id)
+    assert failed_run is not None
+    with build_run_status_sensor_context(
+        sensor_name="batch_run_failure_sensor",
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=failed_run,
+        resources={"jobs": jobs},
+    ) as context:
+        batch_run_failure_sensor(context.for_run_failure())
 
 
 def results(url: str, batch_id: str) -> list[tuple[Any, ...]]:
@@ -136,7 +163,8 @@ def kill_after_durable_chunks(
     base: Path, dataset: str, partition: str, *, chunk_size: int, chunks: int
 ) -> tuple[Path, dict[str, Any]]:
     """Runs the partition in a child process, SIGKILLs it once `chunks` processed chunks are
-    durable, and returns the processed checkpoint folder and frontier it left."""
+    durable, and returns the processed checkpoint folder and frontier it left. The child's
+    scoring workers must end on their own once it is gone."""
     child = subprocess.Popen(
         [
             sys.executable,
@@ -157,10 +185,17 @@ def kill_after_durable_chunks(
             timeout=120,
             what=f"{chunks} durable processed chunks",
         )
+        workers = psutil.Process(child.pid).children(recursive=True)
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
+    assert workers, "the child scored without worker processes"
+    wait_for(
+        lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
+        timeout=10,
+        what="the killed run's workers to end",
+    )
     left = frontier_of(base, dataset, "processed", partition)
     assert left is not None
     return left

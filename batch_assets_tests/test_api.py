@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -79,9 +80,9 @@ def test_upload_progress_summary_and_every_page(
     assert set(final["summary"]) == {"positive", "negative", "neutral"}
     row = batch_row(pg_url, batch_id)
     assert final == {
-        **{k: v for k, v in row.items() if k in final},
-        "sinks": row["sink_stats"],
-        "source": row["source_stats"],
+        **{k: v for k, v in asdict(row).items() if k in final},
+        "sinks": row.sink_stats,
+        "source": row.source_stats,
     }
     assert final["sinks"]["postgres"]["written"] == 10_000
     assert final["source"]["rows_read"] == 10_000 and final["source"]["chunks"] >= 1

@@ -19,7 +19,7 @@ from batch_assets.definitions import build_definitions
 from batch_assets.local_stack import LocalStack
 from batch_assets.retry import retry_failed
 from batch_assets.sinks.dynamodb import RECORDS_TABLE, batch_records
-from batch_assets.tracking import BatchJobs
+from batch_assets.tracking import BatchJobs, BatchRecord
 from batch_assets.tracking_dynamodb import DynamoBatchJobs
 from batch_assets_tests.api_helpers import serving
 from batch_assets_tests.pipeline_helpers import Inbox, stream_documents
@@ -35,7 +35,7 @@ LINES = (
 )
 
 
-def stored(url: str, batch_id: str) -> tuple[list[Any], list[Any], dict[str, Any]]:
+def stored(url: str, batch_id: str) -> tuple[list[Any], list[Any], BatchRecord]:
     with psycopg.connect(url) as conn:
         results = conn.execute(
             "SELECT line, record, processed, status, error FROM events_results "
@@ -77,9 +77,9 @@ def test_json_lines_to_postgres_and_dynamodb(
     assert rejected[0][1].startswith("not valid JSON")
     assert rejected[1][1] == "expected a JSON object, found an array"
     assert "\\u0000" in rejected[2][1]
-    assert (job["status"], job["total_count"]) == ("completed", 6)
-    assert job["summary"] == {"processed": 2, "rejected": 3, "failed": 1}
-    sinks = job["sink_stats"]
+    assert (job.status, job.total_count) == ("completed", 6)
+    assert job.summary == {"processed": 2, "rejected": 3, "failed": 1}
+    sinks = job.sink_stats
     assert set(sinks) == {"postgres", "dynamodb", "kinesis"}
     for sink, figures in sinks.items():
         assert (figures["read"], figures["written"], figures["rejected"], figures["failed"]) == (
@@ -144,15 +144,15 @@ def test_json_array(events_inbox: Inbox, pg_url: str) -> None:
     assert rejected == [
         (len(data.decode().splitlines()) - 1, "expected a JSON object, found a number")
     ]
-    assert job["summary"] == {"processed": 25, "rejected": 1, "failed": 0}
+    assert job.summary == {"processed": 25, "rejected": 1, "failed": 0}
 
 
 def test_malformed_array_fails_the_batch(events_inbox: Inbox, pg_url: str) -> None:
     batch_id, run = events_inbox.drop_and_run("broken.json", b'[{"id": 1},\n{"id": 2,\n')
     assert not run.success
     job = stored(pg_url, batch_id)[2]
-    assert job["status"] == "failed"
-    assert "broken.json: line 3: not valid JSON" in job["error"]
+    assert job.status == "failed"
+    assert "broken.json: line 3: not valid JSON" in job.error
 
 
 def test_batches_tracked_in_dynamodb(
@@ -178,13 +178,14 @@ def test_batches_tracked_in_dynamodb(
     batch_id, run = box.drop_and_run("events.jsonl", LINES)
     events_sensor_state["cursor"] = box.cursor
     assert run.success
-    row = DynamoBatchJobs(stack.client("dynamodb"), "events", table=table).get(batch_id) or {}
-    assert (row["status"], row["total_count"], row["summary"]) == (
+    row = DynamoBatchJobs(stack.client("dynamodb"), "events", table=table).get(batch_id)
+    assert row is not None
+    assert (row.status, row.total_count, row.summary) == (
         "completed",
         6,
         {"processed": 2, "rejected": 3, "failed": 1},
     )
-    assert set(row["sink_stats"]) == {"postgres", "dynamodb", "kinesis"}
+    assert set(row.sink_stats) == {"postgres", "dynamodb", "kinesis"}
     with psycopg.connect(pg_url) as conn:
         assert BatchJobs(conn, "events").get(batch_id) is None
         (stored,) = conn.execute(
@@ -211,4 +212,4 @@ def test_batches_tracked_in_dynamodb(
         uploaded = upload.json()["batch_id"]
         assert httpx.get(f"{base}/batch/{uploaded}").json()["total_count"] == 1
     queued = DynamoBatchJobs(stack.client("dynamodb"), "reviews", table=table).get(uploaded)
-    assert queued is not None and queued["status"] == "queued"
+    assert queued is not None and queued.status == "queued"

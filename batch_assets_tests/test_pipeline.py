@@ -27,14 +27,14 @@ def test_every_row_is_loaded_rejected_or_failed(inbox: Inbox, pg_url: str) -> No
     assert run.success
     row = batch_row(pg_url, batch_id)
     assert (
-        row["status"],
-        row["total_count"],
-        row["processed_count"],
-        row["rejected_count"],
-        row["failed_count"],
-        row["progress_percent"],
+        row.status,
+        row.total_count,
+        row.processed_count,
+        row.rejected_count,
+        row.failed_count,
+        row.progress_percent,
     ) == ("completed", 9, 5, 4, 0, 100.0)
-    assert sum(row["summary"].values()) == 5
+    assert sum(row.summary.values()) == 5
     assert [(line, rid, status) for _, line, rid, _, _, status in results(pg_url, batch_id)] == [
         (2, "1", "processed"),
         (3, "2", "processed"),
@@ -69,12 +69,12 @@ def test_file_level_problems_fail_the_batch_naming_the_file(
     batch_id, run = inbox.drop_and_run(name, data)
     assert not run.success
     row = batch_row(pg_url, batch_id)
-    assert row["status"] == "failed"
-    assert f"s3://{inbox.bucket}/inbox/reviews/{inbox.tag}-{name}" in row["error"]
-    assert pytest.approx(0) == row["processed_count"]
+    assert row.status == "failed"
+    assert f"s3://{inbox.bucket}/inbox/reviews/{inbox.tag}-{name}" in row.error
+    assert pytest.approx(0) == row.processed_count
     import re
 
-    assert re.search(message, row["error"])
+    assert re.search(message, row.error)
     assert results(pg_url, batch_id) == []
 
 
@@ -82,7 +82,7 @@ def test_header_only_completes_with_no_rows(inbox: Inbox, pg_url: str) -> None:
     batch_id, run = inbox.drop_and_run("header-only.csv", b"id,text\n")
     assert run.success
     row = batch_row(pg_url, batch_id)
-    assert (row["status"], row["total_count"], row["processed_count"]) == ("completed", 0, 0)
+    assert (row.status, row.total_count, row.processed_count) == ("completed", 0, 0)
 
 
 def test_reupload_with_new_content_replaces_the_batch(inbox: Inbox, pg_url: str) -> None:
@@ -91,7 +91,7 @@ def test_reupload_with_new_content_replaces_the_batch(inbox: Inbox, pg_url: str)
     assert inbox.tick().run_requests == []  # unchanged object: no second run
     inbox.drop("again.csv", b"id,text\n1,good\n2,bad\n3,fine\n")  # the same bytes again
     assert inbox.tick().run_requests == []
-    assert batch_row(pg_url, batch_id)["status"] == "completed"
+    assert batch_row(pg_url, batch_id).status == "completed"
 
     inbox.drop("again.csv", b"id,text\n10,I love it\n11,I hate it\n")
     tick = inbox.tick()
@@ -99,7 +99,7 @@ def test_reupload_with_new_content_replaces_the_batch(inbox: Inbox, pg_url: str)
     assert inbox.run(batch_id).success
     assert [(rid, line) for _, line, rid, *_ in results(pg_url, batch_id)] == [("10", 2), ("11", 3)]
     row = batch_row(pg_url, batch_id)
-    assert (row["status"], row["total_count"], row["processed_count"]) == ("completed", 2, 2)
+    assert (row.status, row.total_count, row.processed_count) == ("completed", 2, 2)
 
 
 def test_rerunning_a_partition_never_duplicates_rows(inbox: Inbox, pg_url: str) -> None:
@@ -157,5 +157,5 @@ def test_an_object_deleted_before_its_run_fails_the_batch(inbox: Inbox, pg_url: 
     batch_id = str(request.partition_key)
     assert not inbox.run(batch_id).success
     row = batch_row(pg_url, batch_id)
-    assert row["status"] == "failed"
-    assert row["error"].startswith(f"s3://{inbox.bucket}/{key}: cannot be read (404)")
+    assert row.status == "failed"
+    assert row.error.startswith(f"s3://{inbox.bucket}/{key}: cannot be read (404)")

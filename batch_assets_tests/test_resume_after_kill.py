@@ -11,12 +11,10 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     ReexecutionOptions,
-    build_run_status_sensor_context,
     execute_job,
     reconstructable,
 )
 
-from batch_assets.failures import batch_run_failure_sensor
 from batch_assets.generate import reviews_csv
 from batch_assets.local_stack import LocalStack
 from batch_assets.resources.jobs import JobsResource
@@ -25,6 +23,7 @@ from batch_assets_tests.pipeline_helpers import (
     assert_each_stage_resumed,
     batch_row,
     kill_after_durable_chunks,
+    report_run_failure,
     results,
     reviews_job,
     settings_config,
@@ -63,22 +62,12 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
 
     (run,) = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == partition]
     assert run.status == DagsterRunStatus.STARTED
-    # what run monitoring does for a dead run worker, then the failure sensor's reaction
-    event = instance.report_run_failed(run, message="run worker disappeared")
-    failed_run = instance.get_run_by_id(run.run_id)
-    assert failed_run is not None
     jobs = JobsResource(postgres=PostgresResource(url=stack.env["BATCH_ASSETS_PG_URL"]))
-    with build_run_status_sensor_context(
-        sensor_name="batch_run_failure_sensor",
-        dagster_event=event,
-        dagster_instance=instance,
-        dagster_run=failed_run,
-        resources={"jobs": jobs},
-    ) as context:
-        batch_run_failure_sensor(context.for_run_failure())
+    report_run_failure(instance, run, jobs, "run worker disappeared")
     row = batch_row(stack.env["BATCH_ASSETS_PG_URL"], partition)
-    assert row["status"] == "failed" and "run worker disappeared" in row["error"]
-    assert 0 < row["processed_count"] < ROWS
+    assert row.status == "failed" and row.error is not None
+    assert "run worker disappeared" in row.error
+    assert 0 < row.processed_count < ROWS
 
     result = execute_job(
         reconstructable(reviews_job),
@@ -88,7 +77,7 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
         tags={"dagster/partition": partition},
     )
     assert result.success
-    assert batch_row(stack.env["BATCH_ASSETS_PG_URL"], partition)["error"] is None
+    assert batch_row(stack.env["BATCH_ASSETS_PG_URL"], partition).error is None
     assert_each_stage_resumed(result, base, "reviews", partition, killed, CHUNKS)
 
     url = stack.env["BATCH_ASSETS_PG_URL"]
@@ -99,4 +88,5 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
         ).fetchone()  # type: ignore[misc]
     assert count == distinct == ROWS
     row = batch_row(url, partition)
-    assert (row["status"], row["processed_count"], row["total_count"]) == ("completed", ROWS, ROWS)
+    assert (row.status, row.processed_count, row.total_count) == ("completed", ROWS, ROWS)
+    assert (row.lineage, row.run_id) == (run.run_id, result.run_id)

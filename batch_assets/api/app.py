@@ -39,10 +39,12 @@ from batch_assets.api.upload import (
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.errors import BatchInputError, ConfigError
 from batch_assets.readers import CsvLayout
+from batch_assets.resources.jobs import JobsResource, StoreName, store_named
+from batch_assets.resources.postgres import PostgresResource
 from batch_assets.s3_objects import partition_key_for, s3_uri
 from batch_assets.sinks.postgres import rejected_page, results_page
-from batch_assets.tracking import BatchJobs, Source, status_document
-from batch_assets.tracking_dynamodb import JOBS_TABLE, DynamoBatchJobs
+from batch_assets.tracking import BatchRecord, BatchStore, Source, status_document
+from batch_assets.tracking_dynamodb import JOBS_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class ApiConfig:
     bucket: str
     token: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    jobs_store: str = "postgres"
+    jobs_store: StoreName = "postgres"
     jobs_table: str = JOBS_TABLE
 
     @classmethod
@@ -104,13 +106,14 @@ class ApiConfig:
             bucket=env["BATCH_ASSETS_BUCKET"],
             token=env.get("BATCH_ASSETS_API_TOKEN") or None,
             max_upload_bytes=max_upload_bytes,
-            jobs_store=env.get("BATCH_ASSETS_JOBS_STORE", "postgres"),
+            jobs_store=store_named(env.get("BATCH_ASSETS_JOBS_STORE", "postgres")),
             jobs_table=env.get("BATCH_ASSETS_JOBS_TABLE", JOBS_TABLE),
         )
 
 
 class Backend:
-    """The API's connections: a Postgres pool and an S3 client, shared by requests."""
+    """The API's connections: a Postgres pool, an S3 client and the batch tracking, shared
+    by requests."""
 
     def __init__(self, config: ApiConfig):
         self.config = config
@@ -121,14 +124,16 @@ class Backend:
             "s3",
             config=Config(connect_timeout=5, read_timeout=60, retries={"mode": "standard"}),
         )
-        self.dynamodb = boto3.client("dynamodb", config=Config(retries={"mode": "standard"}))
+        self.tracking = JobsResource(
+            postgres=PostgresResource(url=config.pg_url),
+            store=config.jobs_store,
+            dynamodb_table=config.jobs_table,
+        )
         self._schema_ready = False
 
-    def jobs(self, conn: psycopg.Connection, dataset: str) -> BatchJobs | DynamoBatchJobs:
+    def jobs(self, conn: psycopg.Connection, dataset: str) -> BatchStore:
         """Where the dataset's batches are tracked: `conn`'s `batch_jobs`, or DynamoDB's."""
-        if self.config.jobs_store == "dynamodb":
-            return DynamoBatchJobs(self.dynamodb, dataset, table=self.config.jobs_table)
-        return BatchJobs(conn, dataset)
+        return self.tracking.within(conn, dataset)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -375,12 +380,12 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             batches=[
                 BatchListItem(
                     **status_document(row),
-                    sinks=row["sink_stats"],
-                    source=row["source_stats"],
-                    dataset=row["dataset"],
-                    source_uri=row["source_uri"],
-                    created_at=row["created_at"],
-                    updated_at=row["updated_at"],
+                    sinks=row.sink_stats,
+                    source=row.source_stats,
+                    dataset=row.dataset,
+                    source_uri=row.source_uri,
+                    created_at=row.created_at,
+                    updated_at=row.updated_at,
                 )
                 for row in rows
             ]
@@ -398,9 +403,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     ) -> BatchStatus:
         """Status, counts and progress; `summary` once completed, `error` once failed."""
         row = _batch_row(backend, dataset.value, batch_id)
-        return BatchStatus(
-            **status_document(row), sinks=row["sink_stats"], source=row["source_stats"]
-        )
+        return BatchStatus(**status_document(row), sinks=row.sink_stats, source=row.source_stats)
 
     @api.get(
         "/batch/{batch_id}/results",
@@ -424,7 +427,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             )
         return ResultsPage(
             batch_id=batch_id,
-            status=row["status"],
+            status=row.status,
             page=page,
             per_page=per_page,
             total_results=total,
@@ -463,7 +466,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     return app
 
 
-def _batch_row(backend: Backend, dataset: str, batch_id: str) -> dict[str, Any]:
+def _batch_row(backend: Backend, dataset: str, batch_id: str) -> BatchRecord:
     with backend.connection() as conn:
         row = backend.jobs(conn, dataset).get(batch_id)
     if row is None:

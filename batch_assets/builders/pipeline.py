@@ -289,6 +289,8 @@ def _pass(
         run_pass(raw, processed, source, scoring, compute=computed, load=None)
         return None
     with postgres.connect() as conn:
+        step.dataset.tables.ensure(conn)
+    with postgres.connect() as conn:
 
         def load(chunks: Iterator[Chunk]) -> Loaded:
             return load_batch(
@@ -298,7 +300,7 @@ def _pass(
                 chunks,
                 lambda: raw.frontier,
                 tracking=step.within(conn),
-                lineage=step.lineage,
+                attempt=step.attempt,
                 retries=step.retry_number,
             )
 

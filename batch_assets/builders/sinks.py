@@ -59,9 +59,9 @@ def write_records(
             )
     figures = stats.sink_stats(read=seen.total(), rejected=seen["rejected"], failed=seen["failed"])
     with step.store() as store:
-        store.record_sink(step.batch_id, sink, figures, lineage=step.lineage)
+        store.record_sink(step.batch_id, sink, figures, attempt=step.attempt)
         if step.dataset.sinks[-1] == sink:
-            store.finish(step.batch_id, lineage=step.lineage)
+            store.finish(step.batch_id, attempt=step.attempt)
     metadata: dict[str, Any] = {f"{sink}_{k}": v for k, v in figures.items()}
     if oversized:
         metadata["oversized_lines"] = MetadataValue.json(oversized[:100])
