@@ -17,11 +17,11 @@ import polars as pl
 
 from batch_assets.chunks import Chunk, Resume
 from batch_assets.errors import BatchInputError
-
-LINE = "_line"
-STATUS = "_status"
-REASON = "_reason"
-RECORD = "_record"
+from batch_assets.vocabulary import LINE as LINE
+from batch_assets.vocabulary import REASON as REASON
+from batch_assets.vocabulary import RECORD as RECORD
+from batch_assets.vocabulary import REJECTED, VALID, RecordStatus
+from batch_assets.vocabulary import STATUS as STATUS
 
 # Python's csv module caps fields at 128 KiB by default; a field past this bigger cap is a
 # file-level problem, and a long field under it is rejected by the schema with its line.
@@ -200,7 +200,7 @@ def iter_csv_chunks(
     while True:
         columns: list[list[str | None]] = [[] for _ in layout.columns]
         line_numbers: list[int] = []
-        statuses: list[str] = []
+        statuses: list[RecordStatus] = []
         reasons: list[str | None] = []
         records: list[str | None] = []
         # A row loop on purpose: csv gives the exact physical line of every record and its
@@ -219,13 +219,13 @@ def iter_csv_chunks(
             if len(row) == width:
                 for values, position in zip(columns, positions, strict=True):
                     values.append(row[position])
-                statuses.append("valid")
+                statuses.append(VALID)
                 reasons.append(None)
                 records.append(None)
             else:
                 for values in columns:
                     values.append(None)
-                statuses.append("rejected")
+                statuses.append(REJECTED)
                 reasons.append(f"expected {width} fields as in the header, found {len(row)}")
                 records.append(",".join(row)[:RAW_RECORD_PREVIEW])
         if not line_numbers:

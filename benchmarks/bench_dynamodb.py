@@ -37,6 +37,7 @@ from batch_assets.sinks.dynamodb import (
     ensure_records_table,
     record_item,
 )
+from batch_assets.vocabulary import PROCESSED
 
 TABLE = "data_records"
 
@@ -64,7 +65,7 @@ def make_items(batch_id: str, n: int) -> list[Item]:
             processed_json=json.dumps(
                 {"event_id": f"e{line}", "user_id": line % 977, "value_x2": 3.0}
             ),
-            status="processed",
+            status=PROCESSED,
             error=None,
             created_at="2026-11-23T12:00:00+00:00",
             processed_at="2026-11-23T12:00:01+00:00",

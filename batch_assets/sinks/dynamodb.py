@@ -26,8 +26,7 @@ from botocore.exceptions import ClientError
 
 from batch_assets.errors import ConfigError, SinkError
 from batch_assets.packing import DYNAMODB_BATCH_WRITE, Limits, Oversized, PackStats, pack
-from batch_assets.processors import ERROR
-from batch_assets.readers import LINE, REASON, RECORD, STATUS
+from batch_assets.vocabulary import ERROR, FAILED, LINE, REASON, RECORD, REJECTED, STATUS
 
 RECORDS_TABLE = "data_records"
 STATUS_INDEX = "batch_status_index"
@@ -326,13 +325,13 @@ def chunk_items(
     items = []
     for row in frame.iter_rows(named=True):
         status = row[STATUS]
-        if status == "rejected":
+        if status == REJECTED:
             raw = row.get(RECORD) or _record_text(row, layout)
             source, processed, error = _dumps(raw), None, row[REASON]
         else:
             source = _record_text(row, layout)
             error = row.get(ERROR)
-            processed = None if status == "failed" else _output_json(row, layout)
+            processed = None if status == FAILED else _output_json(row, layout)
         processed_at = row.get("processed_at")
         items.append(
             record_item(
@@ -377,7 +376,7 @@ def oversized_item(item: Item, size: int, limit: int) -> Item:
     kept = {k: v for k, v in item.items() if k in ("record_id", "batch_id", "dataset", "line")}
     return {
         **kept,
-        "status": {"S": "failed"},
+        "status": {"S": FAILED},
         "error_message": {
             "S": f"the record is {size:,} bytes as a DynamoDB item, over the {limit:,}-byte "
             "limit; its full result is in Postgres"
