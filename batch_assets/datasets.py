@@ -22,8 +22,8 @@ from batch_assets.processors.transform import TRANSFORM
 from batch_assets.schemas.comments import CommentRecord
 from batch_assets.schemas.events import EventRecord
 from batch_assets.schemas.reviews import ReviewRecord
-from batch_assets.sinks.dynamodb import RecordLayout
 from batch_assets.sinks.postgres import ResultsTables
+from batch_assets.sinks.records import RecordLayout
 from batch_assets.sql_source import SqlTable
 
 
@@ -144,7 +144,7 @@ class Dataset:
 
     @property
     def record_layout(self) -> RecordLayout:
-        """How its records become DynamoDB items."""
+        """How its records become the record sinks' documents."""
         return RecordLayout(
             dataset=self.name,
             record_columns=self.columns,

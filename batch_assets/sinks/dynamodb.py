@@ -12,12 +12,10 @@ again overwrites its items instead of adding new ones.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +24,8 @@ from botocore.exceptions import ClientError
 
 from batch_assets.errors import ConfigError, SinkError
 from batch_assets.packing import DYNAMODB_BATCH_WRITE, Limits, Oversized, PackStats, pack
-from batch_assets.vocabulary import ERROR, FAILED, LINE, REASON, RECORD, REJECTED, STATUS
+from batch_assets.sinks.records import Record, RecordLayout, chunk_records
+from batch_assets.vocabulary import FAILED, RecordStatus
 
 RECORDS_TABLE = "data_records"
 STATUS_INDEX = "batch_status_index"
@@ -261,113 +260,32 @@ class BatchWriter:
             pending = left
 
 
-def record_id(dataset: str, batch_id: str, line: int) -> str:
-    """The id of a batch's record: the same for the same source line, run after run."""
-    return f"{dataset}#{batch_id}#{line}"
-
-
-def record_item(
-    *,
-    dataset: str,
-    batch_id: str,
-    line: int,
-    source_json: str,
-    processed_json: str | None,
-    status: str,
-    error: str | None,
-    created_at: str,
-    processed_at: str | None,
-) -> Item:
-    """One record as a `data_records` item. Source and processed data are JSON text, so
-    any JSON (nested, numbers of any size, empty strings) round-trips unchanged."""
+def record_item(record: Record) -> Item:
+    """One record as a `data_records` item, keyed by its `record_id`."""
     item: Item = {
-        "record_id": {"S": record_id(dataset, batch_id, line)},
-        "batch_id": {"S": batch_id},
-        "dataset": {"S": dataset},
-        "line": {"N": str(line)},
-        "source_data": {"S": source_json},
-        "status": {"S": status},
-        "created_at": {"S": created_at},
+        "record_id": {"S": record.record_id},
+        "batch_id": {"S": record.batch_id},
+        "dataset": {"S": record.dataset},
+        "line": {"N": str(record.line)},
+        "source_data": {"S": record.source_json},
+        "status": {"S": record.status},
+        "created_at": {"S": record.created_at},
     }
-    if processed_json is not None:
-        item["processed_data"] = {"S": processed_json}
-    if error is not None:
-        item["error_message"] = {"S": error}
-    if processed_at is not None:
-        item["processed_at"] = {"S": processed_at}
+    if record.processed_json is not None:
+        item["processed_data"] = {"S": record.processed_json}
+    if record.error is not None:
+        item["error_message"] = {"S": record.error}
+    if record.processed_at is not None:
+        item["processed_at"] = {"S": record.processed_at}
     return item
-
-
-@dataclass(frozen=True)
-class RecordLayout:
-    """How a dataset's chunk rows become items.
-
-    Attributes:
-        dataset: the dataset's name.
-        record_columns: the columns that came from the source.
-        json_record: the single record column is the object's JSON text itself.
-        processor_columns: the processor's output columns.
-        json_columns: output columns that already hold JSON text.
-    """
-
-    dataset: str
-    record_columns: tuple[str, ...]
-    json_record: bool
-    processor_columns: tuple[str, ...]
-    json_columns: tuple[str, ...] = ()
 
 
 def chunk_items(
     frame: pl.DataFrame, layout: RecordLayout, *, batch_id: str, created_at: str
 ) -> list[Item]:
-    """The items of one processed chunk: processed and failed records, and rejected ones
-    with their reason, each keyed by its source line."""
-    items = []
-    for row in frame.iter_rows(named=True):
-        status = row[STATUS]
-        if status == REJECTED:
-            raw = row.get(RECORD) or _record_text(row, layout)
-            source, processed, error = _dumps(raw), None, row[REASON]
-        else:
-            source = _record_text(row, layout)
-            error = row.get(ERROR)
-            processed = None if status == FAILED else _output_json(row, layout)
-        processed_at = row.get("processed_at")
-        items.append(
-            record_item(
-                dataset=layout.dataset,
-                batch_id=batch_id,
-                line=row[LINE],
-                source_json=source,
-                processed_json=processed,
-                status=status,
-                error=error,
-                created_at=created_at,
-                processed_at=processed_at.isoformat()
-                if isinstance(processed_at, datetime)
-                else (created_at if processed is not None else None),
-            )
-        )
-    return items
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _record_text(row: dict[str, Any], layout: RecordLayout) -> str:
-    if layout.json_record:
-        return str(row[layout.record_columns[0]])
-    return _dumps({c: row[c] for c in layout.record_columns})
-
-
-def _output_json(row: dict[str, Any], layout: RecordLayout) -> str:
-    parts = []
-    for column in layout.processor_columns:
-        value = row[column]
-        text = value if column in layout.json_columns and value is not None else _dumps(value)
-        parts.append(f"{_dumps(column)}:{text}")
-    return "{" + ",".join(parts) + "}"
+    """The items of one processed chunk (see `records.chunk_records`), in its order."""
+    records = chunk_records(frame, layout, batch_id=batch_id, created_at=created_at)
+    return [record_item(record) for record in records]
 
 
 def oversized_item(item: Item, size: int, limit: int) -> Item:
@@ -386,7 +304,11 @@ def oversized_item(item: Item, size: int, limit: int) -> Item:
 
 
 def batch_records(
-    client: Any, batch_id: str, *, status: str | None = None, table: str = RECORDS_TABLE
+    client: Any,
+    batch_id: str,
+    *,
+    status: RecordStatus | None = None,
+    table: str = RECORDS_TABLE,
 ) -> Iterator[dict[str, Any]]:
     """A batch's items through the `batch_status_index`, all pages, optionally one status."""
     condition = "batch_id = :b"

@@ -24,13 +24,8 @@ from botocore.exceptions import ClientError
 
 from batch_assets.errors import SinkError
 from batch_assets.packing import KINESIS_PUT_RECORDS, Limits, PackStats, pack
-from batch_assets.sinks.dynamodb import (
-    THROTTLING,
-    Backoff,
-    RecordLayout,
-    WriteStats,
-    chunk_items,
-)
+from batch_assets.sinks.dynamodb import THROTTLING, Backoff, WriteStats
+from batch_assets.sinks.records import Record, RecordLayout, chunk_records
 
 Entry = dict[str, Any]
 """A `PutRecords` entry: `Data` (bytes) and `PartitionKey`."""
@@ -59,23 +54,24 @@ def chunk_entries(
 ) -> list[Entry]:
     """One entry per record of a processed chunk: a JSON document with the record's id,
     batch, line, status, source, processed data and error, keyed by `record_id`."""
-    entries = []
-    for item in chunk_items(frame, layout, batch_id=batch_id, created_at=created_at):
-        document = {
-            "record_id": item["record_id"]["S"],
-            "dataset": layout.dataset,
-            "batch_id": batch_id,
-            "line": int(item["line"]["N"]),
-            "status": item["status"]["S"],
-            "source": json.loads(item["source_data"]["S"]),
-            "processed": json.loads(item["processed_data"]["S"])
-            if "processed_data" in item
-            else None,
-            "error": item.get("error_message", {}).get("S"),
-        }
-        data = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-        entries.append({"Data": data, "PartitionKey": document["record_id"][-256:]})
-    return entries
+    records = chunk_records(frame, layout, batch_id=batch_id, created_at=created_at)
+    return [record_entry(record) for record in records]
+
+
+def record_entry(record: Record) -> Entry:
+    """One record as a `PutRecords` entry: its JSON document, partitioned by its id."""
+    document = {
+        "record_id": record.record_id,
+        "dataset": record.dataset,
+        "batch_id": record.batch_id,
+        "line": record.line,
+        "status": record.status,
+        "source": json.loads(record.source_json),
+        "processed": None if record.processed_json is None else json.loads(record.processed_json),
+        "error": record.error,
+    }
+    data = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    return {"Data": data, "PartitionKey": record.record_id[-256:]}
 
 
 @dataclass
