@@ -18,7 +18,8 @@ from psycopg import sql
 from batch_assets.batches import batch_summary
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError
-from batch_assets.sinks.dynamodb import BatchWriter, WriteStats, chunk_items, write_chunk_items
+from batch_assets.sinks.backoff import WriteStats
+from batch_assets.sinks.dynamodb import BatchWriter, chunk_items, write_chunk_items
 from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
 from batch_assets.tracking import BatchCounts, BatchJobs

@@ -14,12 +14,11 @@ from botocore.config import Config
 
 from batch_assets.errors import ConfigError, SinkError
 from batch_assets.local_stack import LocalStack
+from batch_assets.sinks.backoff import Backoff, WriteStats
 from batch_assets.sinks.dynamodb import (
     STATUS_INDEX,
-    Backoff,
     BatchWriter,
     Item,
-    WriteStats,
     batch_records,
     ensure_records_table,
     item_size,

@@ -30,10 +30,10 @@ from typing import Any
 import boto3
 import httpx
 
+from batch_assets.sinks.backoff import WriteStats
 from batch_assets.sinks.dynamodb import (
     BatchWriter,
     Item,
-    WriteStats,
     ensure_records_table,
     record_item,
 )

@@ -15,52 +15,23 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import polars as pl
-from botocore.exceptions import ClientError
 
-from batch_assets.errors import ConfigError, SinkError
-from batch_assets.packing import DYNAMODB_BATCH_WRITE, Limits, Oversized, PackStats, pack
+from batch_assets.errors import ConfigError
+from batch_assets.packing import DYNAMODB_BATCH_WRITE, Limits, PackStats, pack
+from batch_assets.sinks.backoff import Backoff, WriteStats, send_with_backoff
 from batch_assets.sinks.records import Record, RecordLayout, chunk_records
 from batch_assets.vocabulary import FAILED, RecordStatus
 
 RECORDS_TABLE = "data_records"
 STATUS_INDEX = "batch_status_index"
 
-# Error codes that mean "slow down", whatever the client's own retries did before.
-THROTTLING = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "Throttling",
-        "TooManyRequestsException",
-    }
-)
-
 Item = dict[str, dict[str, Any]]
 """An item in DynamoDB's typed JSON (`{"attr": {"S": "value"}}`), as the low-level client
 takes it."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: before retry `n` (1-based), sleep a uniform
-    random time in `[0, min(cap, base * 2 ** (n - 1))]`; give up after `max_attempts` calls.
-    """
-
-    base: float = 0.05
-    cap: float = 5.0
-    max_attempts: int = 10
-
-    def bound(self, retry: int) -> float:
-        return min(self.cap, self.base * 2 ** (retry - 1))
-
-    def delay(self, retry: int, rng: random.Random) -> float:
-        return rng.uniform(0, self.bound(retry))
 
 
 def ensure_records_table(
@@ -150,44 +121,6 @@ def _value_size(value: dict[str, Any]) -> int:
     raise ValueError(f"unknown DynamoDB attribute type {kind}")
 
 
-@dataclass
-class WriteStats:
-    """What a write did: items written, requests sent (retries included), items sent again,
-    throttled calls, bytes, and the items no request could hold."""
-
-    items: int = 0
-    requests: int = 0
-    retried_items: int = 0
-    throttled_calls: int = 0
-    bytes: int = 0
-    oversized: list[Oversized] = field(default_factory=list)
-
-    def as_metadata(self) -> dict[str, int]:
-        return {
-            "items": self.items,
-            "requests": self.requests,
-            "retried_items": self.retried_items,
-            "throttled_calls": self.throttled_calls,
-            "bytes": self.bytes,
-            "oversized": len(self.oversized),
-        }
-
-    def sink_stats(self, *, read: int, rejected: int, failed: int) -> dict[str, int]:
-        """The figures every sink reports, `read`, `rejected` and `failed` counted from the
-        records given to it."""
-        return {
-            "read": read,
-            "written": self.items,
-            "rejected": rejected,
-            "failed": failed,
-            "oversized": len(self.oversized),
-            "requests": self.requests,
-            "retries": self.retried_items,
-            "throttled_calls": self.throttled_calls,
-            "bytes": self.bytes,
-        }
-
-
 class BatchWriter:
     """Writes items to one table in `BatchWriteItem` requests packed to the limits, retrying
     unprocessed items and throttled calls with `backoff`.
@@ -233,31 +166,29 @@ class BatchWriter:
         stats.oversized.extend(packing.oversized)
 
     def _send(self, writes: list[dict[str, Any]], batch_id: str, stats: WriteStats) -> None:
-        pending, attempt = writes, 0
-        while True:
-            attempt += 1
-            stats.requests += 1
-            try:
-                response = self.client.batch_write_item(RequestItems={self.table: pending})
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in THROTTLING:
-                    raise
-                stats.throttled_calls += 1
-                left = pending
-            else:
-                left = response.get("UnprocessedItems", {}).get(self.table, [])
-            if not left:
-                return
-            if attempt >= self.backoff.max_attempts:
-                raise SinkError(
-                    f"DynamoDB {self.table}: batch {batch_id}: {len(left)} of "
-                    f"{len(writes)} items in a request not written after {attempt} attempts "
-                    "(throttled); raise the table's capacity or the retry bound, then run "
-                    "the batch again: its items are overwritten, never duplicated"
-                )
-            stats.retried_items += len(left)
-            self.sleep(self.backoff.delay(attempt, self.rng))
-            pending = left
+        def gave_up(left: int, total: int, attempts: int) -> str:
+            return (
+                f"DynamoDB {self.table}: batch {batch_id}: {left} of {total} items in a "
+                f"request not written after {attempts} attempts (throttled); raise the "
+                "table's capacity or the retry bound, then run the batch again: its items "
+                "are overwritten, never duplicated"
+            )
+
+        send_with_backoff(
+            self._put,
+            writes,
+            backoff=self.backoff,
+            sleep=self.sleep,
+            rng=self.rng,
+            stats=stats,
+            gave_up=gave_up,
+        )
+
+    def _put(self, writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One `BatchWriteItem` call; the writes it left unprocessed."""
+        response = self.client.batch_write_item(RequestItems={self.table: writes})
+        unprocessed: list[dict[str, Any]] = response.get("UnprocessedItems", {}).get(self.table, [])
+        return unprocessed
 
 
 def record_item(record: Record) -> Item:

@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from botocore.exceptions import ClientError
 
-from batch_assets.errors import SinkError
 from batch_assets.packing import KINESIS_PUT_RECORDS, Limits, PackStats, pack
-from batch_assets.sinks.dynamodb import THROTTLING, Backoff, WriteStats
+from batch_assets.sinks.backoff import THROTTLING, Backoff, WriteStats, send_with_backoff
 from batch_assets.sinks.records import Record, RecordLayout, chunk_records
 
 Entry = dict[str, Any]
 """A `PutRecords` entry: `Data` (bytes) and `PartitionKey`."""
+
+KINESIS_THROTTLING = THROTTLING | {"LimitExceededException", "KMSThrottlingException"}
+"""The error codes with which Kinesis says "slow down"."""
 
 
 def entry_size(entry: Entry) -> int:
@@ -108,38 +109,31 @@ class StreamWriter:
         stats.oversized.extend(packing.oversized)
 
     def _send(self, entries: list[Entry], batch_id: str, stats: WriteStats) -> None:
-        pending, attempt = entries, 0
-        while True:
-            attempt += 1
-            stats.requests += 1
-            try:
-                response = self.client.put_records(StreamName=self.stream, Records=pending)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in THROTTLING | {
-                    "LimitExceededException",
-                    "KMSThrottlingException",
-                }:
-                    raise
-                stats.throttled_calls += 1
-                left = pending
-            else:
-                left = (
-                    [
-                        entry
-                        for entry, result in zip(pending, response["Records"], strict=True)
-                        if result.get("ErrorCode")
-                    ]
-                    if response.get("FailedRecordCount")
-                    else []
-                )
-            if not left:
-                return
-            if attempt >= self.backoff.max_attempts:
-                raise SinkError(
-                    f"Kinesis stream {self.stream}: batch {batch_id}: {len(left)} of "
-                    f"{len(entries)} records in a request not put after {attempt} attempts; "
-                    "raise the stream's capacity or the retry bound, then run the batch again"
-                )
-            stats.retried_items += len(left)
-            self.sleep(self.backoff.delay(attempt, self.rng))
-            pending = left
+        def gave_up(left: int, total: int, attempts: int) -> str:
+            return (
+                f"Kinesis stream {self.stream}: batch {batch_id}: {left} of {total} records "
+                f"in a request not put after {attempts} attempts; raise the stream's "
+                "capacity or the retry bound, then run the batch again"
+            )
+
+        send_with_backoff(
+            self._put,
+            entries,
+            backoff=self.backoff,
+            sleep=self.sleep,
+            rng=self.rng,
+            stats=stats,
+            gave_up=gave_up,
+            throttling=KINESIS_THROTTLING,
+        )
+
+    def _put(self, entries: list[Entry]) -> list[Entry]:
+        """One `PutRecords` call; the entries it marked failed."""
+        response = self.client.put_records(StreamName=self.stream, Records=entries)
+        if not response.get("FailedRecordCount"):
+            return []
+        return [
+            entry
+            for entry, result in zip(entries, response["Records"], strict=True)
+            if result.get("ErrorCode")
+        ]
