@@ -24,14 +24,6 @@ def _analyzer() -> SentimentIntensityAnalyzer:
     return SentimentIntensityAnalyzer()
 
 
-def label_for(compound: float) -> str:
-    if compound >= THRESHOLD:
-        return "positive"
-    if compound <= -THRESHOLD:
-        return "negative"
-    return "neutral"
-
-
 def score_sentiment(frame: pl.DataFrame, *, text_column: str = "text") -> pl.DataFrame:
     """Adds `sentiment`, `score` and `compound` to the valid rows of a chunk.
 

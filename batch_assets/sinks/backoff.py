@@ -63,16 +63,6 @@ class WriteStats:
     bytes: int = 0
     oversized: list[Oversized] = field(default_factory=list)
 
-    def as_metadata(self) -> dict[str, int]:
-        return {
-            "items": self.items,
-            "requests": self.requests,
-            "retried_items": self.retried_items,
-            "throttled_calls": self.throttled_calls,
-            "bytes": self.bytes,
-            "oversized": len(self.oversized),
-        }
-
     def sink_stats(self, *, read: int, rejected: int, failed: int) -> dict[str, int]:
         """The figures every sink reports, `read`, `rejected` and `failed` counted from the
         records given to it."""
