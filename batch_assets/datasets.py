@@ -164,7 +164,8 @@ class Dataset:
         columns.update(self.processor.columns)
         json_columns = self.json_columns + self.processor.json_columns
         key = self.source.key if self.source is not None else None
-        return ResultsTables(self.name, columns, self.columns, json_columns, key)
+        id_field = "id" if self.format == "json" else None
+        return ResultsTables(self.name, columns, self.columns, json_columns, key, id_field)
 
     @property
     def record_layout(self) -> RecordLayout:
