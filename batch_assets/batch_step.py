@@ -17,6 +17,7 @@ from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError, ConfigError
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.tracking import Attempt, BatchCounts, BatchStore, Source
+from batch_assets.vocabulary import FAILED, PROCESSED, REJECTED
 
 PROGRESS_SECONDS = 0.5
 """How often, at most, a step writes a batch's progress to batch_jobs."""
@@ -139,9 +140,9 @@ def counts_so_far(raw: Frontier, processed: Frontier, *, size: int | None) -> Ba
     fraction = offset / size if size and isinstance(offset, int) else None
     return BatchCounts(
         total=raw.rows,
-        processed=processed.counts.get("processed", 0),
-        rejected=processed.counts.get("rejected", 0),
-        failed=processed.counts.get("failed", 0),
+        processed=processed.counts.get(PROCESSED, 0),
+        rejected=processed.counts.get(REJECTED, 0),
+        failed=processed.counts.get(FAILED, 0),
         total_known=raw.status == "complete",
         read_fraction=fraction,
     )

@@ -19,6 +19,7 @@ from batch_assets.sinks.postgres import summarize
 from batch_assets.sql_source import decode_mark, encode_mark, iter_increment_chunks
 from batch_assets.tracking import Source
 from batch_assets.validation import validate_chunk
+from batch_assets.vocabulary import FAILED, PROCESSED, REJECTED
 
 if TYPE_CHECKING:
     from batch_assets.batch_step import BatchStep
@@ -158,7 +159,7 @@ def summary_of(
     processor = dataset.processor
     if processor.summary_column:
         return {**dict.fromkeys(processor.summary_labels, 0), **(counted or {})}
-    return dict(zip(("processed", "rejected", "failed"), stored, strict=True))
+    return dict(zip((PROCESSED, REJECTED, FAILED), stored, strict=True))
 
 
 def source_figures(raw: Frontier, increment: Increment | None) -> dict[str, Any]:

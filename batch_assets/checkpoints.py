@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import polars as pl
 
 from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume
-from batch_assets.readers import STATUS
+from batch_assets.vocabulary import STATUS
 
 FrontierState = Literal["in_progress", "complete"]
 

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import pandera.polars as pa
 import polars as pl
@@ -22,9 +22,14 @@ from batch_assets.processors.transform import TRANSFORM
 from batch_assets.schemas.comments import CommentRecord
 from batch_assets.schemas.events import EventRecord
 from batch_assets.schemas.reviews import ReviewRecord
-from batch_assets.sinks.dynamodb import RecordLayout
 from batch_assets.sinks.postgres import ResultsTables
+from batch_assets.sinks.records import RecordLayout
 from batch_assets.sql_source import SqlTable
+
+Sink = Literal["postgres", "dynamodb", "kinesis"]
+"""Where a dataset's results can go."""
+
+SINKS: tuple[Sink, ...] = get_args(Sink)
 
 
 @dataclass(frozen=True)
@@ -41,8 +46,8 @@ class Dataset:
             or one JSON array of objects; `columns` is then the one column holding each
             object's text).
         json_columns: record columns that hold JSON text (jsonb in Postgres).
-        sinks: where results go, in order (`postgres` first: it checks the accounting);
-            the last one completes the batch.
+        sinks: where results go, in order, each once: `postgres` first (it checks the
+            accounting), then `dynamodb` or `kinesis`; the last one completes the batch.
         chunk_size: records per chunk (validation and checkpoint unit).
         inbox: the S3 prefix the sensor watches, under the bucket.
         source: for `sql`, the table whose increments are the batches (instead of files).
@@ -68,7 +73,7 @@ class Dataset:
     processor: Processor
     format: Literal["csv", "json", "sql"] = "csv"
     json_columns: tuple[str, ...] = ()
-    sinks: tuple[Literal["postgres", "dynamodb", "kinesis"], ...] = ("postgres",)
+    sinks: tuple[Sink, ...] = ("postgres",)
     chunk_size: int = 10_000
     inbox: str = ""
     source: SqlTable | None = None
@@ -91,6 +96,25 @@ class Dataset:
             raise ConfigError(f"{where}: max_retries and retry_delay cannot be negative")
         if self.chunk_size < 1:
             raise ConfigError(f"{where}: chunk_size must be at least 1")
+        self._check_sinks(where)
+
+    def _check_sinks(self, where: str) -> None:
+        unknown = [s for s in self.sinks if s not in SINKS]
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown sink {', '.join(map(repr, unknown))} in sinks; the known "
+                f"sinks are {', '.join(SINKS)}"
+            )
+        twice = sorted({s for s in self.sinks if self.sinks.count(s) > 1})
+        if twice:
+            raise ConfigError(
+                f"{where}: sinks lists {', '.join(twice)} more than once; name each sink once"
+            )
+        if not self.sinks or self.sinks[0] != "postgres":
+            raise ConfigError(
+                f"{where}: sinks must start with postgres (it loads the batch and checks its "
+                f"row accounting before any other sink), found {self.sinks!r}"
+            )
 
     @property
     def job_name(self) -> str:
@@ -140,11 +164,12 @@ class Dataset:
         columns.update(self.processor.columns)
         json_columns = self.json_columns + self.processor.json_columns
         key = self.source.key if self.source is not None else None
-        return ResultsTables(self.name, columns, self.columns, json_columns, key)
+        id_field = "id" if self.format == "json" else None
+        return ResultsTables(self.name, columns, self.columns, json_columns, key, id_field)
 
     @property
     def record_layout(self) -> RecordLayout:
-        """How its records become DynamoDB items."""
+        """How its records become the record sinks' documents."""
         return RecordLayout(
             dataset=self.name,
             record_columns=self.columns,

@@ -1,10 +1,12 @@
-"""Increments of a SQL source: bounds closed by the sensor, committed by the last sink.
+"""Increments of a SQL source: bounds closed by the sensor, committed by the Postgres load.
 
 `sql_increments` records each increment of a dataset: its id (the partition key), its bounds
-`(lower, upper]` as marks, and whether its sinks have committed. A new increment starts at
-the last committed mark and is closed only when every earlier one has committed, so the mark
-never moves past rows that were not loaded: an increment that fails holds the next one back
-until it is run again and commits.
+`(lower, upper]` as marks, and whether it has committed. The Postgres step commits it in the
+transaction that loads its rows, so the mark moves exactly when they are in; the sinks after
+it do not hold the mark back. A new increment starts at the last committed mark and is
+closed only when every earlier one has committed, so the mark never moves past rows that
+were not loaded: an increment whose load fails holds the next one back until it is run
+again and commits.
 """
 
 from __future__ import annotations

@@ -19,16 +19,8 @@ import polars as pl
 
 from batch_assets.chunks import Chunk, Resume
 from batch_assets.errors import BatchInputError
-from batch_assets.readers import (
-    LINE,
-    MAX_LINE_BYTES,
-    RAW_RECORD_PREVIEW,
-    REASON,
-    RECORD,
-    STATUS,
-    OpenStream,
-    SourceLines,
-)
+from batch_assets.readers import MAX_LINE_BYTES, RAW_RECORD_PREVIEW, OpenStream, SourceLines
+from batch_assets.vocabulary import LINE, REASON, RECORD, REJECTED, STATUS, VALID, RecordStatus
 
 RECORD_COLUMN = "record"
 _BLOCK = 1 << 20
@@ -77,7 +69,7 @@ def iter_json_chunks(
         else _line_records(stream, name=name, offset=offset, line=line)
     )
     index = resume.next_index
-    rows: list[tuple[int, str | None, str, str | None, str | None]] = []
+    rows: list[Row] = []
     position = (offset, line)
     for row, position in records:
         rows.append(row)
@@ -91,7 +83,7 @@ def iter_json_chunks(
 
 def _chunk(
     index: int,
-    rows: list[tuple[int, str | None, str, str | None, str | None]],
+    rows: list[Row],
     position: tuple[int, int],
     kind: str,
 ) -> Chunk:
@@ -109,7 +101,7 @@ def _chunk(
     return Chunk(index, frame, {"offset": offset, "line": line, "format": kind})
 
 
-Row = tuple[int, str | None, str, str | None, str | None]
+Row = tuple[int, str | None, RecordStatus, str | None, str | None]
 
 
 def _line_records(
@@ -134,13 +126,13 @@ def _judge(text: str, line: int) -> Row:
             raise json.JSONDecodeError("extra data after the value", text, end)
     except json.JSONDecodeError as exc:
         reason = f"not valid JSON: {exc.msg} at column {exc.colno}"
-        return line, None, "rejected", reason, text[:RAW_RECORD_PREVIEW]
+        return line, None, REJECTED, reason, text[:RAW_RECORD_PREVIEW]
     except ValueError as exc:
-        return line, None, "rejected", f"not valid JSON: {exc}", text[:RAW_RECORD_PREVIEW]
+        return line, None, REJECTED, f"not valid JSON: {exc}", text[:RAW_RECORD_PREVIEW]
     if not isinstance(value, dict):
         reason = f"expected a JSON object, found {_json_kind(value)}"
-        return line, None, "rejected", reason, text[:RAW_RECORD_PREVIEW]
-    return line, text, "valid", None, None
+        return line, None, REJECTED, reason, text[:RAW_RECORD_PREVIEW]
+    return line, text, VALID, None, None
 
 
 def _json_kind(value: Any) -> str:
@@ -283,10 +275,10 @@ def _array_records(
             line += source.count("\n")
             offset += len(source.encode())
             if isinstance(value, dict):
-                row: Row = (start_line, source, "valid", None, None)
+                row: Row = (start_line, source, VALID, None, None)
             else:
                 reason = f"expected a JSON object, found {_json_kind(value)}"
-                row = (start_line, None, "rejected", reason, source[:RAW_RECORD_PREVIEW])
+                row = (start_line, None, REJECTED, reason, source[:RAW_RECORD_PREVIEW])
             yield row, (offset, line)
     finally:
         close = getattr(stream, "close", None)

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import polars as pl
 
 from batch_assets.chunks import Chunk, Resume
 from batch_assets.errors import BatchInputError
-
-LINE = "_line"
-STATUS = "_status"
-REASON = "_reason"
-RECORD = "_record"
+from batch_assets.vocabulary import LINE as LINE
+from batch_assets.vocabulary import REASON as REASON
+from batch_assets.vocabulary import RECORD as RECORD
+from batch_assets.vocabulary import REJECTED, VALID
+from batch_assets.vocabulary import STATUS as STATUS
 
 # Python's csv module caps fields at 128 KiB by default; a field past this bigger cap is a
 # file-level problem, and a long field under it is rejected by the schema with its line.
@@ -192,59 +193,81 @@ def iter_csv_chunks(
         lines = SourceLines(open_stream(0), name=name, offset=0, line=0)
         header = read_header(lines, layout)
     positions = [header.index(column) for column in layout.columns]
-    width = len(header)
     # strict: an unterminated quote is an error at its line, not the rest of the file
     # swallowed into one field.
     reader = csv.reader(lines, strict=True)
+    base = lines.line  # the line before the reader's first: its line_num counts from there
     index = resume.next_index
     while True:
-        columns: list[list[str | None]] = [[] for _ in layout.columns]
-        line_numbers: list[int] = []
-        statuses: list[str] = []
-        reasons: list[str | None] = []
-        records: list[str | None] = []
-        # A row loop on purpose: csv gives the exact physical line of every record and its
-        # field count, which is what rejected rows must report; it parses ~1.7M rows/s here.
-        while len(line_numbers) < chunk_size:
-            start_line = lines.line + 1
-            try:
-                row = next(reader, None)
-            except csv.Error as exc:
-                raise BatchInputError(f"{name}: line {start_line}: {explain(exc)}") from None
-            if row is None:
-                break
-            if not row:
-                continue  # a blank line is no record
-            line_numbers.append(start_line)
-            if len(row) == width:
-                for values, position in zip(columns, positions, strict=True):
-                    values.append(row[position])
-                statuses.append("valid")
-                reasons.append(None)
-                records.append(None)
-            else:
-                for values in columns:
-                    values.append(None)
-                statuses.append("rejected")
-                reasons.append(f"expected {width} fields as in the header, found {len(row)}")
-                records.append(",".join(row)[:RAW_RECORD_PREVIEW])
-        if not line_numbers:
+        first_line = lines.line + 1
+        rows, ends = _next_rows(reader, chunk_size, name=name, first_line=first_line, base=base)
+        starts = [first_line, *(base + end + 1 for end in ends[:-1])]
+        frame = _records_frame(rows, starts, positions, len(header), layout)
+        if frame is None:
             lines.close()
             return
-        frame = pl.DataFrame(
-            {
-                LINE: pl.Series(line_numbers, dtype=pl.Int64),
-                **{
-                    column: pl.Series(values, dtype=pl.String)
-                    for column, values in zip(layout.columns, columns, strict=True)
-                },
-                STATUS: pl.Series(statuses, dtype=pl.String),
-                REASON: pl.Series(reasons, dtype=pl.String),
-                RECORD: pl.Series(records, dtype=pl.String),
-            }
-        )
         yield Chunk(index, frame, {"offset": lines.offset, "line": lines.line, "header": header})
         index += 1
+
+
+def _next_rows(
+    reader: Any, count: int, *, name: str, first_line: int, base: int
+) -> tuple[list[list[str]], list[int]]:
+    """Up to `count` rows (a blank line is an empty row) and, for each, the reader's
+    `line_num` after it: the line it ends on, counted from `base`, the line before the
+    reader's first. A malformed record is an error naming the line it starts on."""
+    rows: list[list[str]] = []
+    ends: list[int] = []
+    add_row, add_end = rows.append, ends.append
+    try:
+        # A row loop on purpose, kept to two appends (columns are built from the rows at
+        # C speed): csv gives the exact physical line of every record, which rejected rows
+        # must report.
+        for row in itertools.islice(reader, count):
+            add_row(row)
+            add_end(reader.line_num)
+    except csv.Error as exc:
+        line = base + ends[-1] + 1 if ends else first_line
+        raise BatchInputError(f"{name}: line {line}: {explain(exc)}") from None
+    return rows, ends
+
+
+def _records_frame(
+    rows: list[list[str]], starts: list[int], positions: list[int], width: int, layout: CsvLayout
+) -> pl.DataFrame | None:
+    """The chunk's records as a frame (see `iter_csv_chunks`), from its rows and the line
+    each starts on; blank lines are no records. None when there is none."""
+    if not all(rows):
+        starts = [line for line, row in zip(starts, rows, strict=True) if row]
+        rows = [row for row in rows if row]
+    if not rows:
+        return None
+    ragged = [i for i, row in enumerate(rows) if len(row) != width]
+    status: Any = pl.lit(VALID)
+    reason: Any = pl.lit(None, pl.String)
+    record: Any = pl.lit(None, pl.String)
+    if ragged:
+        statuses = [VALID] * len(rows)
+        reasons: list[str | None] = [None] * len(rows)
+        records: list[str | None] = [None] * len(rows)
+        for i in ragged:
+            statuses[i] = REJECTED
+            reasons[i] = f"expected {width} fields as in the header, found {len(rows[i])}"
+            records[i] = ",".join(rows[i])[:RAW_RECORD_PREVIEW]
+            rows[i] = [None] * width  # type: ignore[list-item]
+        status, reason, record = (
+            pl.Series(values, dtype=pl.String) for values in (statuses, reasons, records)
+        )
+    fields = list(zip(*rows, strict=True))
+    return pl.DataFrame(
+        {
+            LINE: pl.Series(starts, dtype=pl.Int64),
+            **{
+                column: pl.Series(fields[position], dtype=pl.String)
+                for column, position in zip(layout.columns, positions, strict=True)
+            },
+        }
+    ).with_columns(status.alias(STATUS), reason.alias(REASON), record.alias(RECORD))
 
 
 def explain(error: csv.Error) -> str:

@@ -18,12 +18,21 @@ from psycopg import sql
 from batch_assets.batches import batch_summary
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError
-from batch_assets.processors import ERROR
-from batch_assets.readers import LINE, REASON, RECORD, STATUS
-from batch_assets.sinks.dynamodb import BatchWriter, WriteStats, chunk_items, write_chunk_items
+from batch_assets.sinks.backoff import WriteStats
+from batch_assets.sinks.dynamodb import BatchWriter, chunk_items, write_chunk_items
 from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
 from batch_assets.tracking import BatchCounts, BatchJobs, BatchStore
+from batch_assets.vocabulary import (
+    ERROR,
+    FAILED,
+    LINE,
+    PROCESSED,
+    REASON,
+    RECORD,
+    STATUS,
+    VALID,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ def retry_failed(
         return RetryResult(0, 0, 0)
     out = dataset.process_fn()(  # with the entry's hooks, as the first pass
         failed.with_columns(
-            pl.lit("valid").alias(STATUS),
+            pl.lit(VALID).alias(STATUS),
             pl.lit(None, pl.String).alias(REASON),
             pl.lit(None, pl.String).alias(RECORD),
         )
@@ -101,7 +110,7 @@ def retry_failed(
         batch_summary(conn, dataset, batch_id, stored),
         attempt=found.attempt,  # as the completing run: a run that took the batch since wins
     )
-    now_processed = int((out[STATUS] == "processed").sum())
+    now_processed = int((out[STATUS] == PROCESSED).sum())
     return RetryResult(failed.height, now_processed, failed.height - now_processed)
 
 
@@ -109,11 +118,10 @@ def _failed_records(conn: psycopg.Connection, dataset: Dataset, batch_id: str) -
     columns = ["seq", "line", *dataset.columns]
     with conn.cursor() as cur:
         cur.execute(
-            sql.SQL(
-                "SELECT {} FROM {} WHERE batch_id = %s AND status = 'failed' ORDER BY seq"
-            ).format(
+            sql.SQL("SELECT {} FROM {} WHERE batch_id = %s AND status = {} ORDER BY seq").format(
                 sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
                 sql.Identifier(dataset.tables.results),
+                sql.Literal(FAILED),  # a literal, as in the partial index that finds them
             ),
             (batch_id,),
         )

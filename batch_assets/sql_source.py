@@ -22,7 +22,7 @@ from psycopg import sql
 
 from batch_assets.chunks import Chunk, ChunkTimeout, Resume
 from batch_assets.errors import BatchInputError
-from batch_assets.readers import LINE, REASON, RECORD, STATUS
+from batch_assets.vocabulary import LINE, REASON, RECORD, STATUS, VALID
 
 Mark = tuple[Any, Any]
 """A position in the table's `(cursor column, key)` order."""
@@ -246,7 +246,7 @@ def iter_increment_chunks(
                     column: pl.Series([row[2 + i] for row in rows], dtype=pl.String)
                     for i, column in enumerate(source.columns)
                 },
-                STATUS: pl.Series(["valid"] * len(rows), dtype=pl.String),
+                STATUS: pl.Series([VALID] * len(rows), dtype=pl.String),
                 REASON: pl.Series([None] * len(rows), dtype=pl.String),
                 RECORD: pl.Series([None] * len(rows), dtype=pl.String),
             }

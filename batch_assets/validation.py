@@ -12,7 +12,7 @@ import pandera.polars as pa
 import polars as pl
 
 from batch_assets.errors import BatchError
-from batch_assets.readers import REASON, STATUS
+from batch_assets.vocabulary import REASON, REJECTED, STATUS, VALID
 
 _ROW = "__row"
 _LENGTH_CHECK = re.compile(r"str_length\((\w+), (\w+)\)")
@@ -28,7 +28,7 @@ def validate_chunk(
     """
     frame = _reject_nul(frame, columns)
     indexed = frame.with_row_index(_ROW)
-    candidates = indexed.filter(pl.col(STATUS) == "valid")
+    candidates = indexed.filter(pl.col(STATUS) == VALID)
     try:
         model.validate(candidates.select(columns), lazy=True)
         return frame
@@ -52,7 +52,7 @@ def validate_chunk(
         indexed.join(failed_rows.select(_ROW, "reason"), on=_ROW, how="left")
         .with_columns(
             pl.when(pl.col("reason").is_not_null())
-            .then(pl.lit("rejected"))
+            .then(pl.lit(REJECTED))
             .otherwise(pl.col(STATUS))
             .alias(STATUS),
             pl.coalesce(pl.col(REASON), pl.col("reason")).alias(REASON),
@@ -74,9 +74,9 @@ def _reject_nul(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
         ignore_nulls=True,
     )
     has_nul = pl.any_horizontal(pl.col(c).str.contains("\x00", literal=True) for c in columns)
-    bad = (pl.col(STATUS) == "valid") & has_nul.fill_null(False)
+    bad = (pl.col(STATUS) == VALID) & has_nul.fill_null(False)
     return frame.with_columns(
-        pl.when(bad).then(pl.lit("rejected")).otherwise(pl.col(STATUS)).alias(STATUS),
+        pl.when(bad).then(pl.lit(REJECTED)).otherwise(pl.col(STATUS)).alias(STATUS),
         pl.when(bad).then(reason).otherwise(pl.col(REASON)).alias(REASON),
     )
 

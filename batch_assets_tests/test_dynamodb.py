@@ -14,17 +14,17 @@ from botocore.config import Config
 
 from batch_assets.errors import ConfigError, SinkError
 from batch_assets.local_stack import LocalStack
+from batch_assets.sinks.backoff import Backoff, WriteStats
 from batch_assets.sinks.dynamodb import (
     STATUS_INDEX,
-    Backoff,
     BatchWriter,
     Item,
-    WriteStats,
     batch_records,
     ensure_records_table,
     item_size,
     record_item,
 )
+from batch_assets.sinks.records import Record
 from batch_assets_tests.faults import DynamoFaults
 
 NO_CLIENT_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1})
@@ -46,15 +46,17 @@ def table(dynamodb: Any) -> Iterator[str]:
 def items(batch_id: str, n: int, *, start: int = 2) -> list[Item]:
     return [
         record_item(
-            dataset="events",
-            batch_id=batch_id,
-            line=line,
-            source_json=json.dumps({"n": line, "payload": {"tags": ["a", "b"], "empty": ""}}),
-            processed_json=json.dumps({"n2": line * 2}),
-            status="processed",
-            error=None,
-            created_at="2026-11-23T00:00:00+00:00",
-            processed_at="2026-11-23T00:00:01+00:00",
+            Record(
+                dataset="events",
+                batch_id=batch_id,
+                line=line,
+                source_json=json.dumps({"n": line, "payload": {"tags": ["a", "b"], "empty": ""}}),
+                processed_json=json.dumps({"n2": line * 2}),
+                status="processed",
+                error=None,
+                created_at="2026-11-23T00:00:00+00:00",
+                processed_at="2026-11-23T00:00:01+00:00",
+            )
         )
         for line in range(start, start + n)
     ]
@@ -91,17 +93,19 @@ def test_batch_written_read_back_and_rewritten(dynamodb: Any, table: str) -> Non
     writer = BatchWriter(dynamodb, table)
     stats = WriteStats()
     odd = record_item(
-        dataset="events",
-        batch_id="b1",
-        line=999,
-        source_json=json.dumps(
-            {"big": 123456789012345678901234567890, "f": 0.1, "s": "", "deep": {"a": [{}]}}
-        ),
-        processed_json=None,
-        status="failed",
-        error="ValueError: no",
-        created_at="2026-11-23T00:00:00+00:00",
-        processed_at=None,
+        Record(
+            dataset="events",
+            batch_id="b1",
+            line=999,
+            source_json=json.dumps(
+                {"big": 123456789012345678901234567890, "f": 0.1, "s": "", "deep": {"a": [{}]}}
+            ),
+            processed_json=None,
+            status="failed",
+            error="ValueError: no",
+            created_at="2026-11-23T00:00:00+00:00",
+            processed_at=None,
+        )
     )
     writer.write([*items("b1", 120), odd], batch_id="b1", stats=stats)
     assert (stats.items, stats.requests, stats.oversized) == (121, 5, [])

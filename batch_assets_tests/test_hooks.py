@@ -19,7 +19,7 @@ from batch_assets.factory import build_dataset
 from batch_assets.processors.hooks import resolve_hook, with_hooks
 from batch_assets.processors.sentiment import score_sentiment
 from batch_assets.processors.text import collapse_whitespace
-from batch_assets.readers import LINE, REASON, RECORD, STATUS
+from batch_assets.vocabulary import ERROR, LINE, REASON, RECORD, STATUS
 
 HERE = "batch_assets_tests.test_hooks"
 
@@ -88,7 +88,7 @@ def slow_with_per_record_errors_kept(frame: pl.DataFrame) -> pl.DataFrame:
             errors.append(None)
         except Exception as exc:
             errors.append(str(exc))
-    return frame.with_columns(pl.Series("_error", errors, dtype=pl.String))
+    return frame.with_columns(pl.Series(ERROR, errors, dtype=pl.String))
 
 
 def test_hooks_run_around_the_processor_in_order() -> None:

@@ -15,6 +15,7 @@ from batch_assets import json_reader
 from batch_assets.chunks import Resume
 from batch_assets.errors import BatchInputError
 from batch_assets.json_reader import iter_json_chunks
+from batch_assets.vocabulary import LINE, REASON, STATUS
 
 
 def read(
@@ -36,7 +37,7 @@ def read(
 def rows(data: bytes, **options: Any) -> list[tuple[Any, ...]]:
     out = []
     for chunk in read(data, **options):
-        out.extend(chunk.frame.select("_line", "record", "_status", "_reason").iter_rows())
+        out.extend(chunk.frame.select(LINE, "record", STATUS, REASON).iter_rows())
     return out
 
 

@@ -14,7 +14,7 @@ from botocore.config import Config
 
 from batch_assets.errors import SinkError
 from batch_assets.local_stack import LocalStack
-from batch_assets.sinks.dynamodb import Backoff, WriteStats
+from batch_assets.sinks.backoff import Backoff, WriteStats
 from batch_assets.sinks.kinesis import Entry, StreamWriter, ensure_stream
 from batch_assets_tests.faults import KinesisFaults
 from batch_assets_tests.pipeline_helpers import stream_documents

@@ -11,10 +11,11 @@ import psycopg
 import pytest
 
 from batch_assets.chunks import Chunks
+from batch_assets.datasets import EVENTS
 from batch_assets.errors import SinkError
 from batch_assets.processors.sentiment import score_sentiment
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
-from batch_assets.sinks.postgres import ResultsTables, replace_batch
+from batch_assets.sinks.postgres import ResultsTables, duplicate_ids, replace_batch
 from batch_assets.sinks.postgres import summarize as stored_summary
 
 TABLES = ResultsTables(
@@ -82,3 +83,34 @@ def test_rows_the_server_did_not_store_fail_the_load(conn: psycopg.Connection) -
     chunks = Chunks.from_frames([scored(2, ["good", "bad", "fine"])])
     with pytest.raises(SinkError, match=r"COPY stored 2 rows of 3 sent"):
         replace_batch(conn, TABLES, "b-dropped", chunks, summary_column="sentiment")
+
+
+def test_json_records_repeat_an_id_by_their_id_field(pg_url: str) -> None:
+    texts = [
+        '{"id": 1, "v": "first"}',
+        '{"id": 1, "v": "second"}',  # another record with the same id
+        '{"id": 2}',
+        '{"id": "3"}',
+        '{"id": 3, "v": "again"}',  # 3 as text is the same id
+        '{"other": true}',  # the same record twice, but without an id
+        '{"other": true}',
+        '{"id": null}',
+        '{"id": null}',
+    ]
+    frame = pl.DataFrame(
+        {
+            LINE: pl.Series(range(1, len(texts) + 1), dtype=pl.Int64),
+            "record": texts,
+            STATUS: ["valid"] * len(texts),
+            REASON: pl.Series([None] * len(texts), dtype=pl.String),
+            RECORD: pl.Series([None] * len(texts), dtype=pl.String),
+        }
+    )
+    tables, batch = EVENTS.tables, f"b-{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(pg_url) as conn:
+        tables.ensure(conn)
+        stats = replace_batch(conn, tables, batch, Chunks.from_frames([EVENTS.process_fn()(frame)]))
+        assert stats.stored == (len(texts), 0, 0)
+        assert duplicate_ids(conn, tables, batch) == {"1": 2, "3": 2}
+        assert duplicate_ids(conn, tables, batch, limit=1) == {"1": 2}
+        conn.rollback()

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from batch_assets.chunks import Resume
 from batch_assets.errors import BatchInputError
-from batch_assets.readers import LINE, REASON, STATUS, CsvLayout, iter_csv_chunks
+from batch_assets.readers import CsvLayout, iter_csv_chunks
+from batch_assets.vocabulary import LINE, REASON, RECORD, STATUS
 
 LAYOUT = CsvLayout(("id", "text"))
 NAME = "s3://bucket/inbox/reviews/f.csv"
@@ -59,7 +60,7 @@ def test_ragged_rows_are_rejected_with_the_field_count() -> None:
         (4, "rejected", "expected 2 fields as in the header, found 1"),
         (5, "valid", None),
     ]
-    assert frame["_record"].to_list()[1:3] == ["2,too,many", "3"]
+    assert frame[RECORD].to_list()[1:3] == ["2,too,many", "3"]
 
 
 def test_extra_columns_and_column_order_are_handled_by_name() -> None:

@@ -24,6 +24,7 @@ from batch_assets.sql_source import (
     high_water_mark,
     iter_increment_chunks,
 )
+from batch_assets.vocabulary import LINE
 from batch_assets_tests.pipeline_helpers import wait_for
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -60,9 +61,7 @@ def read(
     connect: Callable[[], psycopg.Connection], source: SqlTable, **options: object
 ) -> list[tuple[int, str]]:
     chunks = iter_increment_chunks(connect, source, **options)  # type: ignore[arg-type]
-    return [
-        (line, ident) for c in chunks for line, ident in c.frame.select("_line", "id").iter_rows()
-    ]
+    return [(line, ident) for c in chunks for line, ident in c.frame.select(LINE, "id").iter_rows()]
 
 
 def test_increments_read_every_row_once_and_the_same_rows_again(comments) -> None:  # type: ignore[no-untyped-def]
@@ -131,7 +130,7 @@ def test_resuming_after_any_chunk_reads_the_rest_exactly(comments, stop: int) ->
     ids = [i for c in chunks[: stop + 1] + rest for i in c.frame["id"]]
     assert [int(i) for i in ids] == list(range(1000))
     assert [c.index for c in rest] == list(range(stop + 1, 10))
-    assert rest[-1].frame["_line"][-1] == 1000 if rest else True
+    assert rest[-1].frame[LINE][-1] == 1000 if rest else True
 
 
 def test_the_lag_keeps_recent_rows_for_a_later_increment(comments) -> None:  # type: ignore[no-untyped-def]

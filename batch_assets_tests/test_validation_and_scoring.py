@@ -5,11 +5,11 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from batch_assets.processors import ERROR, keep_records, sentiment
+from batch_assets.processors import keep_records, sentiment
 from batch_assets.processors.sentiment import score_sentiment
-from batch_assets.readers import LINE, REASON, RECORD, STATUS
 from batch_assets.schemas.reviews import ReviewRecord
 from batch_assets.validation import validate_chunk
+from batch_assets.vocabulary import ERROR, LINE, REASON, RECORD, STATUS
 
 
 def chunk(
@@ -92,7 +92,7 @@ def test_a_record_whose_scoring_raises_is_failed_with_its_error(
 
     monkeypatch.setattr(sentiment, "_analyzer", lambda: Flaky())
     frame = score_sentiment(chunk(["1", "2", "3"], ["good", "boom", "bad"]))
-    assert frame.select(STATUS, "_error").rows() == [
+    assert frame.select(STATUS, ERROR).rows() == [
         ("processed", None),
         ("failed", "ValueError: cannot score this"),
         ("processed", None),

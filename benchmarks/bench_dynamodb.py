@@ -30,13 +30,15 @@ from typing import Any
 import boto3
 import httpx
 
+from batch_assets.sinks.backoff import WriteStats
 from batch_assets.sinks.dynamodb import (
     BatchWriter,
     Item,
-    WriteStats,
     ensure_records_table,
     record_item,
 )
+from batch_assets.sinks.records import Record
+from batch_assets.vocabulary import PROCESSED
 
 TABLE = "data_records"
 
@@ -55,19 +57,21 @@ def _free_port() -> int:
 def make_items(batch_id: str, n: int) -> list[Item]:
     return [
         record_item(
-            dataset="events",
-            batch_id=batch_id,
-            line=line,
-            source_json=json.dumps(
-                {"event_id": f"e{line}", "user": {"id": line % 977, "plan": "pro"}, "v": 1.5}
-            ),
-            processed_json=json.dumps(
-                {"event_id": f"e{line}", "user_id": line % 977, "value_x2": 3.0}
-            ),
-            status="processed",
-            error=None,
-            created_at="2026-11-23T12:00:00+00:00",
-            processed_at="2026-11-23T12:00:01+00:00",
+            Record(
+                dataset="events",
+                batch_id=batch_id,
+                line=line,
+                source_json=json.dumps(
+                    {"event_id": f"e{line}", "user": {"id": line % 977, "plan": "pro"}, "v": 1.5}
+                ),
+                processed_json=json.dumps(
+                    {"event_id": f"e{line}", "user_id": line % 977, "value_x2": 3.0}
+                ),
+                status=PROCESSED,
+                error=None,
+                created_at="2026-11-23T12:00:00+00:00",
+                processed_at="2026-11-23T12:00:01+00:00",
+            )
         )
         for line in range(2, n + 2)
     ]

@@ -22,17 +22,17 @@ from dagster import (
 from batch_assets.batch_step import BatchStep
 from batch_assets.chunks import Chunks
 from batch_assets.datasets import Dataset
-from batch_assets.readers import STATUS
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.kinesis import KinesisResource
+from batch_assets.sinks.backoff import WriteStats
 from batch_assets.sinks.dynamodb import (
-    WriteStats,
     chunk_items,
     ensure_records_table,
     write_chunk_items,
 )
 from batch_assets.sinks.kinesis import chunk_entries
+from batch_assets.vocabulary import FAILED, REJECTED, STATUS
 
 ChunkWriter = Callable[[pl.DataFrame, str, WriteStats], list[int]]
 """Writes one chunk's records (given the batch's `created_at`), returns the lines of records
@@ -57,7 +57,7 @@ def write_records(
             step.log.info(
                 f"{name}/{sink} [{step.batch_id}]: chunk {chunk.index}, {stats.items:,} records"
             )
-    figures = stats.sink_stats(read=seen.total(), rejected=seen["rejected"], failed=seen["failed"])
+    figures = stats.sink_stats(read=seen.total(), rejected=seen[REJECTED], failed=seen[FAILED])
     with step.store() as store:
         store.record_sink(step.batch_id, sink, figures, attempt=step.attempt)
         if step.dataset.sinks[-1] == sink:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from batch_assets.readers import STATUS
+from batch_assets.vocabulary import ERROR as ERROR
+from batch_assets.vocabulary import FAILED, PROCESSED, STATUS, VALID
 
 
 @dataclass(frozen=True)
@@ -38,19 +39,15 @@ class Processor:
     json_columns: tuple[str, ...] = ()
 
 
-ERROR = "_error"
-"""The column holding a failed record's error."""
-
-
 def settled_status() -> pl.Expr:
     """The status after processing: rows that were not `valid` keep theirs; a valid row
     with an error is `failed`, the others `processed`."""
     return (
-        pl.when(pl.col(STATUS) != "valid")
+        pl.when(pl.col(STATUS) != VALID)
         .then(pl.col(STATUS))
         .when(pl.col(ERROR).is_not_null())
-        .then(pl.lit("failed"))
-        .otherwise(pl.lit("processed"))
+        .then(pl.lit(FAILED))
+        .otherwise(pl.lit(PROCESSED))
         .alias(STATUS)
     )
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import polars as pl
 
 from batch_assets.errors import BatchError, ConfigError
-from batch_assets.readers import LINE, STATUS
+from batch_assets.vocabulary import LINE, STATUS
 
 ChunkFn = Callable[[pl.DataFrame], pl.DataFrame]
 
@@ -91,7 +91,7 @@ def _checked(hook: ChunkFn, frame: pl.DataFrame, option: str) -> pl.DataFrame:
         )
     if not result[STATUS].equals(frame[STATUS]):
         raise ConfigError(
-            f"{name} changed the _status of rows {lines}; statuses are validation's and the "
+            f"{name} changed the {STATUS} of rows {lines}; statuses are validation's and the "
             "processor's to set (reject rows in the schema)"
         )
     return result

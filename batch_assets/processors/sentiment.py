@@ -13,8 +13,8 @@ from functools import lru_cache
 import polars as pl
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from batch_assets.processors import ERROR, Processor, settled_status
-from batch_assets.readers import STATUS
+from batch_assets.processors import Processor, settled_status
+from batch_assets.vocabulary import ERROR, STATUS, VALID
 
 THRESHOLD = 0.05
 
@@ -22,14 +22,6 @@ THRESHOLD = 0.05
 @lru_cache(maxsize=1)
 def _analyzer() -> SentimentIntensityAnalyzer:
     return SentimentIntensityAnalyzer()
-
-
-def label_for(compound: float) -> str:
-    if compound >= THRESHOLD:
-        return "positive"
-    if compound <= -THRESHOLD:
-        return "negative"
-    return "neutral"
 
 
 def score_sentiment(frame: pl.DataFrame, *, text_column: str = "text") -> pl.DataFrame:
@@ -44,7 +36,7 @@ def score_sentiment(frame: pl.DataFrame, *, text_column: str = "text") -> pl.Dat
     # VADER scores one string at a time; this loop is the processor's whole cost, so it
     # runs over plain lists, not the Series.
     for text, status in zip(frame[text_column].to_list(), frame[STATUS].to_list(), strict=True):
-        if status != "valid":
+        if status != VALID:
             compounds.append(None)
             errors.append(None)
             continue

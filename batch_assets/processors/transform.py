@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import polars as pl
 
 from batch_assets.json_reader import RECORD_COLUMN
-from batch_assets.processors import ERROR, Processor, settled_status
-from batch_assets.readers import STATUS
+from batch_assets.processors import Processor, settled_status
+from batch_assets.vocabulary import ERROR, STATUS, VALID
 
 
 def transform_object(data: dict[str, object]) -> dict[str, object]:
@@ -33,7 +33,7 @@ def transform_records(frame: pl.DataFrame) -> pl.DataFrame:
     outputs: list[str | None] = []
     errors: list[str | None] = []
     for text, status in zip(frame[RECORD_COLUMN], frame[STATUS], strict=True):
-        if status != "valid":
+        if status != VALID:
             outputs.append(None)
             errors.append(None)
             continue

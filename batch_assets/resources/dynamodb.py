@@ -9,7 +9,8 @@ from botocore.config import Config
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from batch_assets.sinks.dynamodb import RECORDS_TABLE, Backoff, BatchWriter
+from batch_assets.sinks.backoff import Backoff
+from batch_assets.sinks.dynamodb import RECORDS_TABLE, BatchWriter
 
 
 class DynamoDBResource(ConfigurableResource):

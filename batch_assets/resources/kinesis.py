@@ -9,7 +9,7 @@ from botocore.config import Config
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from batch_assets.sinks.dynamodb import Backoff
+from batch_assets.sinks.backoff import Backoff
 from batch_assets.sinks.kinesis import StreamWriter, ensure_stream
 
 

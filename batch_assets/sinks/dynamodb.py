@@ -12,57 +12,26 @@ again overwrites its items instead of adding new ones.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import polars as pl
-from botocore.exceptions import ClientError
 
-from batch_assets.errors import ConfigError, SinkError
-from batch_assets.packing import DYNAMODB_BATCH_WRITE, Limits, Oversized, PackStats, pack
-from batch_assets.processors import ERROR
-from batch_assets.readers import LINE, REASON, RECORD, STATUS
+from batch_assets.errors import ConfigError
+from batch_assets.packing import DYNAMODB_BATCH_WRITE, Limits, PackStats, pack
+from batch_assets.sinks.backoff import Backoff, WriteStats, send_with_backoff
+from batch_assets.sinks.records import Record, RecordLayout, chunk_records
+from batch_assets.vocabulary import FAILED, RecordStatus
 
 RECORDS_TABLE = "data_records"
 STATUS_INDEX = "batch_status_index"
 
-# Error codes that mean "slow down", whatever the client's own retries did before.
-THROTTLING = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "Throttling",
-        "TooManyRequestsException",
-    }
-)
-
 Item = dict[str, dict[str, Any]]
 """An item in DynamoDB's typed JSON (`{"attr": {"S": "value"}}`), as the low-level client
 takes it."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: before retry `n` (1-based), sleep a uniform
-    random time in `[0, min(cap, base * 2 ** (n - 1))]`; give up after `max_attempts` calls.
-    """
-
-    base: float = 0.05
-    cap: float = 5.0
-    max_attempts: int = 10
-
-    def bound(self, retry: int) -> float:
-        return min(self.cap, self.base * 2 ** (retry - 1))
-
-    def delay(self, retry: int, rng: random.Random) -> float:
-        return rng.uniform(0, self.bound(retry))
 
 
 def ensure_records_table(
@@ -152,44 +121,6 @@ def _value_size(value: dict[str, Any]) -> int:
     raise ValueError(f"unknown DynamoDB attribute type {kind}")
 
 
-@dataclass
-class WriteStats:
-    """What a write did: items written, requests sent (retries included), items sent again,
-    throttled calls, bytes, and the items no request could hold."""
-
-    items: int = 0
-    requests: int = 0
-    retried_items: int = 0
-    throttled_calls: int = 0
-    bytes: int = 0
-    oversized: list[Oversized] = field(default_factory=list)
-
-    def as_metadata(self) -> dict[str, int]:
-        return {
-            "items": self.items,
-            "requests": self.requests,
-            "retried_items": self.retried_items,
-            "throttled_calls": self.throttled_calls,
-            "bytes": self.bytes,
-            "oversized": len(self.oversized),
-        }
-
-    def sink_stats(self, *, read: int, rejected: int, failed: int) -> dict[str, int]:
-        """The figures every sink reports, `read`, `rejected` and `failed` counted from the
-        records given to it."""
-        return {
-            "read": read,
-            "written": self.items,
-            "rejected": rejected,
-            "failed": failed,
-            "oversized": len(self.oversized),
-            "requests": self.requests,
-            "retries": self.retried_items,
-            "throttled_calls": self.throttled_calls,
-            "bytes": self.bytes,
-        }
-
-
 class BatchWriter:
     """Writes items to one table in `BatchWriteItem` requests packed to the limits, retrying
     unprocessed items and throttled calls with `backoff`.
@@ -235,140 +166,57 @@ class BatchWriter:
         stats.oversized.extend(packing.oversized)
 
     def _send(self, writes: list[dict[str, Any]], batch_id: str, stats: WriteStats) -> None:
-        pending, attempt = writes, 0
-        while True:
-            attempt += 1
-            stats.requests += 1
-            try:
-                response = self.client.batch_write_item(RequestItems={self.table: pending})
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in THROTTLING:
-                    raise
-                stats.throttled_calls += 1
-                left = pending
-            else:
-                left = response.get("UnprocessedItems", {}).get(self.table, [])
-            if not left:
-                return
-            if attempt >= self.backoff.max_attempts:
-                raise SinkError(
-                    f"DynamoDB {self.table}: batch {batch_id}: {len(left)} of "
-                    f"{len(writes)} items in a request not written after {attempt} attempts "
-                    "(throttled); raise the table's capacity or the retry bound, then run "
-                    "the batch again: its items are overwritten, never duplicated"
-                )
-            stats.retried_items += len(left)
-            self.sleep(self.backoff.delay(attempt, self.rng))
-            pending = left
+        def gave_up(left: int, total: int, attempts: int) -> str:
+            return (
+                f"DynamoDB {self.table}: batch {batch_id}: {left} of {total} items in a "
+                f"request not written after {attempts} attempts (throttled); raise the "
+                "table's capacity or the retry bound, then run the batch again: its items "
+                "are overwritten, never duplicated"
+            )
+
+        send_with_backoff(
+            self._put,
+            writes,
+            backoff=self.backoff,
+            sleep=self.sleep,
+            rng=self.rng,
+            stats=stats,
+            gave_up=gave_up,
+        )
+
+    def _put(self, writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One `BatchWriteItem` call; the writes it left unprocessed."""
+        response = self.client.batch_write_item(RequestItems={self.table: writes})
+        unprocessed: list[dict[str, Any]] = response.get("UnprocessedItems", {}).get(self.table, [])
+        return unprocessed
 
 
-def record_id(dataset: str, batch_id: str, line: int) -> str:
-    """The id of a batch's record: the same for the same source line, run after run."""
-    return f"{dataset}#{batch_id}#{line}"
-
-
-def record_item(
-    *,
-    dataset: str,
-    batch_id: str,
-    line: int,
-    source_json: str,
-    processed_json: str | None,
-    status: str,
-    error: str | None,
-    created_at: str,
-    processed_at: str | None,
-) -> Item:
-    """One record as a `data_records` item. Source and processed data are JSON text, so
-    any JSON (nested, numbers of any size, empty strings) round-trips unchanged."""
+def record_item(record: Record) -> Item:
+    """One record as a `data_records` item, keyed by its `record_id`."""
     item: Item = {
-        "record_id": {"S": record_id(dataset, batch_id, line)},
-        "batch_id": {"S": batch_id},
-        "dataset": {"S": dataset},
-        "line": {"N": str(line)},
-        "source_data": {"S": source_json},
-        "status": {"S": status},
-        "created_at": {"S": created_at},
+        "record_id": {"S": record.record_id},
+        "batch_id": {"S": record.batch_id},
+        "dataset": {"S": record.dataset},
+        "line": {"N": str(record.line)},
+        "source_data": {"S": record.source_json},
+        "status": {"S": record.status},
+        "created_at": {"S": record.created_at},
     }
-    if processed_json is not None:
-        item["processed_data"] = {"S": processed_json}
-    if error is not None:
-        item["error_message"] = {"S": error}
-    if processed_at is not None:
-        item["processed_at"] = {"S": processed_at}
+    if record.processed_json is not None:
+        item["processed_data"] = {"S": record.processed_json}
+    if record.error is not None:
+        item["error_message"] = {"S": record.error}
+    if record.processed_at is not None:
+        item["processed_at"] = {"S": record.processed_at}
     return item
-
-
-@dataclass(frozen=True)
-class RecordLayout:
-    """How a dataset's chunk rows become items.
-
-    Attributes:
-        dataset: the dataset's name.
-        record_columns: the columns that came from the source.
-        json_record: the single record column is the object's JSON text itself.
-        processor_columns: the processor's output columns.
-        json_columns: output columns that already hold JSON text.
-    """
-
-    dataset: str
-    record_columns: tuple[str, ...]
-    json_record: bool
-    processor_columns: tuple[str, ...]
-    json_columns: tuple[str, ...] = ()
 
 
 def chunk_items(
     frame: pl.DataFrame, layout: RecordLayout, *, batch_id: str, created_at: str
 ) -> list[Item]:
-    """The items of one processed chunk: processed and failed records, and rejected ones
-    with their reason, each keyed by its source line."""
-    items = []
-    for row in frame.iter_rows(named=True):
-        status = row[STATUS]
-        if status == "rejected":
-            raw = row.get(RECORD) or _record_text(row, layout)
-            source, processed, error = _dumps(raw), None, row[REASON]
-        else:
-            source = _record_text(row, layout)
-            error = row.get(ERROR)
-            processed = None if status == "failed" else _output_json(row, layout)
-        processed_at = row.get("processed_at")
-        items.append(
-            record_item(
-                dataset=layout.dataset,
-                batch_id=batch_id,
-                line=row[LINE],
-                source_json=source,
-                processed_json=processed,
-                status=status,
-                error=error,
-                created_at=created_at,
-                processed_at=processed_at.isoformat()
-                if isinstance(processed_at, datetime)
-                else (created_at if processed is not None else None),
-            )
-        )
-    return items
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _record_text(row: dict[str, Any], layout: RecordLayout) -> str:
-    if layout.json_record:
-        return str(row[layout.record_columns[0]])
-    return _dumps({c: row[c] for c in layout.record_columns})
-
-
-def _output_json(row: dict[str, Any], layout: RecordLayout) -> str:
-    parts = []
-    for column in layout.processor_columns:
-        value = row[column]
-        text = value if column in layout.json_columns and value is not None else _dumps(value)
-        parts.append(f"{_dumps(column)}:{text}")
-    return "{" + ",".join(parts) + "}"
+    """The items of one processed chunk (see `records.chunk_records`), in its order."""
+    records = chunk_records(frame, layout, batch_id=batch_id, created_at=created_at)
+    return [record_item(record) for record in records]
 
 
 def oversized_item(item: Item, size: int, limit: int) -> Item:
@@ -377,7 +225,7 @@ def oversized_item(item: Item, size: int, limit: int) -> Item:
     kept = {k: v for k, v in item.items() if k in ("record_id", "batch_id", "dataset", "line")}
     return {
         **kept,
-        "status": {"S": "failed"},
+        "status": {"S": FAILED},
         "error_message": {
             "S": f"the record is {size:,} bytes as a DynamoDB item, over the {limit:,}-byte "
             "limit; its full result is in Postgres"
@@ -387,7 +235,11 @@ def oversized_item(item: Item, size: int, limit: int) -> Item:
 
 
 def batch_records(
-    client: Any, batch_id: str, *, status: str | None = None, table: str = RECORDS_TABLE
+    client: Any,
+    batch_id: str,
+    *,
+    status: RecordStatus | None = None,
+    table: str = RECORDS_TABLE,
 ) -> Iterator[dict[str, Any]]:
     """A batch's items through the `batch_status_index`, all pages, optionally one status."""
     condition = "batch_id = :b"

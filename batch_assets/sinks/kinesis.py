@@ -20,20 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from botocore.exceptions import ClientError
 
-from batch_assets.errors import SinkError
 from batch_assets.packing import KINESIS_PUT_RECORDS, Limits, PackStats, pack
-from batch_assets.sinks.dynamodb import (
-    THROTTLING,
-    Backoff,
-    RecordLayout,
-    WriteStats,
-    chunk_items,
-)
+from batch_assets.sinks.backoff import THROTTLING, Backoff, WriteStats, send_with_backoff
+from batch_assets.sinks.records import Record, RecordLayout, chunk_records
 
 Entry = dict[str, Any]
 """A `PutRecords` entry: `Data` (bytes) and `PartitionKey`."""
+
+KINESIS_THROTTLING = THROTTLING | {"LimitExceededException", "KMSThrottlingException"}
+"""The error codes with which Kinesis says "slow down"."""
 
 
 def entry_size(entry: Entry) -> int:
@@ -59,23 +55,24 @@ def chunk_entries(
 ) -> list[Entry]:
     """One entry per record of a processed chunk: a JSON document with the record's id,
     batch, line, status, source, processed data and error, keyed by `record_id`."""
-    entries = []
-    for item in chunk_items(frame, layout, batch_id=batch_id, created_at=created_at):
-        document = {
-            "record_id": item["record_id"]["S"],
-            "dataset": layout.dataset,
-            "batch_id": batch_id,
-            "line": int(item["line"]["N"]),
-            "status": item["status"]["S"],
-            "source": json.loads(item["source_data"]["S"]),
-            "processed": json.loads(item["processed_data"]["S"])
-            if "processed_data" in item
-            else None,
-            "error": item.get("error_message", {}).get("S"),
-        }
-        data = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-        entries.append({"Data": data, "PartitionKey": document["record_id"][-256:]})
-    return entries
+    records = chunk_records(frame, layout, batch_id=batch_id, created_at=created_at)
+    return [record_entry(record) for record in records]
+
+
+def record_entry(record: Record) -> Entry:
+    """One record as a `PutRecords` entry: its JSON document, partitioned by its id."""
+    document = {
+        "record_id": record.record_id,
+        "dataset": record.dataset,
+        "batch_id": record.batch_id,
+        "line": record.line,
+        "status": record.status,
+        "source": json.loads(record.source_json),
+        "processed": None if record.processed_json is None else json.loads(record.processed_json),
+        "error": record.error,
+    }
+    data = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    return {"Data": data, "PartitionKey": record.record_id[-256:]}
 
 
 @dataclass
@@ -112,38 +109,31 @@ class StreamWriter:
         stats.oversized.extend(packing.oversized)
 
     def _send(self, entries: list[Entry], batch_id: str, stats: WriteStats) -> None:
-        pending, attempt = entries, 0
-        while True:
-            attempt += 1
-            stats.requests += 1
-            try:
-                response = self.client.put_records(StreamName=self.stream, Records=pending)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in THROTTLING | {
-                    "LimitExceededException",
-                    "KMSThrottlingException",
-                }:
-                    raise
-                stats.throttled_calls += 1
-                left = pending
-            else:
-                left = (
-                    [
-                        entry
-                        for entry, result in zip(pending, response["Records"], strict=True)
-                        if result.get("ErrorCode")
-                    ]
-                    if response.get("FailedRecordCount")
-                    else []
-                )
-            if not left:
-                return
-            if attempt >= self.backoff.max_attempts:
-                raise SinkError(
-                    f"Kinesis stream {self.stream}: batch {batch_id}: {len(left)} of "
-                    f"{len(entries)} records in a request not put after {attempt} attempts; "
-                    "raise the stream's capacity or the retry bound, then run the batch again"
-                )
-            stats.retried_items += len(left)
-            self.sleep(self.backoff.delay(attempt, self.rng))
-            pending = left
+        def gave_up(left: int, total: int, attempts: int) -> str:
+            return (
+                f"Kinesis stream {self.stream}: batch {batch_id}: {left} of {total} records "
+                f"in a request not put after {attempts} attempts; raise the stream's "
+                "capacity or the retry bound, then run the batch again"
+            )
+
+        send_with_backoff(
+            self._put,
+            entries,
+            backoff=self.backoff,
+            sleep=self.sleep,
+            rng=self.rng,
+            stats=stats,
+            gave_up=gave_up,
+            throttling=KINESIS_THROTTLING,
+        )
+
+    def _put(self, entries: list[Entry]) -> list[Entry]:
+        """One `PutRecords` call; the entries it marked failed."""
+        response = self.client.put_records(StreamName=self.stream, Records=entries)
+        if not response.get("FailedRecordCount"):
+            return []
+        return [
+            entry
+            for entry, result in zip(entries, response["Records"], strict=True)
+            if result.get("ErrorCode")
+        ]

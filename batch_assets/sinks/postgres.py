@@ -23,9 +23,17 @@ from psycopg.rows import dict_row
 
 from batch_assets.chunks import Chunk
 from batch_assets.errors import SinkError
-from batch_assets.processors import ERROR
-from batch_assets.readers import LINE, REASON, RECORD, STATUS
 from batch_assets.tracking import ensure_schema
+from batch_assets.vocabulary import (
+    ERROR,
+    FAILED,
+    LINE,
+    PROCESSED,
+    REASON,
+    RECORD,
+    REJECTED,
+    STATUS,
+)
 
 _SQL_TYPES: dict[type[pl.DataType], str] = {
     pl.Datetime: "timestamptz",
@@ -47,6 +55,8 @@ class ResultsTables:
         json_columns: string columns that hold JSON text, stored as jsonb.
         source_key: for a SQL source, the column that identifies a source row across
             increments (indexed, so a later version can replace an earlier one).
+        id_field: when the one record column holds each record as a JSON object (jsonb),
+            the object's field that identifies it; None: the first record column does.
     """
 
     dataset: str
@@ -54,6 +64,7 @@ class ResultsTables:
     record_columns: tuple[str, ...]
     json_columns: tuple[str, ...] = ()
     source_key: str | None = None
+    id_field: str | None = None
 
     @property
     def results(self) -> str:
@@ -249,20 +260,20 @@ class _Load:
 
     def add(self, frame: pl.DataFrame, copy: Any, spool: IO[bytes]) -> None:
         self.chunks += 1
-        kept = frame.filter(pl.col(STATUS).is_in(["processed", "failed"]))
+        kept = frame.filter(pl.col(STATUS).is_in([PROCESSED, FAILED]))
         if kept.height:
             data = _csv(self._result_rows(kept))
             copy.write(data)
             self.sent += len(data)
             self.seq += kept.height
-            n_failed = int((kept[STATUS] == "failed").sum())
+            n_failed = int((kept[STATUS] == FAILED).sum())
             self.failed += n_failed
             self.processed += kept.height - n_failed
             if self.summary_column is not None:
-                values = kept.filter(pl.col(STATUS) == "processed")[self.summary_column]
+                values = kept.filter(pl.col(STATUS) == PROCESSED)[self.summary_column]
                 counted = values.cast(pl.String).fill_null("null").value_counts()
                 self.summary.update(dict(counted.iter_rows()))
-        bad = frame.filter(pl.col(STATUS) == "rejected")
+        bad = frame.filter(pl.col(STATUS) == REJECTED)
         if bad.height:
             data = _csv(self._rejected_rows(bad))
             spool.write(data)
@@ -377,14 +388,19 @@ def stored_counts(
 def duplicate_ids(
     conn: psycopg.Connection, tables: ResultsTables, batch_id: str, *, limit: int = 20
 ) -> dict[str, int]:
-    """Ids that appear more than once among the batch's results, with their counts."""
-    key = tables.record_columns[0]
+    """Ids that appear more than once among the batch's results, with their counts, most
+    repeated first: the first record column's values, or the `id_field` of JSON records (as
+    text, so `1` and `"1"` are one id; a record without it has no id to repeat)."""
+    column = sql.Identifier(tables.record_columns[0])
+    key: sql.Composable = column
+    if tables.id_field is not None:
+        key = sql.SQL("({} ->> {})").format(column, sql.Literal(tables.id_field))
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT {key}, count(*) FROM {table} WHERE batch_id = %s GROUP BY {key} "
-                "HAVING count(*) > 1 ORDER BY count(*) DESC, {key} LIMIT %s"
-            ).format(key=sql.Identifier(key), table=sql.Identifier(tables.results)),
+                "SELECT {key}, count(*) FROM {table} WHERE batch_id = %s AND {key} IS NOT NULL "
+                "GROUP BY {key} HAVING count(*) > 1 ORDER BY count(*) DESC, {key} LIMIT %s"
+            ).format(key=key, table=sql.Identifier(tables.results)),
             (batch_id, limit),
         )
         return {str(value): int(n) for value, n in cur.fetchall()}
