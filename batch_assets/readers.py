@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -17,6 +16,7 @@ from typing import Any, BinaryIO
 import polars as pl
 
 from batch_assets.chunks import Chunk, Resume
+from batch_assets.csv_blocks import BLOCK_BYTES, BYTES, simple_records
 from batch_assets.errors import BatchInputError
 from batch_assets.vocabulary import LINE as LINE
 from batch_assets.vocabulary import REASON as REASON
@@ -54,6 +54,35 @@ class SourceLines:
         self.offset = offset
         self.line = line  # lines consumed so far
         self._first = offset == 0
+        self._pending = b""  # bytes read ahead and handed back, served before the stream
+
+    def read_block(self, size: int) -> bytes:
+        """The next whole lines, about `size` bytes of them, not counted as consumed (see
+        `consumed`); b"" at the end of the stream, or when the next line alone is longer than
+        `size`: those bytes are then served line by line, as `__next__` does."""
+        data = self._pending + self._stream.read(size)
+        self._pending = b""
+        if self._first and data.startswith(b"\xef\xbb\xbf"):
+            return self._hand_back(data)
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            return self._hand_back(data)
+        self._pending = data[cut:]
+        return data[:cut]
+
+    def _hand_back(self, data: bytes) -> bytes:
+        self._pending = data
+        return b""
+
+    def hand_back(self, block: bytes) -> None:
+        """Serves `block` (read with `read_block`) again, line by line, before the rest."""
+        self._pending = block + self._pending
+
+    def consumed(self, size: int, lines: int) -> None:
+        """Counts `size` bytes of `lines` whole lines, read with `read_block`, as consumed."""
+        self.offset += size
+        self.line += lines
+        self._first = False
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -61,11 +90,21 @@ class SourceLines:
     def close(self) -> None:
         self._stream.close()
 
+    def _readline(self) -> bytes:
+        if not self._pending:
+            return self._stream.readline(MAX_LINE_BYTES)
+        end = self._pending.find(b"\n") + 1
+        if end:
+            raw, self._pending = self._pending[:end], self._pending[end:]
+            return raw
+        raw, self._pending = self._pending, b""
+        return raw + self._stream.readline(max(1, MAX_LINE_BYTES - len(raw)))
+
     def __next__(self) -> str:
-        raw = self._stream.readline(MAX_LINE_BYTES)
+        raw = self._readline()
         if not raw:
             raise StopIteration
-        if len(raw) == MAX_LINE_BYTES and not raw.endswith(b"\n"):
+        if len(raw) >= MAX_LINE_BYTES and not raw.endswith(b"\n"):
             raise BatchInputError(
                 f"{self.name}: line {self.line + 1} is longer than {MAX_LINE_BYTES:,} bytes; "
                 "if the file ends its lines with a bare CR (old Mac style), save it with LF "
@@ -193,55 +232,115 @@ def iter_csv_chunks(
         lines = SourceLines(open_stream(0), name=name, offset=0, line=0)
         header = read_header(lines, layout)
     positions = [header.index(column) for column in layout.columns]
-    # strict: an unterminated quote is an error at its line, not the rest of the file
-    # swallowed into one field.
-    reader = csv.reader(lines, strict=True)
-    base = lines.line  # the line before the reader's first: its line_num counts from there
-    index = resume.next_index
+    frames = _record_frames(lines, positions, len(header), layout, name=name)
+    yield from _chunked(frames, chunk_size, resume.next_index, header)
+    lines.close()
+
+
+_END_OFFSET, _END_LINE = "_end_offset", "_end_line"
+
+
+def _record_frames(
+    lines: SourceLines, positions: list[int], width: int, layout: CsvLayout, *, name: str
+) -> Iterator[pl.DataFrame]:
+    """The records after the header, as frames of any size with, per record, the byte
+    offset and line it ends on: blocks that are plain records parsed at once by polars,
+    the others row by row with `csv`."""
     while True:
-        first_line = lines.line + 1
-        rows, ends = _next_rows(reader, chunk_size, name=name, first_line=first_line, base=base)
-        starts = [first_line, *(base + end + 1 for end in ends[:-1])]
-        frame = _records_frame(rows, starts, positions, len(header), layout)
+        # no line in a block is longer than the block: one over the limit goes row by row
+        block = lines.read_block(min(BLOCK_BYTES, MAX_LINE_BYTES))
+        simple = simple_records(block, width)
+        if simple is not None:
+            first = lines.line + 1
+            ends = lines.offset + simple[BYTES].cum_sum()
+            lines.consumed(len(block), simple.height)
+            yield pl.DataFrame(
+                {
+                    LINE: pl.int_range(first, first + simple.height, dtype=pl.Int64, eager=True),
+                    **{c: simple[f"c{p}"] for c, p in zip(layout.columns, positions, strict=True)},
+                    STATUS: pl.repeat(VALID, simple.height, dtype=pl.String, eager=True),
+                    REASON: pl.repeat(None, simple.height, dtype=pl.String, eager=True),
+                    RECORD: pl.repeat(None, simple.height, dtype=pl.String, eager=True),
+                    _END_OFFSET: ends,
+                    _END_LINE: pl.int_range(
+                        first, first + simple.height, dtype=pl.Int64, eager=True
+                    ),
+                }
+            )
+            continue
+        lines.hand_back(block)
+        until = lines.offset + len(block)
+        frame = _rows_frame(lines, positions, width, layout, name=name, until=until)
         if frame is None:
-            lines.close()
             return
-        yield Chunk(index, frame, {"offset": lines.offset, "line": lines.line, "header": header})
-        index += 1
+        yield frame
 
 
-def _next_rows(
-    reader: Any, count: int, *, name: str, first_line: int, base: int
-) -> tuple[list[list[str]], list[int]]:
-    """Up to `count` rows (a blank line is an empty row) and, for each, the reader's
-    `line_num` after it: the line it ends on, counted from `base`, the line before the
-    reader's first. A malformed record is an error naming the line it starts on."""
+def _rows_frame(
+    lines: SourceLines,
+    positions: list[int],
+    width: int,
+    layout: CsvLayout,
+    *,
+    name: str,
+    until: int,
+) -> pl.DataFrame | None:
+    """The records read row by row with `csv` (strict: an unterminated quote is an error
+    at its line, not the rest of the file swallowed into one field) until the byte offset
+    `until` is passed (at least one record; to the end when the block was empty); None at
+    the end of the file."""
+    reader = csv.reader(lines, strict=True)
     rows: list[list[str]] = []
-    ends: list[int] = []
-    add_row, add_end = rows.append, ends.append
-    try:
-        # A row loop on purpose, kept to two appends (columns are built from the rows at
-        # C speed): csv gives the exact physical line of every record, which rejected rows
-        # must report.
-        for row in itertools.islice(reader, count):
-            add_row(row)
-            add_end(reader.line_num)
-    except csv.Error as exc:
-        line = base + ends[-1] + 1 if ends else first_line
-        raise BatchInputError(f"{name}: line {line}: {explain(exc)}") from None
-    return rows, ends
+    starts: list[int] = []
+    ends: list[tuple[int, int]] = []
+    while not rows or lines.offset < until:
+        start = lines.line + 1
+        try:
+            row = next(reader, None)
+        except csv.Error as exc:
+            raise BatchInputError(f"{name}: line {start}: {explain(exc)}") from None
+        if row is None:
+            break
+        if row:  # a blank line is no record
+            rows.append(row)
+            starts.append(start)
+            ends.append((lines.offset, lines.line))
+    if not rows:
+        return None
+    frame = _records_frame(rows, starts, positions, width, layout)
+    return frame.with_columns(
+        pl.Series(_END_OFFSET, [e[0] for e in ends], dtype=pl.Int64),
+        pl.Series(_END_LINE, [e[1] for e in ends], dtype=pl.Int64),
+    )
+
+
+def _chunked(
+    frames: Iterator[pl.DataFrame], chunk_size: int, index: int, header: list[str]
+) -> Iterator[Chunk]:
+    """Chunks of `chunk_size` records (the last one shorter) from frames of any size, each
+    with the offset and line where the next record starts."""
+    pending: pl.DataFrame | None = None
+    for frame in frames:
+        pending = frame if pending is None else pl.concat([pending, frame])
+        while pending.height >= chunk_size:
+            yield _chunk(index, pending.head(chunk_size), header)
+            index += 1
+            pending = pending.slice(chunk_size)
+    if pending is not None and pending.height:
+        yield _chunk(index, pending, header)
+
+
+def _chunk(index: int, frame: pl.DataFrame, header: list[str]) -> Chunk:
+    offset, line = frame.row(frame.height - 1, named=True)[_END_OFFSET], frame[_END_LINE][-1]
+    state = {"offset": int(offset), "line": int(line), "header": header}
+    return Chunk(index, frame.drop(_END_OFFSET, _END_LINE), state)
 
 
 def _records_frame(
     rows: list[list[str]], starts: list[int], positions: list[int], width: int, layout: CsvLayout
-) -> pl.DataFrame | None:
-    """The chunk's records as a frame (see `iter_csv_chunks`), from its rows and the line
-    each starts on; blank lines are no records. None when there is none."""
-    if not all(rows):
-        starts = [line for line, row in zip(starts, rows, strict=True) if row]
-        rows = [row for row in rows if row]
-    if not rows:
-        return None
+) -> pl.DataFrame:
+    """The records as a frame (see `iter_csv_chunks`), from the rows and the line each
+    starts on; a record of another field count than the header's `width` is rejected."""
     ragged = [i for i, row in enumerate(rows) if len(row) != width]
     status: Any = pl.lit(VALID)
     reason: Any = pl.lit(None, pl.String)

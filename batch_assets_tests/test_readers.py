@@ -176,3 +176,70 @@ def test_a_line_longer_than_the_limit_stops_without_reading_it_whole(
     monkeypatch.setattr(readers, "MAX_LINE_BYTES", 64)
     with pytest.raises(BatchInputError, match=r"line 2 is longer than 64 bytes"):
         read(b"id,text\n1," + b"x" * 200 + b"\n")
+
+
+def chunks_of(data: bytes, chunk_size: int) -> list[tuple[dict[str, object], list[tuple]]] | str:
+    """Every chunk's state and rows, or the error's message."""
+
+    def open_stream(offset: int) -> io.BytesIO:
+        return io.BytesIO(data[offset:])
+
+    chunks = iter_csv_chunks(
+        open_stream, name=NAME, layout=LAYOUT, chunk_size=chunk_size, resume=Resume()
+    )
+    try:
+        return [(dict(c.state), c.frame.rows()) for c in chunks]
+    except BatchInputError as error:
+        return str(error)
+
+
+FIELD = st.text(alphabet='ab ,"\n\r\x00é', max_size=6).map(
+    lambda text: (
+        text if '"' not in text and "," not in text else '"' + text.replace('"', '""') + '"'
+    )
+) | st.text(alphabet='ab ,"\r\x00', max_size=4)
+ROW = st.lists(FIELD, min_size=0, max_size=3).map(",".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(ROW, max_size=30),
+    block=st.sampled_from([1, 8, 24, 64, 4096]),
+    chunk_size=st.sampled_from([1, 3, 1000]),
+    ending=st.sampled_from(["\n", "\r\n", ""]),
+)
+def test_blocks_parsed_at_once_read_as_the_row_reader_reads_them(
+    rows: list[str], block: int, chunk_size: int, ending: str
+) -> None:
+    import batch_assets.readers as readers
+
+    data = ("id,text\n" + "\n".join(rows) + ending).encode()
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(readers, "BLOCK_BYTES", 0)  # every record row by row
+        expected = chunks_of(data, chunk_size)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(readers, "BLOCK_BYTES", block)
+        assert chunks_of(data, chunk_size) == expected
+
+
+def test_plain_blocks_resume_at_the_chunk_after_the_last_one_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import batch_assets.readers as readers
+
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 40)
+    data = b"id,text\n" + b"".join(b'%d,"text, number %d"\n' % (i, i) for i in range(50))
+    whole = read(data, chunk_size=7)
+    states = [
+        c.state
+        for c in iter_csv_chunks(
+            lambda offset: io.BytesIO(data[offset:]),
+            name=NAME,
+            layout=LAYOUT,
+            chunk_size=7,
+            resume=Resume(),
+        )
+    ]
+    resumed = read(data, chunk_size=7, resume=Resume(next_index=3, state=states[2]))
+    assert resumed.rows() == whole.slice(21).rows()
+    assert whole[LINE].to_list() == list(range(2, 52))
