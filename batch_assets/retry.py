@@ -23,16 +23,7 @@ from batch_assets.sinks.dynamodb import BatchWriter, chunk_items, write_chunk_it
 from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
 from batch_assets.tracking import BatchCounts, BatchJobs, BatchStore
-from batch_assets.vocabulary import (
-    ERROR,
-    FAILED,
-    LINE,
-    PROCESSED,
-    REASON,
-    RECORD,
-    STATUS,
-    VALID,
-)
+from batch_assets.vocabulary import ERROR, FAILED, LINE, PROCESSED, REASON, RECORD, STATUS, VALID
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batch_assets.errors import SinkError
-from batch_assets.sinks.backoff import Backoff, WriteStats, send_with_backoff
+from batch_assets.sinks.backoff import Backoff, Pacing, WriteStats, send_with_backoff
 
 
 def gave_up(left: int, total: int, attempts: int) -> str:
@@ -55,9 +55,7 @@ def run(
     send_with_backoff(
         service.send,
         items,
-        backoff=backoff,
-        sleep=sleeps.append,
-        rng=rng or random.Random(7),
+        Pacing(backoff, sleeps.append, rng or random.Random(7)),
         stats=stats,
         gave_up=gave_up,
     )
@@ -88,9 +86,7 @@ def test_the_bound_gives_up_naming_what_was_not_sent() -> None:
         send_with_backoff(
             service.send,
             [1, 2, 3, 4, 5],
-            backoff=Backoff(max_attempts=4),
-            sleep=sleeps.append,
-            rng=random.Random(1),
+            Pacing(Backoff(max_attempts=4), sleeps.append, random.Random(1)),
             stats=stats,
             gave_up=gave_up,
         )
@@ -112,9 +108,7 @@ def test_codes_given_as_throttling_are_retried() -> None:
     send_with_backoff(
         service.send,
         [1],
-        backoff=Backoff(),
-        sleep=sleeps.append,
-        rng=random.Random(1),
+        Pacing(Backoff(), sleeps.append, random.Random(1)),
         stats=stats,
         gave_up=gave_up,
         throttling=frozenset({"LimitExceededException"}),

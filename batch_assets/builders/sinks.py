@@ -4,6 +4,7 @@ each a step that reads the stored `processed` chunks; the last sink completes th
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,6 @@ from batch_assets.batch_step import BatchStep
 from batch_assets.chunks import Chunks
 from batch_assets.datasets import Dataset
 from batch_assets.resources.dynamodb import DynamoDBResource
-from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.sinks.backoff import WriteStats
 from batch_assets.sinks.dynamodb import (
@@ -75,94 +75,92 @@ def sink_assets(
     built: list[AssetsDefinition] = []
     before = AssetKey([dataset.name, "postgres"])
     for sink in dataset.sinks[1:]:
-        made = _BUILDERS[sink](dataset, partitions, before)
+        made = _sink_asset(dataset, partitions, before, _SINKS[sink])
         built.append(made)
         before = made.key
     return built
 
 
-def _dynamodb(
-    dataset: Dataset, partitions: DynamicPartitionsDefinition, after: AssetKey
-) -> AssetsDefinition:
-    layout = dataset.record_layout
+@dataclass(frozen=True)
+class _Sink:
+    """What differs between the record sinks: the resource they write through, and how a
+    chunk becomes its requests."""
 
+    name: str
+    description: str
+    open_writer: Callable[[Any, Dataset, BatchStep], ChunkWriter]
+
+
+def _sink_asset(
+    dataset: Dataset, partitions: DynamicPartitionsDefinition, after: AssetKey, sink: _Sink
+) -> AssetsDefinition:
     @asset(
-        key=[dataset.name, "dynamodb"],
+        key=[dataset.name, sink.name],
         ins={"processed": AssetIn(key=AssetKey([dataset.name, "processed"]))},
         deps=[after],
         partitions_def=partitions,
         group_name=dataset.name,
         retry_policy=dataset.retry_policy,
-        kinds={"dynamodb"},
-        description="data_records: one item per record (processed, failed or rejected), "
-        "keyed by dataset, batch and line, so a rerun overwrites; queryable by batch and "
-        "status through batch_status_index.",
+        kinds={sink.name},
+        required_resource_keys={"jobs", sink.name},
+        description=sink.description,
     )
-    def dynamodb_table(
-        context: AssetExecutionContext,
-        processed: Chunks,
-        jobs: JobsResource,
-        dynamodb: DynamoDBResource,
-    ) -> MaterializeResult:
-        step = BatchStep.of(context, dataset, jobs)
+    def records_sink(context: AssetExecutionContext, processed: Chunks) -> MaterializeResult:
+        step = BatchStep.of(context, dataset, context.resources.jobs)
+        resource = getattr(context.resources, sink.name)
         with step.failing():
-            ensure_records_table(
-                dynamodb.get_client(),
-                dynamodb.records_table,
-                billing_mode=dynamodb.billing_mode,
-                capacity=(dynamodb.read_capacity, dynamodb.write_capacity),
-            )
-        writer = dynamodb.writer()
+            write = sink.open_writer(resource, dataset, step)
+        return MaterializeResult(metadata=write_records(step, processed, sink.name, write))
 
-        def write(frame: pl.DataFrame, created_at: str, stats: WriteStats) -> list[int]:
-            items = chunk_items(frame, layout, batch_id=step.batch_id, created_at=created_at)
-            before = len(stats.oversized)
-            write_chunk_items(writer, items, batch_id=step.batch_id, stats=stats)
-            return [int(items[o.position]["line"]["N"]) for o in stats.oversized[before:]]
-
-        return MaterializeResult(metadata=write_records(step, processed, "dynamodb", write))
-
-    return dynamodb_table
+    return records_sink
 
 
-def _kinesis(
-    dataset: Dataset, partitions: DynamicPartitionsDefinition, after: AssetKey
-) -> AssetsDefinition:
-    layout = dataset.record_layout
-
-    @asset(
-        key=[dataset.name, "kinesis"],
-        ins={"processed": AssetIn(key=AssetKey([dataset.name, "processed"]))},
-        deps=[after],
-        partitions_def=partitions,
-        group_name=dataset.name,
-        retry_policy=dataset.retry_policy,
-        kinds={"kinesis"},
-        description="Every record of the batch on the dataset's stream, as JSON with its "
-        "record_id (also its partition key) so consumers can drop a rerun's copies; "
-        "at-least-once.",
+def _dynamodb_writer(dynamodb: DynamoDBResource, dataset: Dataset, step: BatchStep) -> ChunkWriter:
+    """Creates the records table when missing; writes each chunk's items."""
+    ensure_records_table(
+        dynamodb.get_client(),
+        dynamodb.records_table,
+        billing_mode=dynamodb.billing_mode,
+        capacity=(dynamodb.read_capacity, dynamodb.write_capacity),
     )
-    def kinesis_stream(
-        context: AssetExecutionContext,
-        processed: Chunks,
-        jobs: JobsResource,
-        kinesis: KinesisResource,
-    ) -> MaterializeResult:
-        step = BatchStep.of(context, dataset, jobs)
-        writer = kinesis.writer(dataset.name)
+    writer, layout = dynamodb.writer(), dataset.record_layout
 
-        def write(frame: pl.DataFrame, created_at: str, stats: WriteStats) -> list[int]:
-            entries = chunk_entries(frame, layout, batch_id=step.batch_id, created_at=created_at)
-            before = len(stats.oversized)
-            writer.write(entries, batch_id=step.batch_id, stats=stats)
-            return [
-                int(json.loads(entries[o.position]["Data"])["line"])
-                for o in stats.oversized[before:]
-            ]
+    def write(frame: pl.DataFrame, created_at: str, stats: WriteStats) -> list[int]:
+        items = chunk_items(frame, layout, batch_id=step.batch_id, created_at=created_at)
+        before = len(stats.oversized)
+        write_chunk_items(writer, items, batch_id=step.batch_id, stats=stats)
+        return [int(items[o.position]["line"]["N"]) for o in stats.oversized[before:]]
 
-        return MaterializeResult(metadata=write_records(step, processed, "kinesis", write))
-
-    return kinesis_stream
+    return write
 
 
-_BUILDERS = {"dynamodb": _dynamodb, "kinesis": _kinesis}
+def _kinesis_writer(kinesis: KinesisResource, dataset: Dataset, step: BatchStep) -> ChunkWriter:
+    """Puts each chunk's records on the dataset's stream."""
+    writer, layout = kinesis.writer(dataset.name), dataset.record_layout
+
+    def write(frame: pl.DataFrame, created_at: str, stats: WriteStats) -> list[int]:
+        entries = chunk_entries(frame, layout, batch_id=step.batch_id, created_at=created_at)
+        before = len(stats.oversized)
+        writer.write(entries, batch_id=step.batch_id, stats=stats)
+        return [
+            int(json.loads(entries[o.position]["Data"])["line"]) for o in stats.oversized[before:]
+        ]
+
+    return write
+
+
+_SINKS = {
+    "dynamodb": _Sink(
+        "dynamodb",
+        "data_records: one item per record (processed, failed or rejected), keyed by dataset, "
+        "batch and line, so a rerun overwrites; queryable by batch and status through "
+        "batch_status_index.",
+        _dynamodb_writer,
+    ),
+    "kinesis": _Sink(
+        "kinesis",
+        "Every record of the batch on the dataset's stream, as JSON with its record_id (also "
+        "its partition key) so consumers can drop a rerun's copies; at-least-once.",
+        _kinesis_writer,
+    ),
+}

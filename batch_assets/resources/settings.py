@@ -20,9 +20,7 @@ class BatchSettings(ConfigurableResource):
         description="How far behind the newest object taken the sensor still looks for "
         "objects it has not taken: S3 stamps a multipart upload with its start time.",
     )
-    chunk_size: int = Field(
-        default=0, description="Records per chunk; 0 keeps each dataset's own chunk size."
-    )
+    chunk_size: int = Field(default=0, description="Records per chunk; 0: the dataset's own.")
     workers: int = Field(
         default=0,
         description="Processes scoring chunks in parallel; 0 uses every core, 1 scores "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -79,13 +79,32 @@ class WriteStats:
         }
 
 
+class Paced(Protocol):
+    """Who sends with backoff: the policy, the wait (tests pass a recorder), the jitter's
+    random source. The sinks' writers are, and so is `Pacing`."""
+
+    @property
+    def backoff(self) -> Backoff: ...
+    @property
+    def sleep(self) -> Callable[[float], None]: ...
+    @property
+    def rng(self) -> random.Random: ...
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """A `Paced` of its own, for a caller that is not a writer."""
+
+    backoff: Backoff
+    sleep: Callable[[float], None]
+    rng: random.Random
+
+
 def send_with_backoff(
     send: Callable[[list[T]], list[T]],
     items: list[T],
+    paced: Paced,
     *,
-    backoff: Backoff,
-    sleep: Callable[[float], None],
-    rng: random.Random,
     stats: WriteStats,
     gave_up: Callable[[int, int, int], str],
     throttling: frozenset[str] = THROTTLING,
@@ -98,9 +117,8 @@ def send_with_backoff(
             take, in their order. A `ClientError` whose code is in `throttling` is a
             throttled call: it took none of them.
         items: the request's items.
-        backoff: the wait before each retry, and how many calls at most.
-        sleep: the wait (tests pass a recorder).
-        rng: the jitter's random source.
+        paced: the wait before each retry (its `backoff`, waited with its `sleep`, jittered
+            by its `rng`), and how many calls at most.
         stats: counts every call in `requests`, each throttled one in `throttled_calls`
             and every item sent again in `retried_items`.
         gave_up: the error's message from (items not taken, items in the request,
@@ -111,7 +129,7 @@ def send_with_backoff(
         SinkError: items still not taken after `backoff.max_attempts` calls.
         ClientError: any other error of a call, at once.
     """
-    pending, attempt = items, 0
+    backoff, pending, attempt = paced.backoff, items, 0
     while True:
         attempt += 1
         stats.requests += 1
@@ -127,5 +145,5 @@ def send_with_backoff(
         if attempt >= backoff.max_attempts:
             raise SinkError(gave_up(len(left), len(items), attempt))
         stats.retried_items += len(left)
-        sleep(backoff.delay(attempt, rng))
+        paced.sleep(backoff.delay(attempt, paced.rng))
         pending = left

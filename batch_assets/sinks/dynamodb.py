@@ -174,15 +174,7 @@ class BatchWriter:
                 "are overwritten, never duplicated"
             )
 
-        send_with_backoff(
-            self._put,
-            writes,
-            backoff=self.backoff,
-            sleep=self.sleep,
-            rng=self.rng,
-            stats=stats,
-            gave_up=gave_up,
-        )
+        send_with_backoff(self._put, writes, self, stats=stats, gave_up=gave_up)
 
     def _put(self, writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One `BatchWriteItem` call; the writes it left unprocessed."""

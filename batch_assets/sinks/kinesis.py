@@ -117,14 +117,7 @@ class StreamWriter:
             )
 
         send_with_backoff(
-            self._put,
-            entries,
-            backoff=self.backoff,
-            sleep=self.sleep,
-            rng=self.rng,
-            stats=stats,
-            gave_up=gave_up,
-            throttling=KINESIS_THROTTLING,
+            self._put, entries, self, stats=stats, gave_up=gave_up, throttling=KINESIS_THROTTLING
         )
 
     def _put(self, entries: list[Entry]) -> list[Entry]:

@@ -24,16 +24,7 @@ from psycopg.rows import dict_row
 from batch_assets.chunks import Chunk
 from batch_assets.errors import SinkError
 from batch_assets.tracking import ensure_schema
-from batch_assets.vocabulary import (
-    ERROR,
-    FAILED,
-    LINE,
-    PROCESSED,
-    REASON,
-    RECORD,
-    REJECTED,
-    STATUS,
-)
+from batch_assets.vocabulary import ERROR, FAILED, LINE, PROCESSED, REASON, RECORD, REJECTED, STATUS
 
 _SQL_TYPES: dict[type[pl.DataType], str] = {
     pl.Datetime: "timestamptz",
@@ -438,15 +429,11 @@ def results_page(
     table = sql.Identifier(tables.results)
     columns = sql.SQL(", ").join(map(sql.Identifier, ["line", *tables.columns, "status", "error"]))
     first = (page - 1) * per_page
-    return _count_and_rows(
-        conn,
-        sql.SQL("SELECT max(seq) FROM {} WHERE batch_id = %s").format(table),
-        (batch_id,),
-        sql.SQL(
-            "SELECT {} FROM {} WHERE batch_id = %s AND seq > %s AND seq <= %s ORDER BY seq"
-        ).format(columns, table),
-        (batch_id, first, first + per_page),
-    )
+    count = sql.SQL("SELECT max(seq) FROM {} WHERE batch_id = %s").format(table)
+    rows = sql.SQL(
+        "SELECT {} FROM {} WHERE batch_id = %s AND seq > %s AND seq <= %s ORDER BY seq"
+    ).format(columns, table)
+    return _count_and_rows(conn, batch_id, count, rows, (first, first + per_page))
 
 
 def rejected_page(
@@ -455,28 +442,24 @@ def rejected_page(
     """The batch's rejected-row count and up to `limit` rejected rows after a source line,
     in line order (a keyset page on the primary key)."""
     table = sql.Identifier(tables.rejected)
-    return _count_and_rows(
-        conn,
-        sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s").format(table),
-        (batch_id,),
-        sql.SQL(
-            "SELECT line, reason, record FROM {} WHERE batch_id = %s AND line > %s "
-            "ORDER BY line LIMIT %s"
-        ).format(table),
-        (batch_id, after_line, limit),
-    )
+    query = "SELECT line, reason, record FROM {} WHERE batch_id = %s AND line > %s ORDER BY line"
+    rows = sql.SQL(query + " LIMIT %s").format(table)
+    count = sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s").format(table)
+    return _count_and_rows(conn, batch_id, count, rows, (after_line, limit))
 
 
 def _count_and_rows(
     conn: psycopg.Connection,
+    batch_id: str,
     count: sql.Composed,
-    count_params: tuple[Any, ...],
     rows: sql.Composed,
     rows_params: tuple[Any, ...],
 ) -> tuple[int, list[dict[str, Any]]]:
+    """The batch's count by the query `count`, and its rows by `rows` (given the batch
+    then `rows_params`)."""
     with conn.cursor() as cur:
-        cur.execute(count, count_params)
+        cur.execute(count, (batch_id,))
         found = cur.fetchone()
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(rows, rows_params)
+        cur.execute(rows, (batch_id, *rows_params))
         return int(found[0] or 0) if found else 0, cur.fetchall()
