@@ -16,7 +16,7 @@ from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError
 from batch_assets.increments import Increments
 from batch_assets.sinks.postgres import LoadStats, replace_batch, stored_counts
-from batch_assets.tracking import Attempt, BatchCounts, BatchStore
+from batch_assets.tracking import Attempt, BatchCounts, BatchStore, Outcome
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def load_batch(
     tracking.record_source(batch_id, figures, attempt=attempt)
     tracking.record_sink(batch_id, "postgres", stats.sink_stats(retries=retries), attempt=attempt)
     final = dataset.sinks[-1] == "postgres"
-    tracking.complete(batch_id, counts, summary, attempt=attempt, final=final)
+    tracking.complete(batch_id, Outcome(counts, summary), attempt=attempt, final=final)
     return Loaded(stats, counts, summary, figures, replaced)
 
 

@@ -22,7 +22,7 @@ from batch_assets.sinks.backoff import WriteStats
 from batch_assets.sinks.dynamodb import BatchWriter, chunk_items, write_chunk_items
 from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
-from batch_assets.tracking import BatchCounts, BatchJobs, BatchStore
+from batch_assets.tracking import BatchCounts, BatchJobs, BatchStore, Outcome
 from batch_assets.vocabulary import ERROR, FAILED, LINE, PROCESSED, REASON, RECORD, STATUS, VALID
 
 
@@ -97,8 +97,9 @@ def retry_failed(
     stored = stored_counts(conn, tables, batch_id)
     jobs.complete(
         batch_id,
-        BatchCounts(found.total_count, *stored),
-        batch_summary(conn, dataset, batch_id, stored),
+        Outcome(
+            BatchCounts(found.total_count, *stored), batch_summary(conn, dataset, batch_id, stored)
+        ),
         attempt=found.attempt,  # as the completing run: a run that took the batch since wins
     )
     now_processed = int((out[STATUS] == PROCESSED).sum())

@@ -98,6 +98,14 @@ class BatchCounts:
         return round(min(100.0, 100.0 * done / self.total), 2)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """A batch's final counts, and its summary (counts per label, or per status)."""
+
+    counts: BatchCounts
+    summary: dict[str, int]
+
+
 class _DagsterRun(Protocol):
     """What `Attempt.of_run` reads of a Dagster run (a `DagsterRun`, `context.run`)."""
 
@@ -209,15 +217,9 @@ class BatchStore(Protocol):
         """Records the counts so far."""
 
     def complete(
-        self,
-        batch_id: str,
-        counts: BatchCounts,
-        summary: dict[str, int],
-        *,
-        attempt: Attempt,
-        final: bool = True,
+        self, batch_id: str, outcome: Outcome, *, attempt: Attempt, final: bool = True
     ) -> bool:
-        """Records the batch's final counts and summary; with `final`, also that it is
+        """Records the batch's final counts and summary (`outcome`); with `final`, also that it is
         completed (otherwise it stays `processing` until `finish`: more sinks follow)."""
 
     def record_sink(
@@ -348,18 +350,19 @@ class BatchJobs:
         )
 
     def complete(
-        self,
-        batch_id: str,
-        counts: BatchCounts,
-        summary: dict[str, int],
-        *,
-        attempt: Attempt,
-        final: bool = True,
+        self, batch_id: str, outcome: Outcome, *, attempt: Attempt, final: bool = True
     ) -> bool:
+        counts = outcome.counts
         done = self._update(
             "total_count = %s, processed_count = %s, rejected_count = %s, failed_count = %s, "
             "progress_percent = 100, summary = %s, error = NULL",
-            (counts.total, counts.processed, counts.rejected, counts.failed, json.dumps(summary)),
+            (
+                counts.total,
+                counts.processed,
+                counts.rejected,
+                counts.failed,
+                json.dumps(outcome.summary),
+            ),
             batch_id,
             attempt,
         )
@@ -444,16 +447,21 @@ class BatchJobs:
             return cur.fetchone()
 
 
+STATUS_KEYS = (
+    "batch_id",
+    "status",
+    "total_count",
+    "processed_count",
+    "rejected_count",
+    "failed_count",
+    "progress_percent",
+    "summary",
+    "error",
+)
+
+
 def status_document(record: BatchRecord) -> dict[str, Any]:
     """The public status of a batch: the keys the demo's `--json` and the API print."""
-    return {
-        "batch_id": record.batch_id,
-        "status": record.status,
-        "total_count": record.total_count,
-        "processed_count": record.processed_count,
-        "rejected_count": record.rejected_count,
-        "failed_count": record.failed_count,
-        "progress_percent": float(record.progress_percent),
-        "summary": record.summary,
-        "error": record.error,
-    }
+    document = {key: getattr(record, key) for key in STATUS_KEYS}
+    document["progress_percent"] = float(record.progress_percent)
+    return document

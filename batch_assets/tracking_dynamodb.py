@@ -19,7 +19,15 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from batch_assets.tracking import COLUMNS, Attempt, BatchCounts, BatchRecord, BatchStatus, Source
+from batch_assets.tracking import (
+    COLUMNS,
+    Attempt,
+    BatchCounts,
+    BatchRecord,
+    BatchStatus,
+    Outcome,
+    Source,
+)
 
 JOBS_TABLE = "batch_jobs"
 RECENT_INDEX = "dataset_created_index"
@@ -177,15 +185,9 @@ class DynamoBatchJobs:
         return self._set(batch_id, _counts(counts), when=_owned_by(attempt))
 
     def complete(
-        self,
-        batch_id: str,
-        counts: BatchCounts,
-        summary: dict[str, int],
-        *,
-        attempt: Attempt,
-        final: bool = True,
+        self, batch_id: str, outcome: Outcome, *, attempt: Attempt, final: bool = True
     ) -> bool:
-        values = {**_counts(counts), "progress_percent": 100, "summary": summary}
+        values = {**_counts(outcome.counts), "progress_percent": 100, "summary": outcome.summary}
         done = self._set(batch_id, values, remove=("error",), when=_owned_by(attempt))
         return self.finish(batch_id, attempt=attempt) if done and final else done
 

@@ -28,6 +28,7 @@ from batch_assets.tracking import (
     BatchJobs,
     BatchRecord,
     BatchStore,
+    Outcome,
     Source,
 )
 from batch_assets_tests.pipeline_helpers import report_run_failure
@@ -81,7 +82,7 @@ def test_the_same_batch_id_in_two_datasets_are_two_batches(tracking: Tracking) -
     assert [s.uri for s in reviews.sources(batch)] == ["s3://b/inbox/reviews/x.csv"]
     assert [s.uri for s in orders.sources(batch)] == ["s3://b/inbox/orders/x.csv"]
     reviews.start(batch, attempt=FIRST, source=source("r1"))
-    assert reviews.complete(batch, BatchCounts(1, 1, 0, 0), {}, attempt=FIRST)
+    assert reviews.complete(batch, Outcome(BatchCounts(1, 1, 0, 0), {}), attempt=FIRST)
     assert _record(reviews, batch).status == "completed"
     assert _record(orders, batch).status == "queued"
 
@@ -90,7 +91,7 @@ def test_an_unchanged_object_seen_again_keeps_its_batch_state(tracking: Tracking
     jobs, batch = tracking.jobs("reviews"), f"same-{uuid.uuid4().hex[:6]}.csv"
     assert jobs.register(batch, [source("e1")])
     jobs.start(batch, attempt=FIRST, source=source("e1"))
-    jobs.complete(batch, BatchCounts(3, 3, 0, 0), {"positive": 3}, attempt=FIRST)
+    jobs.complete(batch, Outcome(BatchCounts(3, 3, 0, 0), {"positive": 3}), attempt=FIRST)
     assert not jobs.register(batch, [source("e1")])
     row = _record(jobs, batch)
     assert (row.status, row.processed_count) == ("completed", 3)
@@ -107,7 +108,7 @@ def test_an_older_run_cannot_overwrite_a_newer_version(tracking: Tracking) -> No
     jobs.register(batch, [source("v2")])  # a new version lands while v1 is processed
     assert not jobs.resume(batch, attempt=AGAIN)
     assert not jobs.progress(batch, BatchCounts(5, 5, 0, 0), attempt=FIRST)
-    assert not jobs.complete(batch, BatchCounts(5, 5, 0, 0), {}, attempt=FIRST)
+    assert not jobs.complete(batch, Outcome(BatchCounts(5, 5, 0, 0), {}), attempt=FIRST)
     assert not jobs.fail(batch, "v1's run failed", attempt=FIRST, etag="v1")
     row = _record(jobs, batch)
     assert (row.status, row.source_etag, row.processed_count) == ("queued", "v2", 0)
@@ -133,7 +134,7 @@ def test_an_older_run_of_the_lineage_cannot_write_once_a_newer_one_resumed(
     assert not jobs.progress(batch, late, attempt=FIRST)
     assert not jobs.record_source(batch, {"rows_read": 2}, attempt=FIRST)
     assert not jobs.record_sink(batch, "postgres", {"written": 2}, attempt=FIRST)
-    assert not jobs.complete(batch, late, {"positive": 2}, attempt=FIRST, final=False)
+    assert not jobs.complete(batch, Outcome(late, {"positive": 2}), attempt=FIRST, final=False)
     assert not jobs.finish(batch, attempt=FIRST)
     assert not jobs.fail(batch, "run R1 was killed", attempt=FIRST, etag="e1")
     row = _record(jobs, batch)
@@ -150,7 +151,7 @@ def test_an_older_run_of_the_lineage_cannot_write_once_a_newer_one_resumed(
     assert jobs.progress(batch, BatchCounts(4, 3, 1, 0), attempt=AGAIN)
     assert jobs.record_source(batch, reading, attempt=AGAIN)
     assert jobs.record_sink(batch, "postgres", figures, attempt=AGAIN)
-    assert jobs.complete(batch, BatchCounts(4, 3, 1, 0), {"positive": 3}, attempt=AGAIN)
+    assert jobs.complete(batch, Outcome(BatchCounts(4, 3, 1, 0), {"positive": 3}), attempt=AGAIN)
     assert not jobs.fail(batch, "run R1 was killed", attempt=FIRST)
     row = _record(jobs, batch)
     assert (row.status, row.run_id, row.processed_count, row.rejected_count, row.error) == (
@@ -185,7 +186,9 @@ def test_the_failure_sensor_of_an_older_run_leaves_the_newer_runs_outcome(
         row = _record(jobs, batch)
         assert (row.status, row.run_id, row.error) == ("processing", again_id, None)
 
-        assert jobs.complete(batch, BatchCounts(2, 2, 0, 0), {"positive": 2}, attempt=again)
+        assert jobs.complete(
+            batch, Outcome(BatchCounts(2, 2, 0, 0), {"positive": 2}), attempt=again
+        )
         report_run_failure(instance, killed, tracking.resource, "run worker disappeared")
         row = _record(jobs, batch)
         assert (row.status, row.run_id, row.error, row.summary) == (
@@ -222,7 +225,9 @@ def test_a_batch_through_its_life(tracking: Tracking) -> None:
     assert jobs.record_source(batch, reading, attempt=AGAIN)
     assert jobs.record_sink(batch, "postgres", figures, attempt=AGAIN)
     summary = {"processed": 6, "rejected": 1, "failed": 0}
-    assert jobs.complete(batch, BatchCounts(7, 6, 1, 0), summary, attempt=AGAIN, final=False)
+    assert jobs.complete(
+        batch, Outcome(BatchCounts(7, 6, 1, 0), summary), attempt=AGAIN, final=False
+    )
     assert _record(jobs, batch).status == "processing"
     assert jobs.record_sink(batch, "dynamodb", figures, attempt=AGAIN)
     assert jobs.finish(batch, attempt=AGAIN)
