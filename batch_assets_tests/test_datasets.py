@@ -32,3 +32,12 @@ def test_impossible_sinks_are_refused(sinks: tuple[str, ...], problem: str) -> N
 )
 def test_postgres_then_any_other_sinks_once_are_accepted(sinks: tuple[str, ...]) -> None:
     assert dataclasses.replace(EVENTS, sinks=sinks).sinks == sinks  # type: ignore[arg-type]
+
+
+def test_chunks_are_sized_by_processor_unless_the_entry_says() -> None:
+    from batch_assets.processors import PASSTHROUGH
+
+    assert REVIEWS.rows_per_chunk == 10_000  # scored in a pool: small chunks balance it
+    assert EVENTS.rows_per_chunk == 50_000
+    assert dataclasses.replace(REVIEWS, processor=PASSTHROUGH).rows_per_chunk == 50_000
+    assert dataclasses.replace(REVIEWS, chunk_size=123).rows_per_chunk == 123

@@ -227,7 +227,7 @@ def test_a_throttled_listener_hears_the_first_chunk_then_one_per_interval(
     [
         ({"chunk_timeout": timedelta(0)}, "chunk_timeout must be positive"),
         ({"max_retries": -1}, "cannot be negative"),
-        ({"chunk_size": 0}, "chunk_size must be at least 1"),
+        ({"chunk_size": -1}, "chunk_size must be positive, or 0 to choose by processor"),
     ],
 )
 def test_an_entry_with_impossible_options_is_refused(

@@ -79,7 +79,7 @@ def pipeline_asset(dataset: Dataset, partitions: DynamicPartitionsDefinition) ->
         checkpoints: CheckpointsResource,
     ) -> Iterator[Output[Durable] | MaterializeResult | AssetCheckResult]:
         step = BatchStep.of(context, dataset, jobs)
-        chunk_size = settings.chunk_size or dataset.chunk_size
+        chunk_size = settings.chunk_size or dataset.rows_per_chunk
 
         def open_source() -> batches.Opened:
             if dataset.source is not None:
