@@ -24,6 +24,7 @@ from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.retry import figures_after_retry, retry_failed
 from batch_assets.sinks.backoff import WriteStats
 from batch_assets.sinks.dynamodb import batch_records
+from batch_assets.tracking import BatchJobs
 from batch_assets_tests.faults import DynamoFaults
 from batch_assets_tests.pipeline_helpers import Inbox, stream_documents
 
@@ -152,13 +153,9 @@ def test_only_a_completed_batch_can_be_retried(
 
 def sink_figures(url: str, batch_id: str) -> dict[str, dict[str, int]]:
     with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT sink_stats FROM batch_jobs WHERE dataset = 'events' AND batch_id = %s",
-            (batch_id,),
-        ).fetchone()
-    assert row is not None and row[0] is not None
-    figures: dict[str, dict[str, int]] = row[0]
-    return figures
+        found = BatchJobs(conn, "events").get(batch_id)
+    assert found is not None and found.sink_stats is not None
+    return found.sink_stats
 
 
 def test_a_retry_adds_its_writes_to_the_dynamodb_and_kinesis_figures(

@@ -292,11 +292,13 @@ async def _backend(request: Request) -> Backend:
 
 
 BackendDep = Annotated[Backend, Depends(_backend)]
+BatchId = Annotated[str, Path(pattern=BATCH_ID)]
+DatasetQuery = Annotated[DatasetName, Query()]
 
 ops = APIRouter()
 """Endpoints open to all, whatever the token."""
 
-batches = APIRouter()
+batches = APIRouter(tags=["batches"])
 """The batches' endpoints; `create_app` includes them behind the token when one is set."""
 
 
@@ -325,12 +327,11 @@ def health(backend: BackendDep) -> Any:
     response_model=UploadAccepted,
     responses=_errors(400, 413, 415, 503),
     openapi_extra=_UPLOAD_BODY,
-    tags=["batches"],
 )
 async def upload(
     request: Request,
     backend: BackendDep,
-    dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
+    dataset: DatasetQuery = DEFAULT_DATASET,
 ) -> UploadAccepted:
     """Streams a CSV (form field `file`) into the dataset's S3 inbox and queues it.
 
@@ -402,10 +403,10 @@ async def _stream_to_inbox(
     return receiver.key, total, head
 
 
-@batches.get("/batch", response_model=BatchList, tags=["batches"])
+@batches.get("/batch", response_model=BatchList)
 def recent_batches(
     backend: BackendDep,
-    dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
+    dataset: DatasetQuery = DEFAULT_DATASET,
     status: Annotated[
         Literal["queued", "processing", "completed", "failed"] | None, Query()
     ] = None,
@@ -430,32 +431,22 @@ def recent_batches(
     )
 
 
-@batches.get(
-    "/batch/{batch_id}",
-    response_model=BatchStatus,
-    responses=_errors(404),
-    tags=["batches"],
-)
+@batches.get("/batch/{batch_id}", response_model=BatchStatus, responses=_errors(404))
 def batch_status(
-    batch_id: Annotated[str, Path(pattern=BATCH_ID)],
+    batch_id: BatchId,
     backend: BackendDep,
-    dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
+    dataset: DatasetQuery = DEFAULT_DATASET,
 ) -> BatchStatus:
     """Status, counts and progress; `summary` once completed, `error` once failed."""
     row = _batch_row(backend, dataset.value, batch_id)
     return BatchStatus(**status_document(row), sinks=row.sink_stats, source=row.source_stats)
 
 
-@batches.get(
-    "/batch/{batch_id}/results",
-    response_model=ResultsPage,
-    responses=_errors(404),
-    tags=["batches"],
-)
+@batches.get("/batch/{batch_id}/results", response_model=ResultsPage, responses=_errors(404))
 def batch_results(
-    batch_id: Annotated[str, Path(pattern=BATCH_ID)],
+    batch_id: BatchId,
     backend: BackendDep,
-    dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
+    dataset: DatasetQuery = DEFAULT_DATASET,
     page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 50,
 ) -> ResultsPage:
@@ -475,16 +466,11 @@ def batch_results(
     )
 
 
-@batches.get(
-    "/batch/{batch_id}/rejected",
-    response_model=RejectedPage,
-    responses=_errors(404),
-    tags=["batches"],
-)
+@batches.get("/batch/{batch_id}/rejected", response_model=RejectedPage, responses=_errors(404))
 def batch_rejected(
-    batch_id: Annotated[str, Path(pattern=BATCH_ID)],
+    batch_id: BatchId,
     backend: BackendDep,
-    dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
+    dataset: DatasetQuery = DEFAULT_DATASET,
     after_line: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 100,
 ) -> RejectedPage:
