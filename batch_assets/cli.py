@@ -234,94 +234,114 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    # Our own handlers, not KeyboardInterrupt: polars installs a SIGINT handler with
-    # SA_RESTART, so a blocking process.wait() never sees Ctrl-C, and SIGTERM's default
-    # action would end this process without stopping Dagster or Postgres. The handlers
-    # only set `stop`; the loop below polls it, so it is seen within half a second.
-    stop = threading.Event()
-    received: list[int] = []
+    """Runs the local stack, `dagster dev` and the API until a stop signal or until one of
+    them exits; stops them all either way. Returns the exit code."""
+    with _StopSignals() as stop, LocalStack.start(args.home) as stack:
+        if stop.requested.is_set():
+            return 0
+        _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
+        env_file = stack.write_env_file()
+        env = {**os.environ, **stack.env}
+        # This interpreter's Dagster and API, whatever PATH holds; each in its own
+        # process group, so that _stop_group reaches the webserver, daemon, code
+        # servers and runs.
+        dagster = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-w",
+                str(_repo_file("workspace.yaml")),
+                "-p",
+                str(args.port),
+                "-h",
+                "127.0.0.1",
+            ],
+            env=env,
+            start_new_session=True,
+        )
+        api = subprocess.Popen(
+            [sys.executable, "-m", "batch_assets.cli", "serve", "--port", str(args.api_port)],
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            _print_dev_guide(args, stack.env, env_file)
+            return _supervise({"dagster dev": dagster, "the API": api}, stop)
+        finally:
+            _stop_group(api)
+            _stop_group(dagster)
 
-    def request_stop(signum: int, frame: object) -> None:
-        received.append(signum)
-        stop.set()
 
-    previous: dict[int, Any] = {}
-    for signum in _STOP_SIGNALS:
-        # An ignored SIGINT or SIGHUP (a background job of a script, nohup) stays ignored.
-        if signum != signal.SIGTERM and signal.getsignal(signum) == signal.SIG_IGN:
-            continue
-        previous[signum] = signal.signal(signum, request_stop)
-    try:
-        with LocalStack.start(args.home) as stack:
-            if stop.is_set():
-                return 0
-            _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
-            env_file = stack.write_env_file()
-            env = {**os.environ, **stack.env}
-            # This interpreter's Dagster and API, whatever PATH holds; each in its own
-            # process group, so that _stop_group reaches the webserver, daemon, code
-            # servers and runs.
-            dagster = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dagster",
-                    "dev",
-                    "-w",
-                    str(_repo_file("workspace.yaml")),
-                    "-p",
-                    str(args.port),
-                    "-h",
-                    "127.0.0.1",
-                ],
-                env=env,
-                start_new_session=True,
-            )
-            api = subprocess.Popen(
-                [sys.executable, "-m", "batch_assets.cli", "serve", "--port", str(args.api_port)],
-                env=env,
-                start_new_session=True,
-            )
-            try:
-                bucket = stack.env["BATCH_ASSETS_BUCKET"]
-                print(
-                    f"\nDagster UI:   http://127.0.0.1:{args.port}\n"
-                    f"HTTP API:     http://127.0.0.1:{args.api_port} "
-                    f"(OpenAPI at /docs)\n"
-                    f"S3 endpoint:  {stack.env['AWS_ENDPOINT_URL']} (bucket {bucket})\n"
-                    f"Postgres:     {stack.env['BATCH_ASSETS_PG_URL']}\n\n"
-                    "Drop a file in from another shell:\n"
-                    f"  curl -F file=@reviews.csv http://127.0.0.1:{args.api_port}/batch/upload\n"
-                    "or\n"
-                    f"  . {env_file}\n"
-                    "  batch-assets upload reviews.csv      "
-                    f"(puts it under s3://{bucket}/inbox/reviews/)\n"
-                    "The reviews_inbox_sensor turns it into a partition and a run within ~15 s.\n"
-                    "Ctrl-C stops everything.\n",
-                    flush=True,
-                )
-                while not stop.wait(0.5):
-                    for name, process in (("dagster dev", dagster), ("the API", api)):
-                        code = process.poll()
-                        if code is not None:
-                            print(
-                                f"batch-assets dev: {name} exited with code {code}",
-                                file=sys.stderr,
-                            )
-                            return code if code > 0 else 1
-                print(
-                    f"\nbatch-assets dev: {signal.Signals(received[0]).name}, stopping "
-                    "Dagster, the API, S3 and Postgres...",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                return 0
-            finally:
-                _stop_group(api)
-                _stop_group(dagster)
-    finally:
-        for restored, handler in previous.items():
+class _StopSignals:
+    """While in its block, `_STOP_SIGNALS` set `requested` (and are kept in `received`)
+    instead of their usual action; the previous handlers are restored on leaving.
+
+    Our own handlers, not KeyboardInterrupt: polars installs a SIGINT handler with
+    SA_RESTART, so a blocking process.wait() never sees Ctrl-C, and SIGTERM's default
+    action would end this process without stopping Dagster or Postgres. The handlers
+    only set `requested`; `_supervise` polls it, so it is seen within half a second.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        for signum in _STOP_SIGNALS:
+            # An ignored SIGINT or SIGHUP (a background job of a script, nohup) stays ignored.
+            if signum != signal.SIGTERM and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
+            self._previous[signum] = signal.signal(signum, self._request_stop)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for restored, handler in self._previous.items():
             signal.signal(restored, handler)
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        self.requested.set()
+
+
+def _print_dev_guide(args: argparse.Namespace, env: dict[str, str], env_file: Path) -> None:
+    bucket = env["BATCH_ASSETS_BUCKET"]
+    print(
+        f"\nDagster UI:   http://127.0.0.1:{args.port}\n"
+        f"HTTP API:     http://127.0.0.1:{args.api_port} "
+        f"(OpenAPI at /docs)\n"
+        f"S3 endpoint:  {env['AWS_ENDPOINT_URL']} (bucket {bucket})\n"
+        f"Postgres:     {env['BATCH_ASSETS_PG_URL']}\n\n"
+        "Drop a file in from another shell:\n"
+        f"  curl -F file=@reviews.csv http://127.0.0.1:{args.api_port}/batch/upload\n"
+        "or\n"
+        f"  . {env_file}\n"
+        "  batch-assets upload reviews.csv      "
+        f"(puts it under s3://{bucket}/inbox/reviews/)\n"
+        "The reviews_inbox_sensor turns it into a partition and a run within ~15 s.\n"
+        "Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+
+def _supervise(processes: dict[str, subprocess.Popen[Any]], stop: _StopSignals) -> int:
+    """Waits for a stop signal (then 0) or for one of `processes` to exit (then its code,
+    at least 1)."""
+    while not stop.requested.wait(0.5):
+        for name, process in processes.items():
+            code = process.poll()
+            if code is not None:
+                print(f"batch-assets dev: {name} exited with code {code}", file=sys.stderr)
+                return code if code > 0 else 1
+    print(
+        f"\nbatch-assets dev: {signal.Signals(stop.received[0]).name}, stopping "
+        "Dagster, the API, S3 and Postgres...",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 0
 
 
 def _stop_group(process: subprocess.Popen[Any], deadline: float = 10.0) -> None:

@@ -177,110 +177,135 @@ def _array_records(
     Positions are the byte offset and line just after each element, where a resumed read
     starts (expecting `,` or `]`).
     """
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    text, pos, eof = "", 0, False
-    bom_checked = offset > 0
-
-    def more() -> bool:
-        nonlocal text, pos, eof, bom_checked, offset
-        if eof:
-            return False
-        block = stream.read(_BLOCK)
-        try:
-            chunk = decoder.decode(block, final=not block)
-        except UnicodeDecodeError:
-            raise BatchInputError(
-                f"{name}: near line {line + text[:pos].count(chr(10)) + 1}: not valid UTF-8; "
-                "save the file as UTF-8 and upload it again"
-            ) from None
-        if not bom_checked and chunk:
-            if chunk.startswith("\ufeff"):
-                chunk = chunk[1:]
-                offset += 3
-            bom_checked = True
-        eof = not block
-        text = text[pos:] + chunk
-        pos = 0
-        return True
-
-    def skip_space() -> str:
-        nonlocal pos, line, offset
-        while True:
-            start = pos
-            while pos < len(text) and text[pos] in _WHITESPACE:
-                pos += 1
-            skipped = text[start:pos]
-            line += skipped.count("\n")
-            offset += len(skipped)  # whitespace is ASCII: one byte a character
-            if pos < len(text):
-                return text[pos]
-            if not more():
-                return ""
-
-    def expect(what: str, found: str) -> BatchInputError:
-        shown = repr(found) if found else "the end of the file"
-        return BatchInputError(f"{name}: line {line + 1}: expected {what}, found {shown}")
-
+    window = _ArrayWindow(stream, name=name, offset=offset, line=line)
     try:
         if not started:
-            if skip_space() != "[":
-                raise expect("'[' to start the array", text[pos : pos + 1])
-            pos += 1
-            offset += 1
-            first = True
-        else:
-            first = False
+            if window.skip_space() != "[":
+                raise window.expect("'[' to start the array", window.peek())
+            window.step()
+        first = not started
         while True:
-            c = skip_space()
+            c = window.skip_space()
             if c == "]":
-                pos += 1
-                offset += 1
-                if skip_space():
-                    raise expect("nothing after the array's closing ']'", text[pos : pos + 1])
+                window.step()
+                if window.skip_space():
+                    raise window.expect("nothing after the array's closing ']'", window.peek())
                 return
             if not first:
                 if c != ",":
-                    raise expect("',' or ']' after an element", c)
-                pos += 1
-                offset += 1
-                c = skip_space()
+                    raise window.expect("',' or ']' after an element", c)
+                window.step()
+                c = window.skip_space()
             first = False
             if not c:
-                raise expect("an element or ']'", "")
-            start_line = line + 1
-            while True:
-                try:
-                    value, end = _DECODER.raw_decode(text, pos)
-                    # a number at the window's end may go on in the next block
-                    if end < len(text) or not more():
-                        break
-                    continue
-                except json.JSONDecodeError as exc:
-                    if len(text) - pos > MAX_LINE_BYTES:
-                        raise BatchInputError(
-                            f"{name}: line {start_line}: an element is larger than "
-                            f"{MAX_LINE_BYTES:,} bytes"
-                        ) from None
-                    if not more():
-                        bad_line = line + text[pos : exc.pos].count("\n") + 1
-                        raise BatchInputError(
-                            f"{name}: line {bad_line}: not valid JSON ({exc.msg}) in the "
-                            f"array's element that starts on line {start_line}; the file "
-                            "cannot be read past it"
-                        ) from None
-                except ValueError as exc:
-                    raise BatchInputError(f"{name}: line {start_line}: {exc}") from None
-            source = text[pos:end]
-            pos = end
-            line += source.count("\n")
-            offset += len(source.encode())
-            if isinstance(value, dict):
-                row: Row = (start_line, source, VALID, None, None)
-            else:
-                reason = f"expected a JSON object, found {_json_kind(value)}"
-                row = (start_line, None, REJECTED, reason, source[:RAW_RECORD_PREVIEW])
-            yield row, (offset, line)
+                raise window.expect("an element or ']'", "")
+            yield window.element()
     finally:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
+
+
+class _ArrayWindow:
+    """The decoded text of a JSON array around the read position, a block at a time, with
+    the byte offset and line of that position in the file."""
+
+    def __init__(self, stream: Any, *, name: str, offset: int, line: int):
+        self._stream = stream
+        self._name = name
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._text, self._pos, self._eof = "", 0, False
+        self._bom_checked = offset > 0
+        self.offset = offset
+        self.line = line
+
+    def peek(self) -> str:
+        """The character at the read position ("" at the end of the window)."""
+        return self._text[self._pos : self._pos + 1]
+
+    def step(self) -> None:
+        """Moves past one ASCII character (a bracket or a comma)."""
+        self._pos += 1
+        self.offset += 1
+
+    def expect(self, what: str, found: str) -> BatchInputError:
+        shown = repr(found) if found else "the end of the file"
+        return BatchInputError(
+            f"{self._name}: line {self.line + 1}: expected {what}, found {shown}"
+        )
+
+    def more(self) -> bool:
+        """Reads the next block onto the window, dropping what lies before the read
+        position; False once the stream had ended."""
+        if self._eof:
+            return False
+        block = self._stream.read(_BLOCK)
+        try:
+            chunk = self._decoder.decode(block, final=not block)
+        except UnicodeDecodeError:
+            near = self.line + self._text[: self._pos].count(chr(10)) + 1
+            raise BatchInputError(
+                f"{self._name}: near line {near}: not valid UTF-8; "
+                "save the file as UTF-8 and upload it again"
+            ) from None
+        if not self._bom_checked and chunk:
+            if chunk.startswith("\ufeff"):
+                chunk = chunk[1:]
+                self.offset += 3
+            self._bom_checked = True
+        self._eof = not block
+        self._text = self._text[self._pos :] + chunk
+        self._pos = 0
+        return True
+
+    def skip_space(self) -> str:
+        """Moves past whitespace; the next character, or "" at the end of the file."""
+        while True:
+            text, start = self._text, self._pos
+            pos = start
+            while pos < len(text) and text[pos] in _WHITESPACE:
+                pos += 1
+            self._pos = pos
+            skipped = text[start:pos]
+            self.line += skipped.count("\n")
+            self.offset += len(skipped)  # whitespace is ASCII: one byte a character
+            if pos < len(text):
+                return text[pos]
+            if not self.more():
+                return ""
+
+    def element(self) -> tuple[Row, tuple[int, int]]:
+        """Parses the element at the read position: its row, and the position after it."""
+        start_line = self.line + 1
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self._text, self._pos)
+                # a number at the window's end may go on in the next block
+                if end < len(self._text) or not self.more():
+                    break
+                continue
+            except json.JSONDecodeError as exc:
+                if len(self._text) - self._pos > MAX_LINE_BYTES:
+                    raise BatchInputError(
+                        f"{self._name}: line {start_line}: an element is larger than "
+                        f"{MAX_LINE_BYTES:,} bytes"
+                    ) from None
+                if not self.more():
+                    bad_line = self.line + self._text[self._pos : exc.pos].count("\n") + 1
+                    raise BatchInputError(
+                        f"{self._name}: line {bad_line}: not valid JSON ({exc.msg}) in the "
+                        f"array's element that starts on line {start_line}; the file "
+                        "cannot be read past it"
+                    ) from None
+            except ValueError as exc:
+                raise BatchInputError(f"{self._name}: line {start_line}: {exc}") from None
+        source = self._text[self._pos : end]
+        self._pos = end
+        self.line += source.count("\n")
+        self.offset += len(source.encode())
+        if isinstance(value, dict):
+            row: Row = (start_line, source, VALID, None, None)
+        else:
+            reason = f"expected a JSON object, found {_json_kind(value)}"
+            row = (start_line, None, REJECTED, reason, source[:RAW_RECORD_PREVIEW])
+        return row, (self.offset, self.line)

@@ -60,6 +60,9 @@ def retry_failed(
         kinesis: the writer for the dataset's stream, when it has the Kinesis sink; the
             retried records are put on it again, with their new status.
 
+    The DynamoDB and Kinesis figures in the batch's `sink_stats` then include the retry's
+    writes (see `figures_after_retry`), recorded under the same attempt as the counts.
+
     Raises:
         BatchError: no such batch, or it is not completed (running, queued or failed).
     """
@@ -86,24 +89,56 @@ def retry_failed(
         )
     )
     _update_results(conn, dataset, batch_id, out)
+    written = _write_sinks(dataset, batch_id, out, dynamodb=dynamodb, kinesis=kinesis)
+    stored = stored_counts(conn, tables, batch_id)
+    counts = BatchCounts(found.total_count, *stored)
+    # as the completing run: a run that took the batch since wins
+    summary = batch_summary(conn, dataset, batch_id, stored)
+    jobs.complete(batch_id, Outcome(counts, summary), attempt=found.attempt)
+    for sink, stats in written.items():
+        before = (found.sink_stats or {}).get(sink)
+        figures = figures_after_retry(before, stats, failed=counts.failed)
+        jobs.record_sink(batch_id, sink, figures, attempt=found.attempt)
+    now_processed = int((out[STATUS] == PROCESSED).sum())
+    return RetryResult(failed.height, now_processed, failed.height - now_processed)
+
+
+def _write_sinks(
+    dataset: Dataset,
+    batch_id: str,
+    out: pl.DataFrame,
+    *,
+    dynamodb: BatchWriter | None,
+    kinesis: StreamWriter | None,
+) -> dict[str, WriteStats]:
+    """Writes the retried records to the dataset's DynamoDB and Kinesis sinks (those given
+    a writer); what each write did, by sink."""
+    written: dict[str, WriteStats] = {}
     created_at = datetime.now(UTC).isoformat()
     layout = dataset.record_layout
     if dynamodb is not None and "dynamodb" in dataset.sinks:
         items = chunk_items(out, layout, batch_id=batch_id, created_at=created_at)
-        write_chunk_items(dynamodb, items, batch_id=batch_id, stats=WriteStats())
+        written["dynamodb"] = WriteStats()
+        write_chunk_items(dynamodb, items, batch_id=batch_id, stats=written["dynamodb"])
     if kinesis is not None and "kinesis" in dataset.sinks:
         entries = chunk_entries(out, layout, batch_id=batch_id, created_at=created_at)
-        kinesis.write(entries, batch_id=batch_id, stats=WriteStats())
-    stored = stored_counts(conn, tables, batch_id)
-    jobs.complete(
-        batch_id,
-        Outcome(
-            BatchCounts(found.total_count, *stored), batch_summary(conn, dataset, batch_id, stored)
-        ),
-        attempt=found.attempt,  # as the completing run: a run that took the batch since wins
-    )
-    now_processed = int((out[STATUS] == PROCESSED).sum())
-    return RetryResult(failed.height, now_processed, failed.height - now_processed)
+        written["kinesis"] = WriteStats()
+        kinesis.write(entries, batch_id=batch_id, stats=written["kinesis"])
+    return written
+
+
+def figures_after_retry(
+    before: dict[str, int] | None, retry: WriteStats, *, failed: int
+) -> dict[str, int]:
+    """A sink's figures (see `BatchStore.record_sink`) once a retry has written to it: the
+    retry's written items, requests, retries, throttled calls, bytes and oversized items
+    added to `before` (none when the sink had no figures yet), `read` and `rejected` kept,
+    and `failed` the batch's failed records after the retry."""
+    previous = before or {}
+    added = retry.sink_stats(read=0, rejected=0, failed=0)
+    figures = {**previous, **{k: previous.get(k, 0) + v for k, v in added.items()}}
+    figures["failed"] = failed
+    return figures
 
 
 def _failed_records(conn: psycopg.Connection, dataset: Dataset, batch_id: str) -> pl.DataFrame:

@@ -187,34 +187,10 @@ def iter_increment_chunks(
     with connect() as conn:
         types: dict[str, str] = check_table(conn, source).types
         limit_ms = _statement_limit_ms(conn, time_limit)
-    cursor_type, key_type = types[source.cursor], types[source.key]
+    queries = _KeysetQueries(source, cursor_type=types[source.cursor], key_type=types[source.key])
     after = decode_mark(resume.state["after"]) if resume.state else lower
     position = int(resume.state.get("rows", 0)) if resume.state else 0
     index = resume.next_index
-    columns = sql.SQL(", ").join(
-        sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"_c{i}"))
-        for i, c in enumerate(source.columns)
-    )
-    order = sql.SQL("{}, {}").format(sql.Identifier(source.cursor), sql.Identifier(source.key))
-    bound = sql.SQL("(CAST(%s AS {}), CAST(%s AS {}))").format(
-        sql.SQL(cursor_type), sql.SQL(key_type)
-    )
-
-    def query(start: bool) -> sql.Composed:
-        after_bound = sql.SQL("true") if start else sql.SQL("({}) > {}").format(order, bound)
-        return sql.SQL(
-            "SELECT {cursor}, {key}, {columns} FROM {table} "
-            "WHERE {after} AND ({order}) <= {upper} ORDER BY {order} LIMIT %s"
-        ).format(
-            cursor=sql.Identifier(source.cursor),
-            key=sql.Identifier(source.key),
-            columns=columns,
-            table=source.identifier(),
-            after=after_bound,
-            order=order,
-            upper=bound,
-        )
-
     upper_text = (_text(upper[0]), _text(upper[1]))
     while True:
         after_text = () if after is None else (_text(after[0]), _text(after[1]))
@@ -222,7 +198,9 @@ def iter_increment_chunks(
             if limit_ms is not None:
                 cur.execute("SELECT set_config('statement_timeout', %s, true)", (f"{limit_ms}ms",))
             try:
-                cur.execute(query(after is None), (*after_text, *upper_text, chunk_size))
+                cur.execute(
+                    queries.chunk(start=after is None), (*after_text, *upper_text, chunk_size)
+                )
             except psycopg.errors.QueryCanceled as exc:
                 # not a cancel by an administrator, nor a stricter limit of the server's own
                 if limit_ms is None or "statement timeout" not in str(exc):
@@ -237,21 +215,61 @@ def iter_increment_chunks(
         if not rows:
             return
         after = (rows[-1][0], rows[-1][1])
-        lines = range(position + 1, position + 1 + len(rows))
+        frame = _chunk_frame(rows, source.columns, first_line=position + 1)
         position += len(rows)
-        frame = pl.DataFrame(
-            {
-                LINE: pl.Series(lines, dtype=pl.Int64),
-                **{
-                    column: pl.Series([row[2 + i] for row in rows], dtype=pl.String)
-                    for i, column in enumerate(source.columns)
-                },
-                STATUS: pl.Series([VALID] * len(rows), dtype=pl.String),
-                REASON: pl.Series([None] * len(rows), dtype=pl.String),
-                RECORD: pl.Series([None] * len(rows), dtype=pl.String),
-            }
-        )
         yield Chunk(index, frame, {"after": encode_mark(after), "rows": position})
         index += 1
         if len(rows) < chunk_size:
             return
+
+
+class _KeysetQueries:
+    """The increment's chunk queries: the source columns as text after the mark, up to the
+    upper bound, in `(cursor, key)` order. Marks are cast to the columns' own types."""
+
+    def __init__(self, source: SqlTable, *, cursor_type: str, key_type: str):
+        self._source = source
+        self._columns = sql.SQL(", ").join(
+            sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"_c{i}"))
+            for i, c in enumerate(source.columns)
+        )
+        self._order = sql.SQL("{}, {}").format(
+            sql.Identifier(source.cursor), sql.Identifier(source.key)
+        )
+        self._bound = sql.SQL("(CAST(%s AS {}), CAST(%s AS {}))").format(
+            sql.SQL(cursor_type), sql.SQL(key_type)
+        )
+
+    def chunk(self, *, start: bool) -> sql.Composed:
+        """One chunk's query. Its parameters: the mark after which to read (both parts,
+        unless `start`), the upper mark (both parts), and the chunk's size."""
+        after = sql.SQL("true") if start else sql.SQL("({}) > {}").format(self._order, self._bound)
+        return sql.SQL(
+            "SELECT {cursor}, {key}, {columns} FROM {table} "
+            "WHERE {after} AND ({order}) <= {upper} ORDER BY {order} LIMIT %s"
+        ).format(
+            cursor=sql.Identifier(self._source.cursor),
+            key=sql.Identifier(self._source.key),
+            columns=self._columns,
+            table=self._source.identifier(),
+            after=after,
+            order=self._order,
+            upper=self._bound,
+        )
+
+
+def _chunk_frame(rows: list[Any], columns: tuple[str, ...], *, first_line: int) -> pl.DataFrame:
+    """A chunk's frame from its query's rows (cursor, key, then `columns` as text), lines
+    numbered from `first_line`."""
+    return pl.DataFrame(
+        {
+            LINE: pl.Series(range(first_line, first_line + len(rows)), dtype=pl.Int64),
+            **{
+                column: pl.Series([row[2 + i] for row in rows], dtype=pl.String)
+                for i, column in enumerate(columns)
+            },
+            STATUS: pl.Series([VALID] * len(rows), dtype=pl.String),
+            REASON: pl.Series([None] * len(rows), dtype=pl.String),
+            RECORD: pl.Series([None] * len(rows), dtype=pl.String),
+        }
+    )

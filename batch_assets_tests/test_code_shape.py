@@ -45,4 +45,4 @@ def test_the_count_includes_decorators_docstrings_and_nested_functions(tmp_path:
         "        return 1\n"
         "    return inner\n"
     )
-    assert dict(function_lengths(package)) == {"pkg/m.py:2 outer": 6, "pkg/m.py:5 inner": 2}
+    assert dict(function_lengths(package)) == {"pkg/m.py:2 outer": 7, "pkg/m.py:5 inner": 2}

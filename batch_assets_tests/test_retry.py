@@ -21,8 +21,11 @@ from batch_assets.local_stack import LocalStack
 from batch_assets.processors.transform import TRANSFORM, transform_records
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.kinesis import KinesisResource
-from batch_assets.retry import retry_failed
+from batch_assets.retry import figures_after_retry, retry_failed
+from batch_assets.sinks.backoff import WriteStats
 from batch_assets.sinks.dynamodb import batch_records
+from batch_assets.tracking import BatchJobs
+from batch_assets_tests.faults import DynamoFaults
 from batch_assets_tests.pipeline_helpers import Inbox, stream_documents
 
 DATA = b"".join(
@@ -146,3 +149,88 @@ def test_only_a_completed_batch_can_be_retried(
     assert cli(["retry", batch_id, "--dataset", "events"]) == 1
     assert "only a completed batch" in capsys.readouterr().err
     assert cli(["retry", "no-such-batch", "--dataset", "events"]) == 1
+
+
+def sink_figures(url: str, batch_id: str) -> dict[str, dict[str, int]]:
+    with psycopg.connect(url) as conn:
+        found = BatchJobs(conn, "events").get(batch_id)
+    assert found is not None and found.sink_stats is not None
+    return found.sink_stats
+
+
+def test_a_retry_adds_its_writes_to_the_dynamodb_and_kinesis_figures(
+    events_inbox: Inbox, pg_url: str
+) -> None:
+    batch_id, run = events_inbox.drop_and_run("retry-figures.jsonl", DATA)
+    assert run.success
+    before = sink_figures(pg_url, batch_id)
+    first_pass = {"read": 5, "written": 5, "rejected": 1, "failed": 2, "oversized": 0}
+    for sink in ("dynamodb", "kinesis"):
+        assert before[sink].items() >= first_pass.items()
+        assert before[sink]["requests"] == 1 and before[sink]["retries"] == 0
+        assert before[sink]["throttled_calls"] == 0 and before[sink]["bytes"] > 0
+
+    writer, stream = DynamoDBResource().writer(), KinesisResource().writer("events")
+    # DynamoDB hands back one of the two retried items: a second request sends it again
+    DynamoFaults(writer.client, unprocessed=0.5)
+    with psycopg.connect(pg_url) as conn:
+        outcome = retry_failed(FIXED, batch_id, conn=conn, dynamodb=writer, kinesis=stream)
+    assert outcome.as_dict() == {"retried": 2, "processed": 2, "failed": 0}
+
+    after = sink_figures(pg_url, batch_id)
+    assert after["postgres"] == before["postgres"]
+    for sink, requests, retries in (("dynamodb", 2, 1), ("kinesis", 1, 0)):
+        was, now = before[sink], after[sink]
+        assert now["read"] == was["read"] and now["rejected"] == was["rejected"]
+        assert now["written"] == was["written"] + 2
+        assert now["requests"] == was["requests"] + requests
+        assert now["retries"] == was["retries"] + retries
+        assert now["throttled_calls"] == was["throttled_calls"]
+        assert now["oversized"] == was["oversized"]
+        assert now["bytes"] > was["bytes"]
+        assert now["failed"] == 0  # the batch's failed count after the retry
+    assert counts(pg_url, batch_id)["job"][4] == 0
+
+    # nothing left to retry: the figures stay as they are
+    with psycopg.connect(pg_url) as conn:
+        assert (
+            retry_failed(FIXED, batch_id, conn=conn, dynamodb=writer, kinesis=stream).retried == 0
+        )
+    assert sink_figures(pg_url, batch_id) == after
+
+
+def test_figures_after_retry_add_the_writes_and_take_the_failed_count() -> None:
+    retry = WriteStats(items=3, requests=2, retried_items=1, throttled_calls=1, bytes=300)
+    before = {
+        "read": 10,
+        "written": 10,
+        "rejected": 1,
+        "failed": 4,
+        "oversized": 0,
+        "requests": 1,
+        "retries": 0,
+        "throttled_calls": 0,
+        "bytes": 1000,
+    }
+    assert figures_after_retry(before, retry, failed=1) == {
+        "read": 10,
+        "written": 13,
+        "rejected": 1,
+        "failed": 1,
+        "oversized": 0,
+        "requests": 3,
+        "retries": 1,
+        "throttled_calls": 1,
+        "bytes": 1300,
+    }
+    assert figures_after_retry(None, retry, failed=0) == {
+        "read": 0,
+        "written": 3,
+        "rejected": 0,
+        "failed": 0,
+        "oversized": 0,
+        "requests": 2,
+        "retries": 1,
+        "throttled_calls": 1,
+        "bytes": 300,
+    }

@@ -260,210 +260,235 @@ _UPLOAD_BODY = {
 def create_app(config: ApiConfig | None = None) -> FastAPI:
     """The API application; configuration from the environment unless given."""
     config = config or ApiConfig.from_env()
-    backend = Backend(config)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        backend.pool.open(wait=False)
-        try:
-            yield
-        finally:
-            backend.pool.close()
-
     app = FastAPI(
         title="batch_assets",
         summary="Upload a CSV, watch its batch, page through its results.",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=_lifespan,
     )
+    app.state.backend = Backend(config)
     protected = [Depends(_TokenGuard(config.token))] if config.token else []
-    api = APIRouter(dependencies=protected, responses=_errors(401, 503) if config.token else {})
-
-    @app.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
-    def health() -> Any:
-        """200 once the API reaches S3 (the bucket) and Postgres; 503 naming what fails."""
-        checks = {"s3": "ok", "postgres": "ok"}
-        try:
-            backend.s3.head_bucket(Bucket=config.bucket)
-        except Exception as exc:
-            checks["s3"] = f"bucket {config.bucket}: {exc}"
-        try:
-            with backend.connection() as conn:
-                conn.execute("SELECT 1")
-        except HTTPException as exc:
-            checks["postgres"] = str(exc.detail)
-        ok = all(v == "ok" for v in checks.values())
-        body = Health(status="ok" if ok else "unavailable", **checks)
-        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
-
-    @api.post(
-        "/batch/upload",
-        status_code=202,
-        response_model=UploadAccepted,
-        responses=_errors(400, 413, 415, 503),
-        openapi_extra=_UPLOAD_BODY,
-        tags=["batches"],
+    app.include_router(ops)
+    app.include_router(
+        batches, dependencies=protected, responses=_errors(401, 503) if config.token else {}
     )
-    async def upload(
-        request: Request, dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET
-    ) -> UploadAccepted:
-        """Streams a CSV (form field `file`) into the dataset's S3 inbox and queues it.
-
-        The header is checked as soon as it has arrived and the records are counted on the
-        way; nothing is kept in memory. 400 names the problem (no header, a missing column,
-        not UTF-8, empty, a quote never closed), 413 when the file is over the size limit.
-        The inbox sensor starts the batch's run within its interval (15 s by default).
-        """
-        entry = dataset_named(dataset.value)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > config.max_upload_bytes + (1 << 20):
-            raise HTTPException(413, _too_large(config.max_upload_bytes))
-        receiver = _UploadReceiver(backend, entry)
-        body = _Body(request)
-        try:
-            parser = MultipartFileParser(
-                request.headers.get("content-type", ""),
-                field=FILE_FIELD,
-                on_file=receiver.begin,
-                on_data=receiver.data,
-            )
-            async for block in body.blocks():
-                parser.write(block)
-                if receiver.upload is not None and receiver.upload.full:
-                    await run_in_threadpool(receiver.upload.send_part)
-            parser.finish()
-            total = receiver.check_complete()
-            head = await run_in_threadpool(receiver.complete)
-        except BatchInputError as exc:
-            await run_in_threadpool(receiver.abort)
-            await body.drain(limit=config.max_upload_bytes)
-            status = 413 if isinstance(exc, UploadTooLarge) else 400
-            status = 415 if isinstance(exc, UnsupportedUpload) else status
-            raise HTTPException(status, str(exc)) from None
-        except BaseException:
-            await run_in_threadpool(receiver.abort)
-            raise
-        assert receiver.key is not None
-        batch_id = partition_key_for(receiver.key, entry.prefix)
-        uri = s3_uri(config.bucket, receiver.key)
-        source = Source(
-            uri, head["ETag"].strip('"'), int(head["ContentLength"]), head["LastModified"]
-        )
-
-        def register() -> None:
-            with backend.connection() as conn:
-                backend.jobs(conn, entry.name).register(batch_id, [source], total=total)
-
-        await run_in_threadpool(register)
-        log.info("upload %s: %s records, batch %s", uri, total, batch_id)
-        return UploadAccepted(
-            batch_id=batch_id,
-            status="queued",
-            total_count=total,
-            processed_count=0,
-            dataset=entry.name,
-            source_uri=uri,
-        )
-
-    @api.get("/batch", response_model=BatchList, tags=["batches"])
-    def recent_batches(
-        dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
-        status: Annotated[
-            Literal["queued", "processing", "completed", "failed"] | None, Query()
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 20,
-    ) -> BatchList:
-        """The dataset's newest batches first, optionally in one status only."""
-        with backend.connection() as conn:
-            rows = backend.jobs(conn, dataset.value).recent(limit=limit, status=status)
-        return BatchList(
-            batches=[
-                BatchListItem(
-                    **status_document(row),
-                    sinks=row.sink_stats,
-                    source=row.source_stats,
-                    dataset=row.dataset,
-                    source_uri=row.source_uri,
-                    created_at=row.created_at,
-                    updated_at=row.updated_at,
-                )
-                for row in rows
-            ]
-        )
-
-    @api.get(
-        "/batch/{batch_id}",
-        response_model=BatchStatus,
-        responses=_errors(404),
-        tags=["batches"],
-    )
-    def batch_status(
-        batch_id: Annotated[str, Path(pattern=BATCH_ID)],
-        dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
-    ) -> BatchStatus:
-        """Status, counts and progress; `summary` once completed, `error` once failed."""
-        row = _batch_row(backend, dataset.value, batch_id)
-        return BatchStatus(**status_document(row), sinks=row.sink_stats, source=row.source_stats)
-
-    @api.get(
-        "/batch/{batch_id}/results",
-        response_model=ResultsPage,
-        responses=_errors(404),
-        tags=["batches"],
-    )
-    def batch_results(
-        batch_id: Annotated[str, Path(pattern=BATCH_ID)],
-        dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
-        page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
-        per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 50,
-    ) -> ResultsPage:
-        """One page of the batch's results in source order; any page costs what the first
-        does. Results appear all at once when the batch completes."""
-        entry = dataset_named(dataset.value)
-        row = _batch_row(backend, entry.name, batch_id)
-        with backend.connection() as conn:
-            total, results = results_page(
-                conn, entry.tables, batch_id, page=page, per_page=per_page
-            )
-        return ResultsPage(
-            batch_id=batch_id,
-            status=row.status,
-            page=page,
-            per_page=per_page,
-            total_results=total,
-            results=results,
-        )
-
-    @api.get(
-        "/batch/{batch_id}/rejected",
-        response_model=RejectedPage,
-        responses=_errors(404),
-        tags=["batches"],
-    )
-    def batch_rejected(
-        batch_id: Annotated[str, Path(pattern=BATCH_ID)],
-        dataset: Annotated[DatasetName, Query()] = DEFAULT_DATASET,
-        after_line: Annotated[int, Query(ge=0, le=2**62)] = 0,
-        limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 100,
-    ) -> RejectedPage:
-        """Rejected rows with their source line and reason, in line order, `limit` at a
-        time after `after_line`."""
-        entry = dataset_named(dataset.value)
-        _batch_row(backend, entry.name, batch_id)
-        with backend.connection() as conn:
-            total, rows = rejected_page(
-                conn, entry.tables, batch_id, after_line=after_line, limit=limit
-            )
-        return RejectedPage(
-            batch_id=batch_id,
-            total_rejected=total,
-            after_line=after_line,
-            rejected=[RejectedRow(**r) for r in rows],
-            next_after_line=int(rows[-1]["line"]) if len(rows) == limit else None,
-        )
-
-    app.include_router(api)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    backend: Backend = app.state.backend
+    backend.pool.open(wait=False)
+    try:
+        yield
+    finally:
+        backend.pool.close()
+
+
+async def _backend(request: Request) -> Backend:
+    """The application's `Backend`, for endpoints to depend on."""
+    backend: Backend = request.app.state.backend
+    return backend
+
+
+BackendDep = Annotated[Backend, Depends(_backend)]
+BatchId = Annotated[str, Path(pattern=BATCH_ID)]
+DatasetQuery = Annotated[DatasetName, Query()]
+
+ops = APIRouter()
+"""Endpoints open to all, whatever the token."""
+
+batches = APIRouter(tags=["batches"])
+"""The batches' endpoints; `create_app` includes them behind the token when one is set."""
+
+
+@ops.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
+def health(backend: BackendDep) -> Any:
+    """200 once the API reaches S3 (the bucket) and Postgres; 503 naming what fails."""
+    bucket = backend.config.bucket
+    checks = {"s3": "ok", "postgres": "ok"}
+    try:
+        backend.s3.head_bucket(Bucket=bucket)
+    except Exception as exc:
+        checks["s3"] = f"bucket {bucket}: {exc}"
+    try:
+        with backend.connection() as conn:
+            conn.execute("SELECT 1")
+    except HTTPException as exc:
+        checks["postgres"] = str(exc.detail)
+    ok = all(v == "ok" for v in checks.values())
+    body = Health(status="ok" if ok else "unavailable", **checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@batches.post(
+    "/batch/upload",
+    status_code=202,
+    response_model=UploadAccepted,
+    responses=_errors(400, 413, 415, 503),
+    openapi_extra=_UPLOAD_BODY,
+)
+async def upload(
+    request: Request,
+    backend: BackendDep,
+    dataset: DatasetQuery = DEFAULT_DATASET,
+) -> UploadAccepted:
+    """Streams a CSV (form field `file`) into the dataset's S3 inbox and queues it.
+
+    The header is checked as soon as it has arrived and the records are counted on the
+    way; nothing is kept in memory. 400 names the problem (no header, a missing column,
+    not UTF-8, empty, a quote never closed), 413 when the file is over the size limit.
+    The inbox sensor starts the batch's run within its interval (15 s by default).
+    """
+    config = backend.config
+    entry = dataset_named(dataset.value)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > config.max_upload_bytes + (1 << 20):
+        raise HTTPException(413, _too_large(config.max_upload_bytes))
+    key, total, head = await _stream_to_inbox(request, backend, entry)
+    batch_id = partition_key_for(key, entry.prefix)
+    uri = s3_uri(config.bucket, key)
+    source = Source(uri, head["ETag"].strip('"'), int(head["ContentLength"]), head["LastModified"])
+
+    def register() -> None:
+        with backend.connection() as conn:
+            backend.jobs(conn, entry.name).register(batch_id, [source], total=total)
+
+    await run_in_threadpool(register)
+    log.info("upload %s: %s records, batch %s", uri, total, batch_id)
+    return UploadAccepted(
+        batch_id=batch_id,
+        status="queued",
+        total_count=total,
+        processed_count=0,
+        dataset=entry.name,
+        source_uri=uri,
+    )
+
+
+async def _stream_to_inbox(
+    request: Request, backend: Backend, entry: Dataset
+) -> tuple[str, int, dict[str, Any]]:
+    """Streams the request's file part through the check into the dataset's inbox: its
+    key, its record count and the stored object's head. A file that fails the check is
+    aborted, its body drained, and an `HTTPException` says why (413 over the size limit,
+    415 not a form, 400 otherwise)."""
+    limit = backend.config.max_upload_bytes
+    receiver = _UploadReceiver(backend, entry)
+    body = _Body(request)
+    try:
+        parser = MultipartFileParser(
+            request.headers.get("content-type", ""),
+            field=FILE_FIELD,
+            on_file=receiver.begin,
+            on_data=receiver.data,
+        )
+        async for block in body.blocks():
+            parser.write(block)
+            if receiver.upload is not None and receiver.upload.full:
+                await run_in_threadpool(receiver.upload.send_part)
+        parser.finish()
+        total = receiver.check_complete()
+        head = await run_in_threadpool(receiver.complete)
+    except BatchInputError as exc:
+        await run_in_threadpool(receiver.abort)
+        await body.drain(limit=limit)
+        status = 413 if isinstance(exc, UploadTooLarge) else 400
+        status = 415 if isinstance(exc, UnsupportedUpload) else status
+        raise HTTPException(status, str(exc)) from None
+    except BaseException:
+        await run_in_threadpool(receiver.abort)
+        raise
+    assert receiver.key is not None
+    return receiver.key, total, head
+
+
+@batches.get("/batch", response_model=BatchList)
+def recent_batches(
+    backend: BackendDep,
+    dataset: DatasetQuery = DEFAULT_DATASET,
+    status: Annotated[
+        Literal["queued", "processing", "completed", "failed"] | None, Query()
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 20,
+) -> BatchList:
+    """The dataset's newest batches first, optionally in one status only."""
+    with backend.connection() as conn:
+        rows = backend.jobs(conn, dataset.value).recent(limit=limit, status=status)
+    return BatchList(
+        batches=[
+            BatchListItem(
+                **status_document(row),
+                sinks=row.sink_stats,
+                source=row.source_stats,
+                dataset=row.dataset,
+                source_uri=row.source_uri,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+            )
+            for row in rows
+        ]
+    )
+
+
+@batches.get("/batch/{batch_id}", response_model=BatchStatus, responses=_errors(404))
+def batch_status(
+    batch_id: BatchId,
+    backend: BackendDep,
+    dataset: DatasetQuery = DEFAULT_DATASET,
+) -> BatchStatus:
+    """Status, counts and progress; `summary` once completed, `error` once failed."""
+    row = _batch_row(backend, dataset.value, batch_id)
+    return BatchStatus(**status_document(row), sinks=row.sink_stats, source=row.source_stats)
+
+
+@batches.get("/batch/{batch_id}/results", response_model=ResultsPage, responses=_errors(404))
+def batch_results(
+    batch_id: BatchId,
+    backend: BackendDep,
+    dataset: DatasetQuery = DEFAULT_DATASET,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 50,
+) -> ResultsPage:
+    """One page of the batch's results in source order; any page costs what the first
+    does. Results appear all at once when the batch completes."""
+    entry = dataset_named(dataset.value)
+    row = _batch_row(backend, entry.name, batch_id)
+    with backend.connection() as conn:
+        total, results = results_page(conn, entry.tables, batch_id, page=page, per_page=per_page)
+    return ResultsPage(
+        batch_id=batch_id,
+        status=row.status,
+        page=page,
+        per_page=per_page,
+        total_results=total,
+        results=results,
+    )
+
+
+@batches.get("/batch/{batch_id}/rejected", response_model=RejectedPage, responses=_errors(404))
+def batch_rejected(
+    batch_id: BatchId,
+    backend: BackendDep,
+    dataset: DatasetQuery = DEFAULT_DATASET,
+    after_line: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 100,
+) -> RejectedPage:
+    """Rejected rows with their source line and reason, in line order, `limit` at a
+    time after `after_line`."""
+    entry = dataset_named(dataset.value)
+    _batch_row(backend, entry.name, batch_id)
+    with backend.connection() as conn:
+        total, rows = rejected_page(
+            conn, entry.tables, batch_id, after_line=after_line, limit=limit
+        )
+    return RejectedPage(
+        batch_id=batch_id,
+        total_rejected=total,
+        after_line=after_line,
+        rejected=[RejectedRow(**r) for r in rows],
+        next_after_line=int(rows[-1]["line"]) if len(rows) == limit else None,
+    )
 
 
 def _batch_row(backend: Backend, dataset: str, batch_id: str) -> BatchRecord:
