@@ -169,7 +169,8 @@ class Chunks:
         """Apply `fn` to every chunk, keeping indexes and order.
 
         With `workers` > 1, `fn` (a picklable top-level function) runs in a pool of that many
-        processes; at most `workers + 1` chunks are in flight, so memory stays bounded while
+        processes; at most `2 * workers` chunks are in flight (each worker has the next one
+        queued while the consumer stores the last), so memory stays bounded while
         the consumer stores finished chunks in parallel with the scoring of later ones.
 
         With `time_limit` (seconds), `fn` always runs in a pool (of one process at least),
@@ -265,7 +266,7 @@ def _map_in_pool(
     try:
         for chunk in upstream:
             pending.append((chunk, pool.submit(task, chunk.frame)))
-            if len(pending) > workers:
+            if len(pending) >= 2 * workers:
                 yield finished()
         while pending:
             yield finished()
