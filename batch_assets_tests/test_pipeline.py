@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from batch_assets_tests.pipeline_helpers import Inbox, batch_row, rejected, results
+from batch_assets_tests.pipeline_helpers import (
+    Inbox,
+    batch_row,
+    materialization,
+    rejected,
+    results,
+    settings_config,
+)
 
 TRICKY = (
     "\ufeffid,text\n"
@@ -110,6 +117,46 @@ def test_rerunning_a_partition_never_duplicates_rows(inbox: Inbox, pg_url: str) 
     rows = results(pg_url, batch_id)
     assert [r[2] for r in rows] == [str(i) for i in range(500)]
     assert {r[4] for r in rows} == {"positive"}
+
+
+def test_a_subset_reads_the_stages_it_does_not_compute_from_their_checkpoints(
+    inbox: Inbox, pg_url: str
+) -> None:
+    from dagster import AssetKey
+
+    data = "id,text\n" + "".join(f"{i},review {i} is great\n" for i in range(300))
+    batch_id, run = inbox.drop_and_run("subset.csv", data.encode(), chunk_size=64)
+    assert run.success
+    job = inbox.defs.resolve_job_def(inbox.dataset.job_name)
+
+    def materialize(*stages: str) -> Any:
+        result = job.execute_in_process(
+            instance=inbox.instance,
+            partition_key=batch_id,
+            asset_selection=[AssetKey(["reviews", stage]) for stage in stages],
+            run_config=settings_config(chunk_size=64),
+        )
+        assert result.success
+        return result
+
+    # only the load: the stored processed chunks go to Postgres again, nothing is scored
+    only_load = materialize("postgres")
+    assert {m.asset_key.path[-1] for m in only_load.get_asset_materialization_events()} == {
+        "postgres"
+    }
+    assert [r[2] for r in results(pg_url, batch_id)] == [str(i) for i in range(300)]
+    assert {c.check_name for c in only_load.get_asset_check_evaluations()} == {
+        "row_accounting",
+        "unique_ids",
+    }
+    # only the checkpoints: a new lineage computes both stages, Postgres is left alone
+    stages = materialize("raw", "processed")
+    assert {m.asset_key.path[-1] for m in stages.get_asset_materialization_events()} == {
+        "raw",
+        "processed",
+    }
+    assert materialization(stages, "reviews", "processed")["resumed_from_chunk"] == 0
+    assert len(results(pg_url, batch_id)) == 300
 
 
 def test_paging_one_batch_is_an_index_range_scan(inbox: Inbox, pg_url: str) -> None:

@@ -101,7 +101,8 @@ def pipeline_asset(dataset: Dataset, partitions: DynamicPartitionsDefinition) ->
         streamed = stream_batch(
             step, checkpoints.store(), open_source, postgres, scoring, selected=selected
         )
-        yield from streamed.results(postgres, selected, context.retry_number)
+        checks = {key.name for key in context.selected_asset_check_keys}
+        yield from streamed.results(postgres, selected, checks)
 
     return pipeline
 
@@ -166,10 +167,10 @@ class Streamed:
     loaded: Loaded | None
 
     def results(
-        self, postgres: PostgresResource, selected: set[str], retries: int
+        self, postgres: PostgresResource, selected: set[str], checks: set[str]
     ) -> Iterator[Output[Durable] | MaterializeResult | AssetCheckResult]:
         """The selected stages' outputs (each durable by now), then the load's
-        materialization and checks."""
+        materialization and its selected `checks`."""
         for stage in (self.raw, self.processed):
             name = stage.asset.rsplit("/", 1)[-1]
             if name in selected:
@@ -181,10 +182,10 @@ class Streamed:
                     metadata=metadata,
                 )
         if self.loaded is not None:
-            yield from self._loaded(postgres, self.loaded)
+            yield from self._loaded(postgres, self.loaded, checks)
 
     def _loaded(
-        self, postgres: PostgresResource, loaded: Loaded
+        self, postgres: PostgresResource, loaded: Loaded, checks: set[str]
     ) -> Iterator[MaterializeResult | AssetCheckResult]:
         dataset, batch_id = self.step.dataset, self.step.batch_id
         tables = dataset.tables
@@ -214,16 +215,18 @@ class Streamed:
             },
         )
         key = AssetKey([dataset.name, "postgres"])
-        yield AssetCheckResult(
-            asset_key=key, check_name="row_accounting", passed=accounted, metadata=figures
-        )
-        yield AssetCheckResult(
-            asset_key=key,
-            check_name="unique_ids",
-            passed=not duplicates,
-            severity=AssetCheckSeverity.WARN,
-            metadata={"duplicated_ids": MetadataValue.json(duplicates)},
-        )
+        if "row_accounting" in checks:
+            yield AssetCheckResult(
+                asset_key=key, check_name="row_accounting", passed=accounted, metadata=figures
+            )
+        if "unique_ids" in checks:
+            yield AssetCheckResult(
+                asset_key=key,
+                check_name="unique_ids",
+                passed=not duplicates,
+                severity=AssetCheckSeverity.WARN,
+                metadata={"duplicated_ids": MetadataValue.json(duplicates)},
+            )
 
 
 def stream_batch(
