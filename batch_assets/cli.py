@@ -444,6 +444,7 @@ def reset_batch(batch_id: str, dataset_name: str, *, force: bool) -> int:
 def _batch_row(resource: JobsResource, dataset: str, batch_id: str) -> BatchRecord | None:
     """The batch's tracking record; None, said on stderr, when there is no such batch."""
     with resource.open(dataset) as jobs:
+        jobs.ensure()  # a fresh database has no batch yet, not an error
         row = jobs.get(batch_id)
     if row is None:
         elsewhere = []

@@ -1,5 +1,7 @@
 """Marks a batch failed when its run fails for a reason the assets could not record
-(a killed process, a lost worker, an error outside the chunk loop).
+(a killed process, a lost worker, an error outside the chunk loop). A failure the run's
+step recorded itself (a bad input naming its file and line) is kept: the run's own message
+only says which step failed.
 
 The failure is written as the run's attempt: a run whose re-execution has resumed the batch
 since (a killed run reported late) no longer owns it, and leaves its state alone."""
@@ -25,6 +27,10 @@ def batch_run_failure_sensor(context: RunFailureSensorContext, jobs: JobsResourc
         return
     message = context.failure_event.message or "the run failed"
     with jobs.open(dataset.name) as store:
+        found = store.get(batch_id)
+        if found is not None and found.status == "failed" and found.run_id == run.run_id:
+            context.log.info(f"{dataset.name} batch {batch_id}: failed as its step said")
+            return
         recorded = store.fail(
             batch_id,
             f"run {run.run_id} failed: {message}",

@@ -11,6 +11,7 @@ from batch_assets_tests.pipeline_helpers import (
     batch_row,
     materialization,
     rejected,
+    report_run_failure,
     results,
     settings_config,
 )
@@ -83,6 +84,21 @@ def test_file_level_problems_fail_the_batch_naming_the_file(
 
     assert re.search(message, row.error)
     assert results(pg_url, batch_id) == []
+
+
+def test_the_failure_sensor_keeps_the_error_the_step_recorded(inbox: Inbox, pg_url: str) -> None:
+    from batch_assets.resources.jobs import JobsResource
+    from batch_assets.resources.postgres import PostgresResource
+
+    batch_id, run = inbox.drop_and_run("open-quote.csv", b'id,text\n1,fine\n2,"never closed\n')
+    assert not run.success
+    said = batch_row(pg_url, batch_id).error
+    assert said is not None and "line 3" in said
+    dagster_run = inbox.instance.get_run_by_id(run.run_id)
+    assert dagster_run is not None
+    jobs = JobsResource(postgres=PostgresResource(url=pg_url))
+    report_run_failure(inbox.instance, dagster_run, jobs, "Steps failed: ['reviews_pipeline']")
+    assert batch_row(pg_url, batch_id).error == said
 
 
 def test_header_only_completes_with_no_rows(inbox: Inbox, pg_url: str) -> None:
