@@ -11,7 +11,7 @@ from typing import Any
 
 from dagster import AssetExecutionContext, Failure
 
-from batch_assets.checkpoints import Frontier
+from batch_assets.checkpoints import Frontier, Stage
 from batch_assets.chunks import Chunk, Throttled
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError, ConfigError
@@ -94,7 +94,7 @@ class BatchStep:
         with self.store() as store:
             store.progress(self.batch_id, counts, attempt=self.attempt)
 
-    def progress_listener(self, raw: Any, processed: Any, *, size: int | None) -> Throttled:
+    def progress_listener(self, raw: Stage, processed: Stage, *, size: int | None) -> Throttled:
         """A listener of processed chunks that writes the batch's counts, at most every
         `PROGRESS_SECONDS`, from the `raw` and `processed` stages' frontiers (and the
         source's `size` in bytes, when it has one)."""

@@ -403,11 +403,15 @@ def _flush(listeners: tuple[Any, ...]) -> None:
             flush()
 
 
-def load_chunks(
+def complete_stage(
     store: CheckpointStore, *, asset: str, partition: str, lineage: str | None = None
-) -> tuple[Chunks, Frontier]:
-    """A complete output of (asset, partition) as lazy chunks read one at a time: that of
-    `lineage` when it has one (the run's own upstream), else the latest complete one."""
+) -> Stage:
+    """The complete output of (asset, partition), read only: that of `lineage` when it has
+    one (the run's own upstream), else the latest complete one.
+
+    Raises:
+        FileNotFoundError: there is no complete output.
+    """
     own = store.frontier(asset, partition, lineage) if lineage else None
     if own is None or own.status != "complete":
         lineage = store.latest(asset, partition)
@@ -417,17 +421,13 @@ def load_chunks(
             f"no complete checkpoint of {asset} for partition {partition}; "
             f"materialize {asset} for this partition first"
         )
+    return Stage(store, asset=asset, partition=partition, lineage=lineage, origin=frontier.origin)
 
-    def produce(resume: Resume) -> Iterator[Chunk]:
-        for index in range(resume.next_index, frontier.chunks):
-            yield Chunk(index, store.read_chunk(asset, partition, lineage, index))
 
-    chunks = Chunks(
-        produce,
-        origin={"asset": asset, "lineage": lineage},
-        rows=frontier.rows,
-        counts=frontier.counts,
-        length=frontier.chunks,
-        end_state=frontier.state,
-    )
-    return chunks, frontier
+def load_chunks(
+    store: CheckpointStore, *, asset: str, partition: str, lineage: str | None = None
+) -> tuple[Chunks, Frontier]:
+    """A complete output of (asset, partition) as lazy chunks read one at a time (see
+    `complete_stage`), and its frontier."""
+    stage = complete_stage(store, asset=asset, partition=partition, lineage=lineage)
+    return stage.as_chunks(), stage.frontier

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import polars as pl
 
-from batch_assets.checkpoints import CheckpointStore, Stage, frontier_report
+from batch_assets.checkpoints import CheckpointStore, Stage, complete_stage, frontier_report
 from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume, Throttled
 
 T = TypeVar("T")
@@ -61,17 +61,7 @@ def open_stage(
             origin=origin,
             listeners=listeners,
         )
-    own = store.frontier(asset, partition, lineage)
-    owner = (
-        lineage if own is not None and own.status == "complete" else store.latest(asset, partition)
-    )
-    frontier = store.frontier(asset, partition, owner) if owner else None
-    if owner is None or frontier is None or frontier.status != "complete":
-        raise FileNotFoundError(
-            f"no complete checkpoint of {asset} for partition {partition}; "
-            f"materialize {asset} for this partition first"
-        )
-    return Stage(store, asset=asset, partition=partition, lineage=owner, origin=frontier.origin)
+    return complete_stage(store, asset=asset, partition=partition, lineage=lineage)
 
 
 def processed_origin(raw: Stage) -> dict[str, Any]:

@@ -331,8 +331,7 @@ def _chunked(
 
 
 def _chunk(index: int, frame: pl.DataFrame, header: list[str]) -> Chunk:
-    offset, line = frame.row(frame.height - 1, named=True)[_END_OFFSET], frame[_END_LINE][-1]
-    state = {"offset": int(offset), "line": int(line), "header": header}
+    state = {"offset": frame[_END_OFFSET][-1], "line": frame[_END_LINE][-1], "header": header}
     return Chunk(index, frame.drop(_END_OFFSET, _END_LINE), state)
 
 

@@ -52,15 +52,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_pipeline import REPO, log_tail, say, text_table
+
 # Heavy imports stay inside functions: the in-process child's scoring workers are spawned
 # processes, which import this file as their main module.
 
-REPO = Path(__file__).resolve().parent.parent
 DAEMON_PREFIX = "inbox/reviews/"
 INPROCESS_PREFIX = "inbox/reviews_inprocess/"
 SENSOR = "reviews_inbox_sensor"
@@ -73,18 +73,6 @@ TARGET_FIRST_CHUNK_SECONDS = 3.0
 TARGET_DAEMON_VS_INPROCESS = 2.0
 # As `batch-assets demo` runs a batch: Dagster's console lines at WARNING and up.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # ---------------------------------------------------------------------------------------
@@ -181,17 +169,16 @@ def error_events(instance: Any, run_id: str, limit: int = 20) -> str:
 
 
 def check_batch(pg_url: str, partition: str, rows: int) -> None:
-    """Raises RuntimeError unless `batch_jobs` says the batch completed with every row."""
+    """Raises RuntimeError unless the batch's record says it completed with every row."""
     import psycopg
 
+    from batch_assets.tracking import BatchJobs
+
     with psycopg.connect(pg_url) as conn:
-        row = conn.execute(
-            "SELECT status, processed_count FROM batch_jobs "
-            "WHERE dataset = 'reviews' AND batch_id = %s",
-            (partition,),
-        ).fetchone()
-    if row is None or row[0] != "completed" or row[1] != rows:
-        raise RuntimeError(f"batch {partition}: batch_jobs has {row}, not completed with {rows}")
+        record = BatchJobs(conn, "reviews").get(partition)
+    found = (record.status, record.processed_count) if record else None
+    if found != ("completed", rows):
+        raise RuntimeError(f"batch {partition}: batch_jobs has {found}, not completed with {rows}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,7 +250,7 @@ def run_child(
     if child.returncode != 0 or not result_path.is_file():
         raise RuntimeError(
             f"the in-process child exited with {child.returncode}; the end of its log "
-            f"({log_path}):\n{_tail(log_path)}"
+            f"({log_path}):\n{log_tail(log_path)}"
         )
     result: dict[str, Any] = json.loads(result_path.read_text())
     return result
@@ -320,7 +307,7 @@ def start_dagster_dev(repo: Path, env: dict[str, str], log_path: Path) -> subpro
     port = _free_port()
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(repo / "workspace.yaml")]
     command += ["-p", str(port), "-h", "127.0.0.1"]
-    _log(f"dagster dev on http://127.0.0.1:{port} (log: {log_path})")
+    say(f"dagster dev on http://127.0.0.1:{port} (log: {log_path})")
     with log_path.open("wb") as log:
         return subprocess.Popen(
             command, env=env, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -331,7 +318,7 @@ def _check_alive(dagster: subprocess.Popen[bytes], log_path: Path) -> None:
     code = dagster.poll()
     if code is not None:
         raise RuntimeError(
-            f"dagster dev exited with {code}; the end of its log:\n{_tail(log_path)}"
+            f"dagster dev exited with {code}; the end of its log:\n{log_tail(log_path)}"
         )
 
 
@@ -357,7 +344,7 @@ def await_first_tick(
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"no finished tick of {SENSOR} within {timeout:.0f} s; the end of dagster "
-                f"dev's log:\n{_tail(log_path)}"
+                f"dev's log:\n{log_tail(log_path)}"
             )
         time.sleep(POLL_SECONDS)
 
@@ -483,7 +470,7 @@ def measure(args: argparse.Namespace, workdir: Path, env_info: dict[str, Any]) -
     from batch_assets.generate import reviews_csv
     from batch_assets.local_stack import LocalStack
 
-    _log(f"starting the embedded stack under {workdir}")
+    say(f"starting the embedded stack under {workdir}")
     with LocalStack.start(workdir / "stack") as stack:
         stack.apply()  # DagsterInstance.get() in this process reads DAGSTER_HOME
         home = Path(stack.env["DAGSTER_HOME"])
@@ -508,7 +495,7 @@ def measure(args: argparse.Namespace, workdir: Path, env_info: dict[str, Any]) -
                     workdir=workdir,
                 )
                 inprocess.append(times)
-                _log(_line(times))
+                say(_line(times))
             log_path = workdir / "dagster-dev.log"
             startup = float("nan")
             started = time.monotonic()
@@ -516,7 +503,7 @@ def measure(args: argparse.Namespace, workdir: Path, env_info: dict[str, Any]) -
             try:
                 await_first_tick(instance, dagster, log_path, timeout=args.startup_timeout)
                 startup = time.monotonic() - started
-                _log(f"dagster dev: first sensor tick after {startup:.1f} s")
+                say(f"dagster dev: first sensor tick after {startup:.1f} s")
                 for index in range(args.runs):
                     times = daemon_run(
                         index,
@@ -528,11 +515,11 @@ def measure(args: argparse.Namespace, workdir: Path, env_info: dict[str, Any]) -
                         args=args,
                     )
                     daemon.append(times)
-                    _log(_line(times))
+                    say(_line(times))
             finally:
                 _stop_group(dagster)
-                _log("dagster dev stopped")
-    _log("stack stopped")
+                say("dagster dev stopped")
+    say("stack stopped")
     return {"inprocess": inprocess, "daemon": daemon, "dagster_dev_startup_s": startup}
 
 
@@ -580,14 +567,6 @@ def summarize(inprocess: list[RunTimes], daemon: list[RunTimes]) -> dict[str, An
     return summary
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 def report(inprocess: list[RunTimes], daemon: list[RunTimes], summary: dict[str, Any]) -> str:
     """The per-run table, the medians and the verdicts, as printed on stdout."""
 
@@ -621,7 +600,7 @@ def report(inprocess: list[RunTimes], daemon: list[RunTimes], summary: dict[str,
     ratio = targets["daemon_vs_inprocess_started_to_success"]
     return "\n".join(
         [
-            _table(header, rows),
+            text_table(header, rows),
             "",
             f"daemon STARTED -> first chunk (median): {first['median']:.2f} s "
             f"(target <= {TARGET_FIRST_CHUNK_SECONDS:g} s: "
@@ -698,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
         }
         args.json.write_text(json.dumps(document, indent=2, default=str) + "\n")
-        _log(f"wrote {args.json}")
+        say(f"wrote {args.json}")
     return 0
 
 

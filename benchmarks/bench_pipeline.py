@@ -139,7 +139,7 @@ def run_child(
     if child.returncode != 0 or not result_path.is_file():
         raise RuntimeError(
             f"{kind} exited with {child.returncode}; the end of its log ({log_path}):\n"
-            + _tail(log_path)
+            + log_tail(log_path)
         )
     result = json.loads(result_path.read_text())
     descendants = [
@@ -184,7 +184,7 @@ def _kill_tree(child: subprocess.Popen[bytes]) -> None:
     psutil.wait_procs(below, timeout=5)
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -404,7 +404,7 @@ def _prepare(stack_env: dict[str, str]) -> None:
             conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
 
 
-def _log(message: str) -> None:
+def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -439,9 +439,9 @@ def bench_rows(
     bucket = env["BATCH_ASSETS_BUCKET"]
     key = f"inbox/reviews/bench-{rows}-{uuid.uuid4().hex[:8]}.csv"
     stack.s3().upload_file(str(path), bucket, key)
-    _log(f"[{rows:,}] uploaded {path.stat().st_size / MIB:.1f} MiB to s3://{bucket}/{key}")
+    say(f"[{rows:,}] uploaded {path.stat().st_size / MIB:.1f} MiB to s3://{bucket}/{key}")
 
-    _log(f"[{rows:,}] pipeline: sensor + run_partition in a child process")
+    say(f"[{rows:,}] pipeline: sensor + run_partition in a child process")
     spec = {
         "key": key,
         "cursor": cursor,
@@ -466,22 +466,22 @@ def bench_rows(
         "batch_id": result["batch_id"],
         "batch": result["batch"],
     }
-    _log(f"[{rows:,}] pipeline: {pipeline['rows_per_s']:,.0f} rows/s")
+    say(f"[{rows:,}] pipeline: {pipeline['rows_per_s']:,.0f} rows/s")
 
-    _log(f"[{rows:,}] load without scoring: sensor + run_partition in a child process")
+    say(f"[{rows:,}] load without scoring: sensor + run_partition in a child process")
     load_key = f"inbox/{LOAD_DATASET}/bench-{rows}-{uuid.uuid4().hex[:8]}.csv"
     stack.s3().upload_file(str(path), bucket, load_key)
     load_spec = {**spec, "key": load_key, "cursor": None, "load": True}
     load_run = run_child(PIPELINE_CHILD, load_spec, env=env, workdir=workdir, timeout=args.timeout)
     load = _completed_run(load_run.result, rows, "the load without scoring")
-    _log(f"[{rows:,}] load without scoring: {load['rows_per_s']:,.0f} rows/s")
+    say(f"[{rows:,}] load without scoring: {load['rows_per_s']:,.0f} rows/s")
 
-    _log(f"[{rows:,}] VADER alone on all cores")
+    say(f"[{rows:,}] VADER alone on all cores")
     vader = vader_all_cores(path, rows)
-    _log(f"[{rows:,}] VADER: {vader['rows_per_s']:,.0f} rows/s")
+    say(f"[{rows:,}] VADER: {vader['rows_per_s']:,.0f} rows/s")
 
     seed_rows = min(rows, args.baseline_rows) if args.baseline_rows else rows
-    _log(f"[{rows:,}] seed 002 on {seed_rows:,} rows in a child process")
+    say(f"[{rows:,}] seed 002 on {seed_rows:,} rows in a child process")
     seed_spec = {
         "csv": str(path),
         "rows": seed_rows,
@@ -498,11 +498,11 @@ def bench_rows(
         "peak_rss_mib": seed_run.peak_rss / MIB,
         "vm_hwm_mib": seed_result["vm_hwm_mib"],
     }
-    _log(f"[{rows:,}] seed 002: {seed['rows_per_s']:,.0f} rows/s")
+    say(f"[{rows:,}] seed 002: {seed['rows_per_s']:,.0f} rows/s")
 
-    _log(f"[{rows:,}] raw COPY")
+    say(f"[{rows:,}] raw COPY")
     copy = raw_copy(env["BATCH_ASSETS_PG_URL"], path, rows)
-    _log(f"[{rows:,}] COPY: {copy['rows_per_s']:,.0f} rows/s")
+    say(f"[{rows:,}] COPY: {copy['rows_per_s']:,.0f} rows/s")
 
     path.unlink()
     figures = {
@@ -550,7 +550,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+def text_table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -559,7 +559,7 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
 
 
 def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    throughput = _table(
+    throughput = text_table(
         [
             "rows",
             "pipeline r/s",
@@ -580,7 +580,7 @@ def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             for r in runs
         ],
     )
-    steps = _table(
+    steps = text_table(
         ["rows", "run", "run s", "streaming step s"],
         [
             [
@@ -596,7 +596,7 @@ def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             )
         ],
     )
-    memory = _table(
+    memory = text_table(
         [
             "rows",
             "peak RSS child MiB",
@@ -699,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-", dir=args.workdir) as tmp:
         workdir = Path(tmp)
-        _log(f"starting the embedded stack under {workdir}")
+        say(f"starting the embedded stack under {workdir}")
         with LocalStack.start(workdir / "stack") as stack:
             env = {**os.environ, **stack.env}
             _prepare(stack.env)
@@ -709,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows, stack=stack, env=env, workdir=workdir, args=args, cursor=cursor
                 )
                 runs.append(figures)
-        _log("stack stopped")
+        say("stack stopped")
     summary = summarize(runs)
     print(report(runs, summary))
     if args.json:
@@ -725,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
         }
         args.json.write_text(json.dumps(document, indent=2, default=str) + "\n")
-        _log(f"wrote {args.json}")
+        say(f"wrote {args.json}")
     return 0
 
 
