@@ -29,6 +29,7 @@ import polars as pl
 
 from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume
 from batch_assets.vocabulary import STATUS
+from batch_assets.write_behind import Inline, Writes
 
 FrontierState = Literal["in_progress", "complete"]
 
@@ -276,11 +277,15 @@ class Stage:
 
     A stage that finds its lineage's frontier over the same `origin` resumes after it; over
     another origin (a new ETag, a recomputed upstream), or with none, it starts over. Each
-    computed chunk is written, then the frontier advanced past it, then `listeners` told of
-    it; the frontier never points past a chunk that is not durable.
+    computed chunk is written, then the frontier past it; then `frontier` moves and
+    `listeners` are told of it. `writes` does the writing: at once (`Inline`, the default)
+    or behind the pass (`WriteBehind`, shared by the stages of one pass so that a chunk is
+    durable before any chunk computed from it). The frontier never points past a chunk that
+    is not durable.
 
     Attributes:
         first: the first chunk this attempt computes (`resumed_from_chunk`).
+        frontier: the last durable chunk's frontier.
     """
 
     def __init__(
@@ -292,8 +297,10 @@ class Stage:
         lineage: str,
         origin: dict[str, Any],
         listeners: tuple[ChunkListener, ...] = (),
+        writes: Writes | None = None,
     ):
         self.store = store
+        self.writes = writes or Inline()
         self.asset = asset
         self.partition = partition
         self.lineage = lineage
@@ -302,6 +309,8 @@ class Stage:
         if found is None or found.origin != origin:
             found = Frontier(origin=dict(origin))
         self.frontier = found
+        # the frontier of the last chunk handed to `writes`, durable or not yet
+        self._ahead = found
         self.first = found.chunks
 
     @property
@@ -320,41 +329,55 @@ class Stage:
         self, compute: Callable[[Resume], Iterator[Chunk]], start: int = 0
     ) -> Iterator[Chunk]:
         """Every chunk from `start` on: the durable ones read back, then those `compute`
-        yields from the frontier on (given where to resume), each made durable before it is
-        passed on. The stage is complete when `compute` is exhausted."""
+        yields from the frontier on (given where to resume), each handed to the stage's
+        `writes` as it is passed on. Once `compute` is exhausted, the writes are waited for
+        and the stage is complete."""
         yield from self.stored(start)
         if self.complete:
             self.store.mark_latest(self.asset, self.partition, self.lineage)
             return
         self.frontier = replace(self.frontier, computed=[*self.frontier.computed, 0])
+        self._ahead = self.frontier
         try:
             for chunk in compute(self.frontier.resume()):
                 self._make_durable(chunk)
                 yield chunk
         except BaseException:
-            # the error in flight is the one to report, not one of telling the last chunk
+            # the error in flight is the one to report, not one of the writes behind it
+            # or of telling the last chunk
+            with contextlib.suppress(Exception):
+                self.writes.drain()
             with contextlib.suppress(Exception):
                 _flush(self.listeners)
             raise
+        self.writes.drain()
         _flush(self.listeners)
         self.frontier = replace(self.frontier, status="complete")
         self.store.save_frontier(self.asset, self.partition, self.lineage, self.frontier)
         self.store.mark_latest(self.asset, self.partition, self.lineage)
 
     def _make_durable(self, chunk: Chunk) -> None:
-        if chunk.index != self.frontier.chunks:
+        """Hands the chunk's file, then the frontier past it, to `writes`; once both are
+        written, the stage's frontier moves and its listeners are told."""
+        if chunk.index != self._ahead.chunks:
             raise ValueError(
                 f"{self.asset} [{self.partition}]: chunk {chunk.index} computed where chunk "
-                f"{self.frontier.chunks} was due"
+                f"{self._ahead.chunks} was due"
             )
-        self.store.write_chunk(self.asset, self.partition, self.lineage, chunk)
         counts = chunk.frame.group_by(STATUS).len()
-        self.frontier = self.frontier.advanced(
-            chunk, dict(zip(counts[STATUS], counts["len"], strict=True))
-        )
-        self.store.save_frontier(self.asset, self.partition, self.lineage, self.frontier)
-        for listener in self.listeners:
-            listener(chunk, self.frontier)
+        by_status = dict(zip(counts[STATUS], counts["len"], strict=True))
+        frontier = self._ahead = self._ahead.advanced(chunk, by_status)
+
+        def write() -> None:
+            self.store.write_chunk(self.asset, self.partition, self.lineage, chunk)
+            self.store.save_frontier(self.asset, self.partition, self.lineage, frontier)
+
+        def durable() -> None:
+            self.frontier = frontier
+            for listener in self.listeners:
+                listener(chunk, frontier)
+
+        self.writes.submit(write, durable)
 
     def as_chunks(self) -> Chunks:
         """The complete output as lazy `Chunks` over its stored files."""

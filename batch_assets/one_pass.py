@@ -18,6 +18,7 @@ import polars as pl
 
 from batch_assets.checkpoints import CheckpointStore, Stage, complete_stage, frontier_report
 from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume, Throttled
+from batch_assets.write_behind import Writes
 
 T = TypeVar("T")
 LOG_SECONDS = 5.0
@@ -45,9 +46,11 @@ def open_stage(
     lineage: str,
     origin: dict[str, Any] | None,
     listeners: tuple[ChunkListener, ...] = (),
+    writes: Writes | None = None,
 ) -> Stage:
-    """The stage `asset` of `partition`: computed by `lineage` over `origin` or, when
-    `origin` is None (the stage is not selected), the latest complete output, read only.
+    """The stage `asset` of `partition`: computed by `lineage` over `origin` (its chunks
+    written by `writes`) or, when `origin` is None (the stage is not selected), the latest
+    complete output, read only.
 
     Raises:
         FileNotFoundError: an unselected stage with no complete output.
@@ -60,6 +63,7 @@ def open_stage(
             lineage=lineage,
             origin=origin,
             listeners=listeners,
+            writes=writes,
         )
     return complete_stage(store, asset=asset, partition=partition, lineage=lineage)
 

@@ -69,6 +69,23 @@ def test_counts_and_summary_are_those_stored(conn: psycopg.Connection) -> None:
     assert stats.summary == {"positive": 2, "negative": 2, "neutral": 1}
 
 
+def test_a_load_tells_whether_an_id_can_repeat(conn: psycopg.Connection) -> None:
+    # distinct ids: no scan of the batch is needed; an id sent twice, also across chunks
+    # and among failed rows, is flagged and duplicate_ids names it; rejected rows do not count
+    batch = f"b-{uuid.uuid4().hex[:6]}"
+    distinct = replace_batch(conn, TABLES, batch, Chunks.from_frames([scored(2, ["a", None])]))
+    assert not distinct.ids_may_repeat
+    assert duplicate_ids(conn, TABLES, batch) == {}
+    rejected_twice = pl.concat([scored(2, [None]), scored(2, ["b"])], how="vertical_relaxed")
+    again = replace_batch(conn, TABLES, batch, Chunks.from_frames([rejected_twice]))
+    assert not again.ids_may_repeat
+    failed = scored(2, ["c"]).with_columns(pl.lit("failed").alias(STATUS))
+    chunks = Chunks.from_frames([scored(2, ["a", "b"]), failed])
+    repeated = replace_batch(conn, TABLES, batch, chunks)
+    assert repeated.ids_may_repeat
+    assert duplicate_ids(conn, TABLES, batch) == {"r2": 2}
+
+
 def test_rows_the_server_did_not_store_fail_the_load(conn: psycopg.Connection) -> None:
     # a trigger that drops rows silently: COPY's own count says so, and the load fails
     # instead of reporting rows that are not there
@@ -111,6 +128,7 @@ def test_json_records_repeat_an_id_by_their_id_field(pg_url: str) -> None:
         tables.ensure(conn)
         stats = replace_batch(conn, tables, batch, Chunks.from_frames([EVENTS.process_fn()(frame)]))
         assert stats.stored == (len(texts), 0, 0)
+        assert stats.ids_may_repeat  # ids inside JSON records are compared by Postgres
         assert duplicate_ids(conn, tables, batch) == {"1": 2, "3": 2}
         assert duplicate_ids(conn, tables, batch, limit=1) == {"1": 2}
         conn.rollback()

@@ -2,6 +2,7 @@
 `<dataset>/processed` and `<dataset>/postgres` in one pass (see `one_pass`), with the
 `row_accounting` and `unique_ids` checks of the load."""
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
 from batch_assets.sinks.postgres import duplicate_ids, preview_markdown
+from batch_assets.write_behind import WriteBehind
 
 CHECKPOINTS = "checkpoint_io_manager"
 STAGES = ("raw", "processed", "postgres")
@@ -189,11 +191,13 @@ class Streamed:
     ) -> Iterator[MaterializeResult | AssetCheckResult]:
         dataset, batch_id = self.step.dataset, self.step.batch_id
         tables = dataset.tables
-        with postgres.connect() as conn:
-            accounted, figures = recount(conn, dataset, batch_id, loaded.counts.total)
-            duplicates = duplicate_ids(conn, tables, batch_id)
-            preview = preview_markdown(conn, tables, batch_id)
         stats = loaded.stats
+        with postgres.connect() as conn:
+            preview = preview_markdown(conn, tables, batch_id)
+            if "row_accounting" in checks:
+                accounted, figures = recount(conn, dataset, batch_id, loaded.counts.total)
+            if "unique_ids" in checks:
+                duplicates = duplicate_ids(conn, tables, batch_id) if stats.ids_may_repeat else {}
         yield MaterializeResult(
             asset_key=AssetKey([dataset.name, "postgres"]),
             metadata={
@@ -242,7 +246,7 @@ def stream_batch(
     frontier), the others read from their latest complete checkpoints; with `postgres`
     selected, every processed chunk loaded in one transaction."""
     dataset, partition = step.dataset, step.batch_id
-    with step.failing():
+    with step.failing(), WriteBehind() as writes:
         opened = open_source() if "raw" in selected else None
         raw = open_stage(
             store,
@@ -251,6 +255,7 @@ def stream_batch(
             lineage=step.lineage,
             origin=opened.chunks.origin if opened else None,
             listeners=(durable_log(step.log, f"{dataset.name}/raw", partition),),
+            writes=writes,
         )
         processed = open_stage(
             store,
@@ -259,6 +264,7 @@ def stream_batch(
             lineage=step.lineage,
             origin=processed_origin(raw) if "processed" in selected else None,
             listeners=(durable_log(step.log, f"{dataset.name}/processed", partition),),
+            writes=writes,
         )
         size = opened.source.size if opened else None
         processed.listeners += (step.progress_listener(raw, processed, size=size),)
@@ -271,6 +277,9 @@ def stream_batch(
         try:
             loaded = _pass(step, raw, processed, source, scoring, computed, postgres, selected)
         except BaseException:
+            # what was handed over before the error is written before saying where it stopped
+            with contextlib.suppress(Exception):
+                writes.drain()
             for stage, computing in zip((raw, processed), computed, strict=True):
                 if computing:
                     step.log.error(where_it_stopped(stage))

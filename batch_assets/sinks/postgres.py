@@ -136,8 +136,9 @@ def _sql_type(dtype: pl.DataType) -> str:
 @dataclass(frozen=True)
 class LoadStats:
     """What a load wrote: result rows (processed and failed), rejected rows, the chunks
-    read, the COPY statements sent and their bytes, and the processed rows counted per
-    value of the summary column (when one was given)."""
+    read, the COPY statements sent and their bytes, the processed rows counted per value
+    of the summary column (when one was given), and whether an id may appear twice among
+    the results (False only when the load saw every id once: see `_IdHashes`)."""
 
     results: int
     processed: int
@@ -147,6 +148,7 @@ class LoadStats:
     copies: int = 0
     bytes: int = 0
     summary: dict[str, int] = field(default_factory=dict)
+    ids_may_repeat: bool = True
 
     @property
     def stored(self) -> tuple[int, int, int]:
@@ -167,6 +169,9 @@ class LoadStats:
         }
 
 
+ID_HASH_ROWS = 10_000_000
+"""Result ids whose hashes a load keeps (8 bytes each); past them, whether an id repeats is
+left to `duplicate_ids`."""
 COPY_QUEUE_BLOCKS = 64
 """Blocks (of up to 128 KiB) a load queues for its COPY thread: the most it holds in memory
 while the server catches up."""
@@ -225,6 +230,31 @@ def replace_batch(
     return load.stats()
 
 
+class _IdHashes:
+    """64-bit hashes of the result ids a load sends, so that a batch whose ids are all
+    distinct needs no scan of its rows in Postgres: equal ids have equal hashes, so no
+    repeated hash means no repeated id (a repeated hash may be a collision, which
+    `duplicate_ids` then settles). Ids inside JSON records (`id_field`) are compared as
+    Postgres reads them, by `duplicate_ids` always."""
+
+    def __init__(self, tables: ResultsTables):
+        self.column = tables.record_columns[0] if tables.id_field is None else None
+        self.hashes: list[pl.Series] = []
+        self.rows = 0
+
+    def add(self, kept: pl.DataFrame) -> None:
+        if self.column is None or self.rows > ID_HASH_ROWS:
+            return
+        ids = kept[self.column].drop_nulls()
+        self.hashes.append(ids.hash())
+        self.rows += ids.len()
+
+    def may_repeat(self) -> bool:
+        if self.column is None or self.rows > ID_HASH_ROWS:
+            return True
+        return bool(self.hashes) and bool(pl.concat(self.hashes).is_duplicated().any())
+
+
 class _Load:
     """What one load has sent so far, and how a chunk's rows become COPY data."""
 
@@ -235,6 +265,7 @@ class _Load:
         self.seq = self.processed = self.failed = self.rejected = 0
         self.chunks = self.sent = 0
         self.summary = Counter[str]()
+        self.ids = _IdHashes(tables)
 
     def results_copy(self) -> sql.Composed:
         return sql.SQL(
@@ -257,6 +288,7 @@ class _Load:
             copy.write(data)
             self.sent += len(data)
             self.seq += kept.height
+            self.ids.add(kept)
             n_failed = int((kept[STATUS] == FAILED).sum())
             self.failed += n_failed
             self.processed += kept.height - n_failed
@@ -304,6 +336,7 @@ class _Load:
             copies,
             self.sent,
             dict(self.summary),
+            self.ids.may_repeat(),
         )
 
 
