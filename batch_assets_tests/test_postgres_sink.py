@@ -86,6 +86,59 @@ def test_a_load_tells_whether_an_id_can_repeat(conn: psycopg.Connection) -> None
     assert duplicate_ids(conn, TABLES, batch) == {"r2": 2}
 
 
+def test_every_column_type_is_stored_as_it_was_sent(pg_url: str) -> None:
+    # the binary COPY: nulls of every type, NaN and infinities, datetimes with and without
+    # a time zone (taken as UTC), JSON into jsonb, text beyond ASCII
+    from datetime import UTC, datetime
+
+    tables = ResultsTables(
+        "wiretest",
+        {
+            "id": pl.String(),
+            "doc": pl.String(),
+            "n": pl.Int64(),
+            "x": pl.Float64(),
+            "ok": pl.Boolean(),
+            "at": pl.Datetime("us", "UTC"),
+        },
+        ("id", "doc"),
+        json_columns=("doc",),
+    )
+    moment = datetime(2026, 12, 4, 12, 30, 15, 123456)
+    frame = pl.DataFrame(
+        {
+            LINE: [2, 3, 4],
+            "id": ["a", "é ✓ 😀", None],
+            "doc": ['{"k": [1, "ü"]}', None, "null"],
+            "n": pl.Series([1, None, -(2**63)], dtype=pl.Int64),
+            "x": [float("nan"), float("inf"), None],
+            "ok": [True, None, False],
+            "at": pl.Series([moment, None, moment], dtype=pl.Datetime("ns")),
+            STATUS: ["processed", "failed", "processed"],
+            REASON: pl.Series([None] * 3, dtype=pl.String),
+            RECORD: pl.Series([None] * 3, dtype=pl.String),
+        }
+    )
+    with psycopg.connect(pg_url) as conn:
+        tables.ensure(conn)
+        batch = f"b-{uuid.uuid4().hex[:6]}"
+        stats = replace_batch(conn, tables, batch, Chunks.from_frames([frame, frame.head(0)]))
+        assert stats.stored == (2, 0, 1)
+        rows = conn.execute(
+            "SELECT seq, line, id, doc, n, x, ok, at, status FROM wiretest_results "
+            "WHERE batch_id = %s ORDER BY seq",
+            (batch,),
+        ).fetchall()
+        conn.rollback()
+    first, second, third = rows
+    assert first[:5] == (1, 2, "a", {"k": [1, "ü"]}, 1)
+    assert first[5] != first[5] and first[6] is True  # NaN
+    assert first[7] == moment.replace(tzinfo=UTC)
+    assert second[2:] == ("é ✓ 😀", None, None, float("inf"), None, None, "failed")
+    assert third[2:5] == (None, None, -(2**63))
+    assert (third[5], third[6], third[8]) == (None, False, "processed")
+
+
 def test_rows_the_server_did_not_store_fail_the_load(conn: psycopg.Connection) -> None:
     # a trigger that drops rows silently: COPY's own count says so, and the load fails
     # instead of reporting rows that are not there
