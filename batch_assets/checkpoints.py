@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -327,7 +327,7 @@ class Stage:
 
     def chunks(
         self, compute: Callable[[Resume], Iterator[Chunk]], start: int = 0
-    ) -> Iterator[Chunk]:
+    ) -> Generator[Chunk]:
         """Every chunk from `start` on: the durable ones read back, then those `compute`
         yields from the frontier on (given where to resume), each handed to the stage's
         `writes` as it is passed on. Once `compute` is exhausted, the writes are waited for

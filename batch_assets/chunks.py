@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -26,6 +27,9 @@ from batch_assets.errors import BatchError
 
 PARENT_POLL_SECONDS = 0.5
 """How often a pool worker checks that the process it works for is still there."""
+HANDOFF_POLL_SECONDS = 0.1
+"""How often a read-ahead thread waiting to hand over a chunk checks that it is still
+wanted."""
 
 # `state` is what a producer needs to continue after a chunk (a byte offset, a line number):
 # plain JSON values, persisted with the frontier.
@@ -275,3 +279,57 @@ def _map_in_pool(
         # after an error, the chunks still queued are dropped and the step fails now, not
         # once the workers have finished the chunks they hold
         pool.shutdown(wait=completed, cancel_futures=not completed)
+
+
+READ_AHEAD = 2
+"""Chunks a source may have ready before the pass asks for them."""
+
+
+def read_ahead(upstream: Iterator[Chunk], *, depth: int = READ_AHEAD) -> Iterator[Chunk]:
+    """The chunks of `upstream`, produced by a thread of their own up to `depth` chunks
+    ahead of the consumer, so that reading and validating the next chunk overlaps with
+    whatever the consumer does with this one (scoring, checkpointing, COPY).
+
+    An error of `upstream` is raised to the consumer when it reaches it. When the consumer
+    stops early and closes this generator (or drops it), the thread stops after the chunk
+    it is producing and `upstream` is closed in it.
+    """
+    handoff: queue.Queue[tuple[Chunk | None, BaseException | None]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def hand_over(item: tuple[Chunk | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=HANDOFF_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in upstream:
+                if not hand_over((chunk, None)):
+                    break
+            else:
+                hand_over((None, None))
+        except BaseException as error:
+            hand_over((None, error))
+        finally:
+            close = getattr(upstream, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            chunk, error = handoff.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        stop.set()
+        thread.join()

@@ -10,14 +10,15 @@ selected is read from its latest complete checkpoint instead of being computed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import polars as pl
 
 from batch_assets.checkpoints import CheckpointStore, Stage, complete_stage, frontier_report
-from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume, Throttled
+from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume, Throttled, read_ahead
 from batch_assets.write_behind import Writes
 
 T = TypeVar("T")
@@ -76,7 +77,7 @@ def processed_origin(raw: Stage) -> dict[str, Any]:
 
 def processed_chunks(
     raw: Stage, processed: Stage, source: Source, scoring: Scoring, *, start: int = 0
-) -> Iterator[Chunk]:
+) -> Generator[Chunk]:
     """The `processed` chunks from `start`: the durable ones read back, then the `raw` chunks
     after `processed`'s frontier (read back up to `raw`'s frontier, then read from `source`)
     scored on the worker pool, each stage's chunk made durable as it comes."""
@@ -97,15 +98,30 @@ def run_pass(
     load: Callable[[Iterator[Chunk]], T] | None,
 ) -> T | None:
     """Drives the pass: the stages to `compute` (`raw`, `processed`) to completion, and every
-    `processed` chunk, from the first, through `load` when given; returns what `load` does."""
+    `processed` chunk, from the first, through `load` when given; returns what `load` does.
+    The source is read ahead, in a thread of its own."""
     compute_raw, compute_processed = compute
+    read = source
+
+    def ahead(resume: Resume) -> Iterator[Chunk]:
+        return read_ahead(read(resume))
+
+    source = ahead
+    # each generator is closed when the pass ends, also by an error: its read-ahead thread
+    # and its worker pool stop then, not whenever the error's traceback is let go
     if compute_raw and not compute_processed:
-        for _ in raw.chunks(source, start=raw.first):
-            pass
+        with contextlib.closing(raw.chunks(source, start=raw.first)) as chunks:
+            for _ in chunks:
+                pass
     if load is not None:
-        return load(processed_chunks(raw, processed, source, scoring))
-    for _ in processed_chunks(raw, processed, source, scoring, start=processed.first):
-        pass
+        with contextlib.closing(processed_chunks(raw, processed, source, scoring)) as chunks:
+            return load(chunks)
+    start = processed.first
+    with contextlib.closing(
+        processed_chunks(raw, processed, source, scoring, start=start)
+    ) as chunks:
+        for _ in chunks:
+            pass
     return None
 
 

@@ -63,18 +63,20 @@ def validate_chunk(
 
 def _reject_nul(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
     """Rejects rows holding a NUL character, which Postgres text cannot store."""
+    nul = [pl.col(c).str.contains("\x00", literal=True) for c in columns]
+    if not frame.select(pl.any_horizontal(nul).any()).item():
+        return frame
     reason = pl.concat_str(
         [
-            pl.when(pl.col(c).str.contains("\x00", literal=True)).then(
+            pl.when(has).then(
                 pl.lit(f"{c} contains a NUL character (0x00), which Postgres cannot store")
             )
-            for c in columns
+            for c, has in zip(columns, nul, strict=True)
         ],
         separator="; ",
         ignore_nulls=True,
     )
-    has_nul = pl.any_horizontal(pl.col(c).str.contains("\x00", literal=True) for c in columns)
-    bad = (pl.col(STATUS) == VALID) & has_nul.fill_null(False)
+    bad = (pl.col(STATUS) == VALID) & pl.any_horizontal(nul).fill_null(False)
     return frame.with_columns(
         pl.when(bad).then(pl.lit(REJECTED)).otherwise(pl.col(STATUS)).alias(STATUS),
         pl.when(bad).then(reason).otherwise(pl.col(REASON)).alias(REASON),
