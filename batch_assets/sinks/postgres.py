@@ -257,7 +257,10 @@ class _IdHashes:
     def may_repeat(self) -> bool:
         if self.column is None or self.rows > ID_HASH_ROWS:
             return True
-        return bool(self.hashes) and bool(pl.concat(self.hashes).is_duplicated().any())
+        if not self.hashes:
+            return False
+        hashes = pl.concat(self.hashes)
+        return hashes.n_unique() < hashes.len()
 
 
 class _Load:
