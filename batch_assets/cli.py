@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch_assets.datasets import DATASETS, dataset_named
+from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.local_stack import LocalStack
 
 if TYPE_CHECKING:
@@ -538,15 +538,47 @@ def serve(host: str, port: int) -> int:
 
 
 def upload_file(path: Path, dataset_name: str) -> int:
+    """Puts the file into the dataset's inbox once it passes the checks the HTTP API makes
+    of an upload (UTF-8, the header's columns, quotes closed, no bare CR): a file that would
+    fail its batch at once is refused here, naming the line, and not uploaded."""
     import boto3
+
+    from batch_assets.errors import BatchInputError
 
     bucket = _setting("BATCH_ASSETS_BUCKET")
     if not bucket:
         return 2
-    key = dataset_named(dataset_name).prefix + path.name
+    dataset = dataset_named(dataset_name)
+    try:
+        records = check_upload(path, dataset)
+    except (BatchInputError, OSError) as error:
+        print(f"not uploaded: {error}", file=sys.stderr)
+        return 1
+    key = dataset.prefix + path.name
     boto3.client("s3").upload_file(str(path), bucket, key)
     print(f"s3://{bucket}/{key}")
+    if records is not None:
+        print(f"{records:,} records after the header", file=sys.stderr)
     return 0
+
+
+def check_upload(path: Path, dataset: Dataset) -> int | None:
+    """The records after a CSV file's header, read once through the API's upload check;
+    None for a dataset that is not CSV (its reader checks it).
+
+    Raises:
+        BatchInputError: naming the file, the line and the problem.
+    """
+    from batch_assets.api.upload import CsvStreamCheck
+    from batch_assets.readers import CsvLayout
+
+    if dataset.format != "csv":
+        return None
+    check = CsvStreamCheck(path.name, CsvLayout(dataset.columns), max_bytes=sys.maxsize)
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            check.feed(block)
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dagster import DynamicPartitionsDefinition, RunRequest, SensorResult, SkipR
 from batch_assets.datasets import Dataset
 from batch_assets.increments import Increment, Increments
 from batch_assets.s3_objects import InboxCursor, new_objects, partition_key_for
-from batch_assets.sql_source import check_table, encode_mark
+from batch_assets.sql_source import SourceMissing, check_table, encode_mark
 from batch_assets.tracking import BatchStore, Source
 
 OpenStore = Callable[[], AbstractContextManager[BatchStore]]
@@ -112,7 +112,11 @@ def _next_increment(
     if latest is not None and latest.state == "open":
         return latest
     if latest is None:
-        check = check_table(source_conn, source)
+        try:
+            check = check_table(source_conn, source)
+        except SourceMissing as missing:
+            # a dataset whose table is not there yet (a fresh stack) waits for it quietly
+            return SkipReason(f"{missing}; checked again at the next tick")
         if check.warning:
             log.warning(check.warning)
     closing = increments.close_next(

@@ -65,11 +65,16 @@ class SourceCheck:
     warning: str | None
 
 
+class SourceMissing(BatchInputError):
+    """The source table does not exist (yet)."""
+
+
 def check_table(conn: psycopg.Connection, source: SqlTable) -> SourceCheck:
     """Checks that the table and every column it needs exist.
 
     Raises:
-        BatchInputError: naming the missing table or columns.
+        SourceMissing: the table does not exist.
+        BatchInputError: naming the missing columns.
     """
     with conn.cursor() as cur:
         cur.execute(
@@ -81,7 +86,7 @@ def check_table(conn: psycopg.Connection, source: SqlTable) -> SourceCheck:
         )
         types: dict[str, str] = {str(name): str(kind) for name, kind in cur.fetchall()}
         if not types:
-            raise BatchInputError(
+            raise SourceMissing(
                 f"source table {source.name} does not exist (or this role cannot see it)"
             )
         needed = [source.key, source.cursor, *source.columns]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
+
+from batch_assets_tests.pipeline_helpers import cli
 
 KEYS = [
     "batch_id",
@@ -51,3 +55,28 @@ def test_demo_of_a_bad_file_exits_1_with_the_reason(tmp_path: Path) -> None:
     document = json.loads(done.stdout)
     assert document["status"] == "failed"
     assert "bad.csv: line 1: required column(s) text missing" in document["error"]
+
+
+def test_upload_refuses_a_file_its_batch_would_fail_on_and_puts_a_good_one(
+    tmp_path: Path, s3: Any, bucket: str
+) -> None:
+    # the same checks as an upload through the HTTP API, before anything reaches S3
+    bad = tmp_path / "unclosed.csv"
+    bad.write_bytes(b'id,text\n1,fine\n2,"never closed\n3,more\n')
+    refused = cli("upload", str(bad))
+    assert refused.returncode == 1
+    assert "not uploaded: unclosed.csv: line 3: a quoted field opened" in refused.stderr
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="inbox/reviews/unclosed")
+
+    good = tmp_path / f"good-{uuid.uuid4().hex[:6]}.csv"
+    good.write_bytes(b'id,text\n1,"quoted, with a comma"\n2,plain\n')
+    key = f"inbox/reviews/{good.name}"
+    done = cli("upload", str(good))
+    try:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"s3://{bucket}/{key}"
+        assert "2 records after the header" in done.stderr
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == good.read_bytes()
+    finally:
+        # other tests evaluate the reviews inbox sensor
+        s3.delete_object(Bucket=bucket, Key=key)

@@ -167,8 +167,17 @@ def source_stats(url: str, batch_id: str) -> dict[str, Any]:
 
 def test_a_missing_column_and_a_failed_increment(table: str, instance: DagsterInstance) -> None:
     url = table
-    add(url, range(1, 51))
     defs = build_definitions()
+    # a table that is not there yet (a fresh stack): the tick skips, saying why
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE comments RENAME TO comments_later")
+    waiting = evaluate_inbox_sensor(defs, instance, COMMENTS)
+    assert not waiting.run_requests
+    assert waiting.skipped is not None
+    assert "source table comments does not exist" in str(waiting.skipped)
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE comments_later RENAME TO comments")
+    add(url, range(1, 51))
     with psycopg.connect(url) as conn:
         conn.execute("ALTER TABLE comments RENAME COLUMN body TO text_body")
     # checked before the first increment: the sensor's tick fails, naming the column
