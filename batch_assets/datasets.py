@@ -22,8 +22,8 @@ from batch_assets.processors.transform import TRANSFORM
 from batch_assets.schemas.comments import CommentRecord
 from batch_assets.schemas.events import EventRecord
 from batch_assets.schemas.reviews import ReviewRecord
-from batch_assets.sinks.postgres import ResultsTables
 from batch_assets.sinks.records import RecordLayout
+from batch_assets.sinks.results_tables import ResultsTables
 from batch_assets.sql_source import SqlTable
 
 Sink = Literal["postgres", "dynamodb", "kinesis"]

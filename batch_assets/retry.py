@@ -145,9 +145,10 @@ def _failed_records(conn: psycopg.Connection, dataset: Dataset, batch_id: str) -
     columns = ["seq", "line", *dataset.columns]
     with conn.cursor() as cur:
         cur.execute(
-            sql.SQL("SELECT {} FROM {} WHERE batch_id = %s AND status = {} ORDER BY seq").format(
+            sql.SQL("SELECT {} FROM {} WHERE {} AND status = {} ORDER BY seq").format(
                 sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
-                sql.Identifier(dataset.tables.results),
+                sql.Identifier(dataset.tables.result_rows),
+                dataset.tables.of_batch(),
                 sql.Literal(FAILED),  # a literal, as in the partial index that finds them
             ),
             (batch_id,),
@@ -162,7 +163,7 @@ def _failed_records(conn: psycopg.Connection, dataset: Dataset, batch_id: str) -
 def _update_results(
     conn: psycopg.Connection, dataset: Dataset, batch_id: str, out: pl.DataFrame
 ) -> None:
-    """Updates the retried rows by `(batch_id, seq)`: processor columns, status, error."""
+    """Updates the retried rows by `(batch_key, seq)`: processor columns, status, error."""
     tables = dataset.tables
     outputs = list(dataset.processor.columns)
     results = sql.Identifier(tables.results)
@@ -182,13 +183,14 @@ def _update_results(
         )
         cur.execute(
             sql.SQL(
-                "UPDATE {} AS r SET {}, status = t.status, error = t.error "
-                "FROM retried AS t WHERE r.batch_id = %s AND r.seq = t.seq"
+                "UPDATE {} AS r SET {}, status = t.status, error = t.error FROM retried AS t "
+                "WHERE r.{} AND r.seq = t.seq"
             ).format(
-                results,
+                sql.Identifier(tables.result_rows),
                 sql.SQL(", ").join(
                     sql.SQL("{c} = t.{c}").format(c=sql.Identifier(c)) for c in outputs
                 ),
+                tables.of_batch(),
             ),
             (batch_id,),
         )

@@ -41,7 +41,7 @@ def table(pg_url: str) -> Iterator[str]:
         for name, condition in (
             ("sql_increments", "dataset = 'comments'"),
             ("batch_jobs", "dataset = 'comments'"),
-            ("comments_results", "true"),
+            ("comments_result_rows", "true"),
         ):
             if _exists(conn, name):
                 conn.execute(f"DELETE FROM {name} WHERE {condition}")

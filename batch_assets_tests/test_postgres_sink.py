@@ -3,6 +3,7 @@ server stored, counted in the load's own pass."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 
@@ -15,8 +16,9 @@ from batch_assets.datasets import EVENTS
 from batch_assets.errors import SinkError
 from batch_assets.processors.sentiment import score_sentiment
 from batch_assets.readers import LINE, REASON, RECORD, STATUS
-from batch_assets.sinks.postgres import ResultsTables, duplicate_ids, replace_batch
+from batch_assets.sinks.postgres import duplicate_ids, replace_batch
 from batch_assets.sinks.postgres import summarize as stored_summary
+from batch_assets.sinks.results_tables import ResultsTables
 
 TABLES = ResultsTables(
     "sinktest",
@@ -147,7 +149,7 @@ def test_rows_the_server_did_not_store_fail_the_load(conn: psycopg.Connection) -
         "$$ BEGIN IF NEW.id = 'r3' THEN RETURN NULL; END IF; RETURN NEW; END $$"
     )
     conn.execute(
-        "CREATE TRIGGER drop_r3 BEFORE INSERT ON sinktest_results FOR EACH ROW "
+        "CREATE TRIGGER drop_r3 BEFORE INSERT ON sinktest_result_rows FOR EACH ROW "
         "EXECUTE FUNCTION pg_temp.drop_r3()"
     )
     chunks = Chunks.from_frames([scored(2, ["good", "bad", "fine"])])
@@ -184,4 +186,68 @@ def test_json_records_repeat_an_id_by_their_id_field(pg_url: str) -> None:
         assert stats.ids_may_repeat  # ids inside JSON records are compared by Postgres
         assert duplicate_ids(conn, tables, batch) == {"1": 2, "3": 2}
         assert duplicate_ids(conn, tables, batch, limit=1) == {"1": 2}
+        conn.rollback()
+
+
+PREVIOUS_LAYOUT = """
+CREATE TABLE {d}_results (
+    batch_id text NOT NULL, seq bigint NOT NULL, line bigint NOT NULL,
+    id text, text text, sentiment text, score double precision, compound double precision,
+    status text NOT NULL CHECK (status IN ('processed', 'failed')), error text,
+    PRIMARY KEY (batch_id, seq)
+);
+CREATE INDEX {d}_results_failed ON {d}_results (batch_id) WHERE status = 'failed';
+CREATE TABLE {d}_rejected (
+    batch_id text NOT NULL, line bigint NOT NULL, reason text NOT NULL, record text,
+    PRIMARY KEY (batch_id, line)
+);
+INSERT INTO {d}_results VALUES
+    ('b-1', 1, 2, 'r2', 'Lovely', 'positive', 0.6, 0.6, 'processed', NULL),
+    ('b-1', 2, 4, 'r4', 'Hm', NULL, NULL, NULL, 'failed', 'boom'),
+    ('b-2', 1, 2, 'x2', 'Awful', 'negative', 0.5, -0.5, 'processed', NULL);
+INSERT INTO {d}_rejected VALUES
+    ('b-1', 3, 'text is empty', 'r3,'), ('b-3', 2, 'id is missing', ',x');
+"""
+
+
+def test_tables_of_the_previous_layout_are_migrated_once(pg_url: str) -> None:
+    # a database holding batches in the tables of the layout keyed by batch_id: ensure moves
+    # them into the keyed tables, leaves views of the same name and columns, and does
+    # nothing the second time; a new load then replaces one batch and leaves the others
+    tables = dataclasses.replace(TABLES, dataset=f"migrate{uuid.uuid4().hex[:6]}")
+    d = tables.dataset
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(PREVIOUS_LAYOUT.format(d=d))
+        before = conn.execute(f"SELECT * FROM {d}_results ORDER BY batch_id, seq").fetchall()
+        rejected = conn.execute(f"SELECT * FROM {d}_rejected ORDER BY batch_id").fetchall()
+        conn.commit()
+        for _ in range(2):
+            tables.ensure(conn)
+            conn.commit()
+            assert (
+                conn.execute(f"SELECT * FROM {d}_results ORDER BY batch_id, seq").fetchall()
+                == before
+            )
+            assert (
+                conn.execute(f"SELECT * FROM {d}_rejected ORDER BY batch_id").fetchall() == rejected
+            )
+        kinds = conn.execute(
+            "SELECT relname, relkind FROM pg_class WHERE relname LIKE %s AND relkind IN ('r', 'v')",
+            (f"{d}_%",),
+        ).fetchall()
+        assert sorted(kinds) == sorted(
+            [
+                (f"{d}_batches", "r"),
+                (f"{d}_result_rows", "r"),
+                (f"{d}_rejected_rows", "r"),
+                (f"{d}_results", "v"),
+                (f"{d}_rejected", "v"),
+            ]
+        )
+        stats = replace_batch(conn, tables, "b-1", Chunks.from_frames([scored(2, ["Great!"])]))
+        assert stats.stored == (1, 0, 0)
+        assert conn.execute(
+            f"SELECT batch_id, seq, id FROM {d}_results ORDER BY batch_id, seq"
+        ).fetchall() == [("b-1", 1, "r2"), ("b-2", 1, "x2")]
+        assert conn.execute(f"SELECT batch_id FROM {d}_rejected").fetchall() == [("b-3",)]
         conn.rollback()

@@ -3,7 +3,8 @@
 One transaction deletes the batch's rows and COPYs the new ones, so a reload (retry,
 re-execution, re-upload) never duplicates a row and readers never see half a batch.
 Results carry `seq`, their dense position among the batch's results in source order, and
-the primary key `(batch_id, seq)` makes any page of one batch an index range scan.
+the primary key `(batch_key, seq)` makes any page of one batch an index range scan (the
+tables and their layout: `results_tables`).
 """
 
 from __future__ import annotations
@@ -26,114 +27,8 @@ from psycopg.rows import dict_row
 
 from batch_assets.chunks import Chunk
 from batch_assets.errors import SinkError
-from batch_assets.tracking import ensure_schema
+from batch_assets.sinks.results_tables import ResultsTables
 from batch_assets.vocabulary import ERROR, FAILED, LINE, PROCESSED, REASON, RECORD, REJECTED, STATUS
-
-_SQL_TYPES: dict[type[pl.DataType], str] = {
-    pl.Datetime: "timestamptz",
-    pl.String: "text",
-    pl.Float64: "double precision",
-    pl.Int64: "bigint",
-    pl.Boolean: "boolean",
-}
-
-
-@dataclass(frozen=True)
-class ResultsTables:
-    """The two tables of one dataset: `<dataset>_results` and `<dataset>_rejected`.
-
-    Attributes:
-        dataset: the dataset name, the tables' prefix.
-        columns: record columns then processor columns, with their polars types.
-        record_columns: the columns that came from the source record.
-        json_columns: string columns that hold JSON text, stored as jsonb.
-        source_key: for a SQL source, the column that identifies a source row across
-            increments (indexed, so a later version can replace an earlier one).
-        id_field: when the one record column holds each record as a JSON object (jsonb),
-            the object's field that identifies it; None: the first record column does.
-    """
-
-    dataset: str
-    columns: dict[str, pl.DataType]
-    record_columns: tuple[str, ...]
-    json_columns: tuple[str, ...] = ()
-    source_key: str | None = None
-    id_field: str | None = None
-
-    @property
-    def results(self) -> str:
-        return f"{self.dataset}_results"
-
-    @property
-    def rejected(self) -> str:
-        return f"{self.dataset}_rejected"
-
-    def ddl(self) -> sql.Composed:
-        columns = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(
-                sql.Identifier(name),
-                sql.SQL("jsonb" if name in self.json_columns else _sql_type(dtype)),
-            )
-            for name, dtype in self.columns.items()
-        )
-        return sql.SQL(
-            """
-            CREATE TABLE IF NOT EXISTS {results} (
-                batch_id text NOT NULL,
-                seq bigint NOT NULL,
-                line bigint NOT NULL,
-                {columns},
-                status text NOT NULL CHECK (status IN ('processed', 'failed')),
-                error text,
-                PRIMARY KEY (batch_id, seq)
-            );
-            CREATE INDEX IF NOT EXISTS {failed_index} ON {results} (batch_id)
-                WHERE status = 'failed';
-            CREATE TABLE IF NOT EXISTS {rejected} (
-                batch_id text NOT NULL,
-                line bigint NOT NULL,
-                reason text NOT NULL,
-                record text,
-                PRIMARY KEY (batch_id, line)
-            );
-            """
-        ).format(
-            results=sql.Identifier(self.results),
-            rejected=sql.Identifier(self.rejected),
-            failed_index=sql.Identifier(f"{self.results}_failed"),
-            columns=columns,
-        )
-
-    def ensure(self, conn: psycopg.Connection) -> None:
-        ddl = self.ddl()
-        if self.source_key:
-            ddl += sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({});").format(
-                sql.Identifier(f"{self.results}_{self.source_key}"),
-                sql.Identifier(self.results),
-                sql.Identifier(self.source_key),
-            )
-        ensure_schema(conn, ddl.as_string(conn))
-
-    def drop_older_versions(self, conn: psycopg.Connection, batch_id: str) -> int:
-        """Deletes the results of earlier batches (increments, whose ids sort in order) for
-        the source rows this batch holds again; the number deleted."""
-        assert self.source_key is not None
-        with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL(
-                    "DELETE FROM {t} AS old USING {t} AS new WHERE new.batch_id = %s "
-                    "AND old.batch_id < %s AND old.{k} = new.{k}"
-                ).format(t=sql.Identifier(self.results), k=sql.Identifier(self.source_key)),
-                (batch_id, batch_id),
-            )
-            return cur.rowcount
-
-
-def _sql_type(dtype: pl.DataType) -> str:
-    for kind, name in _SQL_TYPES.items():
-        if isinstance(dtype, kind):
-            return name
-    raise TypeError(f"no Postgres type for polars {dtype}")
 
 
 @dataclass(frozen=True)
@@ -213,12 +108,12 @@ def replace_batch(
     Raises:
         SinkError: the server stored another number of rows than were sent.
     """
-    load = _Load(tables, batch_id, summary_column)
+    load = _Load(tables, tables.batch_key(conn, batch_id), summary_column)
     with conn.cursor() as cur, tempfile.SpooledTemporaryFile(SPOOL_BYTES) as spool:
-        for table in (tables.results, tables.rejected):
+        for table in (tables.result_rows, tables.rejected_rows):
             cur.execute(
-                sql.SQL("DELETE FROM {} WHERE batch_id = %s").format(sql.Identifier(table)),
-                (batch_id,),
+                sql.SQL("DELETE FROM {} WHERE batch_key = %s").format(sql.Identifier(table)),
+                (load.batch_key,),
             )
         with cur.copy(load.results_copy(), writer=_QueuedWriter(cur)) as copy:
             copy.write(load.wire.header())
@@ -266,9 +161,9 @@ class _IdHashes:
 class _Load:
     """What one load has sent so far, and how a chunk's rows become COPY data."""
 
-    def __init__(self, tables: ResultsTables, batch_id: str, summary_column: str | None):
+    def __init__(self, tables: ResultsTables, batch_key: int, summary_column: str | None):
         self.tables = tables
-        self.batch_id = batch_id
+        self.batch_key = batch_key
         self.summary_column = summary_column
         self.seq = self.processed = self.failed = self.rejected = 0
         self.chunks = self.sent = 0
@@ -278,16 +173,16 @@ class _Load:
 
     def results_copy(self) -> sql.Composed:
         return sql.SQL(
-            "COPY {} (batch_id, seq, line, {}, status, error) FROM STDIN WITH (FORMAT binary)"
+            "COPY {} (batch_key, seq, line, {}, status, error) FROM STDIN WITH (FORMAT binary)"
         ).format(
-            sql.Identifier(self.tables.results),
+            sql.Identifier(self.tables.result_rows),
             sql.SQL(", ").join(map(sql.Identifier, self.tables.columns)),
         )
 
     def rejected_copy(self) -> sql.Composed:
         return sql.SQL(
-            "COPY {} (batch_id, line, reason, record) FROM STDIN WITH (FORMAT csv)"
-        ).format(sql.Identifier(self.tables.rejected))
+            "COPY {} (batch_key, line, reason, record) FROM STDIN WITH (FORMAT csv)"
+        ).format(sql.Identifier(self.tables.rejected_rows))
 
     def add(self, frame: pl.DataFrame, copy: Any, spool: IO[bytes]) -> None:
         self.chunks += 1
@@ -315,7 +210,7 @@ class _Load:
     def _result_rows(self, kept: pl.DataFrame) -> pl.DataFrame:
         columns = self.tables.columns.items()
         return kept.select(
-            pl.lit(self.batch_id).alias("batch_id"),
+            pl.lit(self.batch_key, pl.Int64).alias("batch_key"),
             pl.int_range(self.seq + 1, self.seq + 1 + kept.height, dtype=pl.Int64).alias("seq"),
             pl.col(LINE).cast(pl.Int64),
             *(_on_the_wire(name, kept.schema[name], dtype) for name, dtype in columns),
@@ -329,7 +224,7 @@ class _Load:
             separator=",",
         )
         return bad.select(
-            pl.lit(self.batch_id).alias("batch_id"),
+            pl.lit(self.batch_key, pl.Int64).alias("batch_key"),
             pl.col(LINE),
             pl.col(REASON),
             pl.coalesce(pl.col(RECORD), record),
@@ -361,7 +256,7 @@ _WIRE_TYPES: dict[type[pl.DataType], pl.DataType] = {
 
 def _wire_type(dtype: pl.DataType) -> pl.DataType:
     """The polars type whose Arrow form pgpq encodes as the column's Postgres type (see
-    `_SQL_TYPES`)."""
+    `results_tables.sql_type`)."""
     for kind, wire in _WIRE_TYPES.items():
         if isinstance(dtype, kind):
             return wire
@@ -386,7 +281,7 @@ class _BinaryRows:
     def __init__(self, tables: ResultsTables):
         columns = {name: _wire_type(dtype) for name, dtype in tables.columns.items()}
         schema = pl.Schema(
-            {"batch_id": pl.String(), "seq": pl.Int64(), "line": pl.Int64()}
+            {"batch_key": pl.Int64(), "seq": pl.Int64(), "line": pl.Int64()}
             | columns
             | {STATUS: pl.String(), ERROR: pl.String()}
         )
@@ -447,9 +342,13 @@ def summarize(
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT {col}, count(*) FROM {table} WHERE batch_id = %s "
+                "SELECT {col}, count(*) FROM {table} WHERE {batch} "
                 "AND status = 'processed' GROUP BY {col}"
-            ).format(col=sql.Identifier(column), table=sql.Identifier(tables.results)),
+            ).format(
+                col=sql.Identifier(column),
+                table=sql.Identifier(tables.result_rows),
+                batch=tables.of_batch(),
+            ),
             (batch_id,),
         )
         for value, count in cur.fetchall():
@@ -465,14 +364,14 @@ def stored_counts(
         cur.execute(
             sql.SQL(
                 "SELECT count(*) FILTER (WHERE status = 'processed'), "
-                "count(*) FILTER (WHERE status = 'failed') FROM {} WHERE batch_id = %s"
-            ).format(sql.Identifier(tables.results)),
+                "count(*) FILTER (WHERE status = 'failed') FROM {} WHERE {}"
+            ).format(sql.Identifier(tables.result_rows), tables.of_batch()),
             (batch_id,),
         )
         processed, failed = cur.fetchone() or (0, 0)
         cur.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s").format(
-                sql.Identifier(tables.rejected)
+            sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                sql.Identifier(tables.rejected_rows), tables.of_batch()
             ),
             (batch_id,),
         )
@@ -493,9 +392,9 @@ def duplicate_ids(
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT {key}, count(*) FROM {table} WHERE batch_id = %s AND {key} IS NOT NULL "
+                "SELECT {key}, count(*) FROM {table} WHERE {batch} AND {key} IS NOT NULL "
                 "GROUP BY {key} HAVING count(*) > 1 ORDER BY count(*) DESC, {key} LIMIT %s"
-            ).format(key=key, table=sql.Identifier(tables.results)),
+            ).format(key=key, table=sql.Identifier(tables.result_rows), batch=tables.of_batch()),
             (batch_id, limit),
         )
         return {str(value): int(n) for value, n in cur.fetchall()}
@@ -508,8 +407,10 @@ def preview_markdown(
     columns = ["line", *tables.columns, "status"]
     with conn.cursor() as cur:
         cur.execute(
-            sql.SQL("SELECT {} FROM {} WHERE batch_id = %s ORDER BY seq LIMIT %s").format(
-                sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(tables.results)
+            sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY seq LIMIT %s").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.Identifier(tables.result_rows),
+                tables.of_batch(),
             ),
             (batch_id, rows),
         )
@@ -530,13 +431,14 @@ def results_page(
     of the primary key: an index range scan that costs the same at any depth, and the
     count is the largest `seq`, one index probe.
     """
-    table = sql.Identifier(tables.results)
+    table = sql.Identifier(tables.result_rows)
     columns = sql.SQL(", ").join(map(sql.Identifier, ["line", *tables.columns, "status", "error"]))
     first = (page - 1) * per_page
-    count = sql.SQL("SELECT max(seq) FROM {} WHERE batch_id = %s").format(table)
-    rows = sql.SQL(
-        "SELECT {} FROM {} WHERE batch_id = %s AND seq > %s AND seq <= %s ORDER BY seq"
-    ).format(columns, table)
+    batch = tables.of_batch()
+    count = sql.SQL("SELECT max(seq) FROM {} WHERE {}").format(table, batch)
+    rows = sql.SQL("SELECT {} FROM {} WHERE {} AND seq > %s AND seq <= %s ORDER BY seq").format(
+        columns, table, batch
+    )
     return _count_and_rows(conn, batch_id, count, rows, (first, first + per_page))
 
 
@@ -545,10 +447,11 @@ def rejected_page(
 ) -> tuple[int, list[dict[str, Any]]]:
     """The batch's rejected-row count and up to `limit` rejected rows after a source line,
     in line order (a keyset page on the primary key)."""
-    table = sql.Identifier(tables.rejected)
-    query = "SELECT line, reason, record FROM {} WHERE batch_id = %s AND line > %s ORDER BY line"
-    rows = sql.SQL(query + " LIMIT %s").format(table)
-    count = sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s").format(table)
+    table = sql.Identifier(tables.rejected_rows)
+    batch = tables.of_batch()
+    query = "SELECT line, reason, record FROM {} WHERE {} AND line > %s ORDER BY line LIMIT %s"
+    rows = sql.SQL(query).format(table, batch)
+    count = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table, batch)
     return _count_and_rows(conn, batch_id, count, rows, (after_line, limit))
 
 
