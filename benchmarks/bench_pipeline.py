@@ -417,11 +417,20 @@ def _prepare(stack_env: dict[str, str]) -> None:
             conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
 
 
-def settle(url: str) -> None:
-    """Writes out what the server and the kernel still hold dirty (a Postgres CHECKPOINT,
-    then sync), so that a timed phase does not pay for the writes of the phase before it."""
+def settle(env: dict[str, str]) -> None:
+    """Does now what the phase before left the server to do (VACUUM and ANALYZE of the
+    tables it filled, in the results, Dagster and baseline databases, which autovacuum
+    would otherwise run during the next phase), then writes out what the server and the
+    kernel hold dirty (CHECKPOINT, sync): no timed phase pays for the one before it."""
     import psycopg
+    from sqlalchemy.engine import make_url
 
+    url = env["BATCH_ASSETS_PG_URL"]
+    dagster = make_url(env["BATCH_ASSETS_DAGSTER_PG_URL"]).database
+    for database in dict.fromkeys([None, dagster, BENCH_DB]):
+        options = {} if database is None else {"dbname": database}
+        with psycopg.connect(url, autocommit=True, **options) as conn:
+            conn.execute("VACUUM (ANALYZE)")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
     os.sync()
@@ -472,7 +481,7 @@ def bench_rows(
         "chunk_size": args.chunk_size,
         "workers": args.workers,
     }
-    settle(env["BATCH_ASSETS_PG_URL"])
+    settle(env)
     run = run_child(PIPELINE_CHILD, spec, env=env, workdir=workdir, timeout=args.timeout)
     result = run.result
     pipeline = {
@@ -497,12 +506,13 @@ def bench_rows(
     load_key = f"inbox/{LOAD_DATASET}/bench-{rows}-{uuid.uuid4().hex[:8]}.csv"
     stack.s3().upload_file(str(path), bucket, load_key)
     load_spec = {**spec, "key": load_key, "cursor": None, "load": True}
-    settle(env["BATCH_ASSETS_PG_URL"])
+    settle(env)
     load_run = run_child(PIPELINE_CHILD, load_spec, env=env, workdir=workdir, timeout=args.timeout)
     load = _completed_run(load_run.result, rows, "the load without scoring")
     say(f"[{rows:,}] load without scoring: {load['rows_per_s']:,.0f} rows/s")
 
     say(f"[{rows:,}] VADER alone on all cores")
+    settle(env)
     vader = vader_all_cores(path, rows)
     say(f"[{rows:,}] VADER: {vader['rows_per_s']:,.0f} rows/s")
 
@@ -513,7 +523,7 @@ def bench_rows(
         "rows": seed_rows,
         "url": _sqlalchemy_url(env["BATCH_ASSETS_PG_URL"]),
     }
-    settle(env["BATCH_ASSETS_PG_URL"])
+    settle(env)
     seed_run = run_child(SEED_CHILD, seed_spec, env=env, workdir=workdir, timeout=args.timeout)
     seed_result = seed_run.result
     if seed_result["stored"] != seed_rows or seed_result["processed_count"] != seed_rows:
@@ -528,7 +538,7 @@ def bench_rows(
     say(f"[{rows:,}] seed 002: {seed['rows_per_s']:,.0f} rows/s")
 
     say(f"[{rows:,}] raw COPY")
-    settle(env["BATCH_ASSETS_PG_URL"])
+    settle(env)
     copy = raw_copy(env["BATCH_ASSETS_PG_URL"], path, rows)
     say(f"[{rows:,}] COPY: {copy['rows_per_s']:,.0f} rows/s")
 

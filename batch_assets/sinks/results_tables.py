@@ -75,9 +75,13 @@ class ResultsTables:
 
     def ensure(self, conn: psycopg.Connection) -> None:
         """Creates what is missing, and migrates tables of the earlier layout, inside the
-        caller's transaction (under the schema lock until it ends)."""
+        caller's transaction (under the schema lock until it ends); views that exist are
+        left as they are."""
         ensure_schema(conn, self._tables_ddl().as_string(conn))
-        if _is_table(conn, self.results):
+        kind = _relation_kind(conn, self.results)
+        if kind == "v":
+            return
+        if kind is not None:
             self._migrate(conn)
         with conn.cursor() as cur:
             cur.execute(self._views_ddl())
@@ -230,11 +234,11 @@ class ResultsTables:
                 cur.execute(sql.SQL(statement).format(**names))
 
 
-def _is_table(conn: psycopg.Connection, name: str) -> bool:
-    """Whether `name` is a table (not a view) in the search path."""
+def _relation_kind(conn: psycopg.Connection, name: str) -> str | None:
+    """What `name` is in the search path (`r` a table, `v` a view), None when nothing."""
     with conn.cursor() as cur:
         cur.execute(
             "SELECT relkind FROM pg_class WHERE oid = to_regclass(quote_ident(%s))", (name,)
         )
         found = cur.fetchone()
-    return found is not None and found[0] in ("r", "p")
+    return None if found is None else str(found[0])
