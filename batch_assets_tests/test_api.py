@@ -183,6 +183,19 @@ def test_request_errors(api: httpx.Client) -> None:
     assert api.get("/health").json() == {"status": "ok", "s3": "ok", "postgres": "ok"}
 
 
+def test_health_tells_details_only_with_the_token(stack: LocalStack, pg_url: str) -> None:
+    # a bucket that is not there: without the token, only that S3 is down
+    config = ApiConfig(pg_url=pg_url, bucket=f"gone-{uuid.uuid4().hex[:8]}", token=TOKEN)
+    with serving(config) as base, httpx.Client(base_url=base, timeout=60) as client:
+        anonymous = client.get("/health")
+        assert anonymous.status_code == 503
+        assert anonymous.json() == {"status": "unavailable", "s3": "down", "postgres": "ok"}
+        wrong = client.get("/health", headers={"Authorization": "Bearer wrong"})
+        assert wrong.json()["s3"] == "down"
+        told = client.get("/health", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert told["s3"].startswith(f"bucket {config.bucket}: ") and told["postgres"] == "ok"
+
+
 def test_size_limit_and_token(stack: LocalStack, pg_url: str) -> None:
     bucket = f"api-limits-{uuid.uuid4().hex[:8]}"
     stack.s3().create_bucket(Bucket=bucket)

@@ -71,7 +71,7 @@ class ApiConfig:
         pg_url: Postgres of results and batch tracking (`BATCH_ASSETS_PG_URL`).
         bucket: the bucket of the datasets' inboxes (`BATCH_ASSETS_BUCKET`).
         token: when set, every endpoint but `/health` wants `Authorization: Bearer <token>`
-            (`BATCH_ASSETS_API_TOKEN`).
+            (`BATCH_ASSETS_API_TOKEN`), and `/health` gives its details only with it.
         max_upload_bytes: the largest file accepted (`BATCH_ASSETS_API_MAX_UPLOAD_BYTES`).
         jobs_store: where batches are tracked, `postgres` or `dynamodb`
             (`BATCH_ASSETS_JOBS_STORE`), and `jobs_table` the DynamoDB table
@@ -303,8 +303,10 @@ batches = APIRouter(tags=["batches"])
 
 
 @ops.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
-def health(backend: BackendDep) -> Any:
-    """200 once the API reaches S3 (the bucket) and Postgres; 503 naming what fails."""
+def health(backend: BackendDep, request: Request) -> Any:
+    """200 once the API reaches S3 (the bucket) and Postgres; 503 naming what fails. When a
+    token is set, a caller without it learns only `ok` or `down` per dependency (an error's
+    text can name hosts, users and buckets)."""
     bucket = backend.config.bucket
     checks = {"s3": "ok", "postgres": "ok"}
     try:
@@ -317,8 +319,18 @@ def health(backend: BackendDep) -> Any:
     except HTTPException as exc:
         checks["postgres"] = str(exc.detail)
     ok = all(v == "ok" for v in checks.values())
+    if not _holds_token(request, backend.config.token):
+        checks = {name: "ok" if v == "ok" else "down" for name, v in checks.items()}
     body = Health(status="ok" if ok else "unavailable", **checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+def _holds_token(request: Request, token: str | None) -> bool:
+    """Whether the request may see details: no token is set, or it sends the token."""
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
 
 
 @batches.post(
