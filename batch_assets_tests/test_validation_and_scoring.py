@@ -120,3 +120,34 @@ def test_passthrough_loads_valid_records_as_they_came() -> None:
     assert out[STATUS].to_list() == ["processed", "processed", "rejected"]
     assert out.select("id", "text").equals(frame.select("id", "text"))
     assert out[ERROR].null_count() == 3
+
+
+@pytest.mark.parametrize(
+    ("record", "holds_nul"),
+    [
+        (r'{"t": "\u0000"}', True),
+        (r'{"t": "\\u0000"}', False),  # an escaped backslash, then the text u0000
+        (r'{"t": "\\\u0000"}', True),  # an escaped backslash, then the escape of U+0000
+        (r'{"t": "x\\\\u0000"}', False),
+        (r'{"t\u0000": 1}', True),
+        (r'{"t": "\u00001"}', True),
+        (r'{"t": "\u0001"}', False),
+    ],
+)
+def test_only_the_escape_of_nul_is_refused_not_text_that_looks_like_it(
+    record: str, holds_nul: bool
+) -> None:
+    import json
+
+    from batch_assets.schemas.events import EventRecord
+
+    frame = pl.DataFrame(
+        {LINE: [2], "record": [record], STATUS: ["valid"], REASON: [None], RECORD: [None]},
+        schema_overrides={REASON: pl.String, RECORD: pl.String},
+    )
+    checked = validate_chunk(frame, EventRecord, ("record",))
+    assert (checked[STATUS].item() == "rejected") is holds_nul
+    # what the JSON says, decoded: the check agrees with it
+    decoded = json.loads(record)
+    texts = [*decoded, *(v for v in decoded.values() if isinstance(v, str))]
+    assert any("\x00" in text for text in texts) is holds_nul

@@ -6,6 +6,8 @@ import pandera.polars as pa
 import polars as pl
 
 MAX_RECORD_LENGTH = 1_000_000
+NUL_ESCAPE = r"(?:^|[^\\])(?:\\\\)*\\u0000"
+"""The escape of U+0000 in JSON text: an odd run of backslashes, then `u0000`."""
 
 
 class EventRecord(pa.DataFrameModel):
@@ -16,8 +18,10 @@ class EventRecord(pa.DataFrameModel):
 
     @pa.check("record", name="no_nul_escape")
     def no_nul_escape(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        """Postgres jsonb cannot store the character U+0000, even escaped."""
-        return data.lazyframe.select(~pl.col(data.key).str.contains(r"\u0000", literal=True))
+        """Postgres jsonb cannot store the character U+0000, even escaped. Its escape is
+        a backslash then `u0000`, where that backslash is not the second of an escaped pair
+        of backslashes: an escaped backslash followed by `u0000` is text, and passes."""
+        return data.lazyframe.select(~pl.col(data.key).str.contains(NUL_ESCAPE))
 
     class Config:
         strict = False
