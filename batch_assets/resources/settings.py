@@ -20,7 +20,11 @@ class BatchSettings(ConfigurableResource):
         description="How far behind the newest object taken the sensor still looks for "
         "objects it has not taken: S3 stamps a multipart upload with its start time.",
     )
-    chunk_size: int = Field(default=0, description="Records per chunk; 0: the dataset's own.")
+    chunk_size: int = Field(
+        default=0,
+        description="Records per chunk; 0 takes the dataset's own (its chunk_size, or "
+        "10,000 when a pool of processes scores the chunks, 50,000 otherwise).",
+    )
     workers: int = Field(
         default=0,
         description="Processes scoring chunks in parallel; 0 uses every core, 1 scores "
