@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -235,7 +236,18 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def run_dev(args: argparse.Namespace) -> int:
     """Runs the local stack, `dagster dev` and the API until a stop signal or until one of
-    them exits; stops them all either way. Returns the exit code."""
+    them exits; stops them all either way. Returns the exit code (2: a port is taken)."""
+    for port, what, flag in (
+        (args.port, "the Dagster UI", "--port"),
+        (args.api_port, "the HTTP API", "--api-port"),
+    ):
+        if _port_taken(port):
+            print(
+                f"batch-assets dev: port {port} ({what}) is in use, perhaps by another "
+                f"batch-assets dev; stop what holds it, or pass {flag} with a free port",
+                file=sys.stderr,
+            )
+            return 2
     with _StopSignals() as stop, LocalStack.start(args.home) as stack:
         if stop.requested.is_set():
             return 0
@@ -272,6 +284,18 @@ def run_dev(args: argparse.Namespace) -> int:
         finally:
             _stop_group(api)
             _stop_group(dagster)
+
+
+def _port_taken(port: int) -> bool:
+    """Whether something listens on (or holds) `port` on the loopback address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # as the servers bind: a port left in TIME_WAIT by a stopped server is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 class _StopSignals:

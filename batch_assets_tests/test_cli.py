@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -80,3 +81,34 @@ def test_upload_refuses_a_file_its_batch_would_fail_on_and_puts_a_good_one(
     finally:
         # other tests evaluate the reviews inbox sensor
         s3.delete_object(Bucket=bucket, Key=key)
+
+
+def test_dev_on_a_busy_port_names_it_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        ui_port = free.getsockname()[1]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "batch_assets.cli",
+                "dev",
+                "--port",
+                str(ui_port),
+                "--api-port",
+                str(port),
+                "--home",
+                str(tmp_path / "home"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"port {port} (the HTTP API) is in use" in done.stderr
+    assert "--api-port" in done.stderr
+    assert not (tmp_path / "home").exists()  # no Postgres, no Dagster started
