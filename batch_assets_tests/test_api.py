@@ -183,6 +183,17 @@ def test_request_errors(api: httpx.Client) -> None:
     assert api.get("/health").json() == {"status": "ok", "s3": "ok", "postgres": "ok"}
 
 
+def test_docs_work_offline(api: httpx.Client) -> None:
+    # Swagger UI comes from this server, not from a CDN
+    page = api.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text and "/docs-assets/swagger-ui-bundle.js" in page.text
+    script = api.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "SwaggerUIBundle" in script.text
+    assert api.get("/docs-assets/swagger-ui.css").status_code == 200
+    assert api.get("/openapi.json").json()["info"]["title"] == "batch_assets"
+
+
 def test_health_tells_details_only_with_the_token(stack: LocalStack, pg_url: str) -> None:
     # a bucket that is not there: without the token, only that S3 is down
     config = ApiConfig(pg_url=pg_url, bucket=f"gone-{uuid.uuid4().hex[:8]}", token=TOKEN)

@@ -22,11 +22,14 @@ import psycopg
 from botocore.config import Config
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect, HTTPConnection
+from swagger_ui_bundle import swagger_ui_path
 
 from batch_assets.api.upload import (
     CsvStreamCheck,
@@ -265,7 +268,10 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         summary="Upload a CSV, watch its batch, page through its results.",
         version="0.1.0",
         lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    _serve_docs(app)
     app.state.backend = Backend(config)
     protected = [Depends(_TokenGuard(config.token))] if config.token else []
     app.include_router(ops)
@@ -509,6 +515,25 @@ def _batch_row(backend: Backend, dataset: str, batch_id: str) -> BatchRecord:
     if row is None:
         raise HTTPException(404, f"no {dataset} batch {batch_id}")
     return row
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """`/docs`, Swagger UI served from the swagger-ui-bundle package: the page works without
+    internet access (FastAPI's own takes Swagger UI from a CDN)."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 class _TokenGuard(HTTPBearer):
