@@ -3,6 +3,7 @@
 `row_accounting` and `unique_ids` checks of the load."""
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     Output,
+    PreviewWarning,
     TableColumn,
     TableSchema,
     multi_asset,
@@ -65,7 +67,7 @@ def pipeline_asset(dataset: Dataset, partitions: DynamicPartitionsDefinition) ->
             "processed": {keys["raw"]},
             "postgres": {keys["raw"], keys["processed"]},
         },
-        check_specs=_checks(keys["postgres"]),
+        check_specs=_checks(keys["postgres"], partitions),
         partitions_def=partitions,
         can_subset=True,
         group_name=name,
@@ -144,19 +146,25 @@ def _outs(dataset: Dataset, keys: dict[str, AssetKey]) -> dict[str, AssetOut]:
     }
 
 
-def _checks(postgres: AssetKey) -> list[AssetCheckSpec]:
-    return [
-        AssetCheckSpec(
-            "row_accounting",
-            asset=postgres,
-            description="rows read = processed + rejected + failed, recounted in Postgres",
-        ),
-        AssetCheckSpec(
-            "unique_ids",
-            asset=postgres,
-            description="no id appears twice in the batch (warning)",
-        ),
-    ]
+def _checks(postgres: AssetKey, partitions: DynamicPartitionsDefinition) -> list[AssetCheckSpec]:
+    """The load's checks, partitioned as the asset: one result per batch."""
+    with warnings.catch_warnings():
+        # partitioned checks are a preview feature of Dagster 1.13
+        warnings.simplefilter("ignore", PreviewWarning)
+        return [
+            AssetCheckSpec(
+                "row_accounting",
+                asset=postgres,
+                description="rows read = processed + rejected + failed, recounted in Postgres",
+                partitions_def=partitions,
+            ),
+            AssetCheckSpec(
+                "unique_ids",
+                asset=postgres,
+                description="no id appears twice in the batch (warning)",
+                partitions_def=partitions,
+            ),
+        ]
 
 
 @dataclass
