@@ -60,7 +60,9 @@ def test_every_row_is_loaded_rejected_or_failed(inbox: Inbox, pg_url: str) -> No
     checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
     assert checks["row_accounting"].passed
     assert not checks["unique_ids"].passed
-    assert checks["unique_ids"].metadata["duplicated_ids"].value == {"1": 2}
+    assert checks["unique_ids"].metadata["duplicated_ids"].value == {
+        "1": {"count": 2, "lines": [2, 8]}
+    }
     # one result per batch: the checks are partitioned as the asset
     assert {c.partition for c in checks.values()} == {batch_id}
 

@@ -85,7 +85,7 @@ def test_a_load_tells_whether_an_id_can_repeat(conn: psycopg.Connection) -> None
     chunks = Chunks.from_frames([scored(2, ["a", "b"]), failed])
     repeated = replace_batch(conn, TABLES, batch, chunks)
     assert repeated.ids_may_repeat
-    assert duplicate_ids(conn, TABLES, batch) == {"r2": 2}
+    assert duplicate_ids(conn, TABLES, batch) == {"r2": {"count": 2, "lines": [2, 2]}}
 
 
 def test_every_column_type_is_stored_as_it_was_sent(pg_url: str) -> None:
@@ -184,8 +184,11 @@ def test_json_records_repeat_an_id_by_their_id_field(pg_url: str) -> None:
         stats = replace_batch(conn, tables, batch, Chunks.from_frames([EVENTS.process_fn()(frame)]))
         assert stats.stored == (len(texts), 0, 0)
         assert stats.ids_may_repeat  # ids inside JSON records are compared by Postgres
-        assert duplicate_ids(conn, tables, batch) == {"1": 2, "3": 2}
-        assert duplicate_ids(conn, tables, batch, limit=1) == {"1": 2}
+        assert duplicate_ids(conn, tables, batch) == {
+            "1": {"count": 2, "lines": [1, 2]},
+            "3": {"count": 2, "lines": [4, 5]},
+        }
+        assert list(duplicate_ids(conn, tables, batch, limit=1)) == ["1"]
         conn.rollback()
 
 

@@ -379,12 +379,17 @@ def stored_counts(
     return int(processed), int(rejected), int(failed)
 
 
+LINES_PER_ID = 10
+"""Source lines `duplicate_ids` names per repeated id, the first ones."""
+
+
 def duplicate_ids(
     conn: psycopg.Connection, tables: ResultsTables, batch_id: str, *, limit: int = 20
-) -> dict[str, int]:
-    """Ids that appear more than once among the batch's results, with their counts, most
-    repeated first: the first record column's values, or the `id_field` of JSON records (as
-    text, so `1` and `"1"` are one id; a record without it has no id to repeat)."""
+) -> dict[str, dict[str, Any]]:
+    """Ids that appear more than once among the batch's results, most repeated first, each
+    with its `count` and the first `LINES_PER_ID` source `lines` it is on: the first record
+    column's values, or the `id_field` of JSON records (as text, so `1` and `"1"` are one
+    id; a record without it has no id to repeat)."""
     column = sql.Identifier(tables.record_columns[0])
     key: sql.Composable = column
     if tables.id_field is not None:
@@ -392,12 +397,13 @@ def duplicate_ids(
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT {key}, count(*) FROM {table} WHERE {batch} AND {key} IS NOT NULL "
-                "GROUP BY {key} HAVING count(*) > 1 ORDER BY count(*) DESC, {key} LIMIT %s"
+                "SELECT {key}, count(*), (array_agg(line ORDER BY line))[1:%s] FROM {table} "
+                "WHERE {batch} AND {key} IS NOT NULL GROUP BY {key} HAVING count(*) > 1 "
+                "ORDER BY count(*) DESC, {key} LIMIT %s"
             ).format(key=key, table=sql.Identifier(tables.result_rows), batch=tables.of_batch()),
-            (batch_id, limit),
+            (LINES_PER_ID, batch_id, limit),
         )
-        return {str(value): int(n) for value, n in cur.fetchall()}
+        return {str(value): {"count": int(n), "lines": list(lines)} for value, n, lines in cur}
 
 
 def preview_markdown(
