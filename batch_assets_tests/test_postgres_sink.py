@@ -126,6 +126,8 @@ def test_every_column_type_is_stored_as_it_was_sent(pg_url: str) -> None:
         batch = f"b-{uuid.uuid4().hex[:6]}"
         stats = replace_batch(conn, tables, batch, Chunks.from_frames([frame, frame.head(0)]))
         assert stats.stored == (2, 0, 1)
+        # every byte sent counts, those the encoder held until the end as well
+        assert stats.bytes > 3 * (19 + 8 + 8 + 8)
         rows = conn.execute(
             "SELECT seq, line, id, doc, n, x, ok, at, status FROM wiretest_results "
             "WHERE batch_id = %s ORDER BY seq",

@@ -116,10 +116,11 @@ def replace_batch(
                 (load.batch_key,),
             )
         with cur.copy(load.results_copy(), writer=_QueuedWriter(cur)) as copy:
-            copy.write(load.wire.header())
+            load.send(copy, load.wire.header())
             for chunk in chunks:
                 load.add(chunk.frame, copy, spool)
-            copy.write(load.wire.trailer())
+            # the encoder's trailer, after the rows it still holds
+            load.send(copy, load.wire.trailer())
         _check_count(cur, load.seq, tables.results)
         if load.rejected:
             spool.seek(0)
@@ -184,13 +185,15 @@ class _Load:
             "COPY {} (batch_key, line, reason, record) FROM STDIN WITH (FORMAT csv)"
         ).format(sql.Identifier(self.tables.rejected_rows))
 
+    def send(self, copy: Any, data: bytes) -> None:
+        copy.write(data)
+        self.sent += len(data)
+
     def add(self, frame: pl.DataFrame, copy: Any, spool: IO[bytes]) -> None:
         self.chunks += 1
         kept = frame.filter(pl.col(STATUS).is_in([PROCESSED, FAILED]))
         if kept.height:
-            data = self.wire.rows(self._result_rows(kept))
-            copy.write(data)
-            self.sent += len(data)
+            self.send(copy, self.wire.rows(self._result_rows(kept)))
             self.seq += kept.height
             self.ids.add(kept)
             n_failed = int((kept[STATUS] == FAILED).sum())
@@ -299,10 +302,13 @@ class _BinaryRows:
         return self.encoder.write_header()
 
     def rows(self, frame: pl.DataFrame) -> bytes:
+        """The frame's rows, or what of them the encoder hands out now: it keeps small
+        batches until it holds enough to send."""
         arrow = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
         return b"".join(self.encoder.write_batch(batch) for batch in arrow.to_batches())
 
     def trailer(self) -> bytes:
+        """The rows the encoder still holds, then the format's trailer."""
         return self.encoder.finish()
 
 
