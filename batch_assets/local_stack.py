@@ -8,6 +8,7 @@ runs against AWS and a real Postgres when those variables name them instead.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import boto3
+import psutil
 import psycopg
 from botocore.config import Config
 
@@ -49,6 +51,7 @@ class LocalStack:
 
         home = Path(home).resolve()
         home.mkdir(parents=True, exist_ok=True)
+        _forget_dead_holders(home / "pg")
         pg = pgserver.get_server(home / "pg", cleanup_mode="stop")
         socket_dir = str(home / "pg")
         host = quote(socket_dir)
@@ -122,3 +125,23 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _forget_dead_holders(pgdata: Path) -> None:
+    """Drops dead processes from the holders pgserver lists in `.handle_pids.json`.
+
+    pgserver stops its Postgres when the last process holding it lets go. A holder killed
+    before it could (SIGKILL, a crash) stays listed, and every later clean stop of a stack
+    on the same home then left Postgres running, waiting for it.
+    """
+    path = pgdata / ".handle_pids.json"
+    try:
+        holders = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    alive = [pid for pid in holders if psutil.pid_exists(pid)]
+    if alive != holders:
+        log.info(
+            "local stack: forgetting dead Postgres holders %s", sorted(set(holders) - set(alive))
+        )
+        path.write_text(json.dumps(alive))
