@@ -345,9 +345,20 @@ def _print_dev_guide(args: argparse.Namespace, env: dict[str, str], env_file: Pa
         "  batch-assets upload reviews.csv      "
         f"(puts it under s3://{bucket}/inbox/reviews/)\n"
         "The reviews_inbox_sensor turns it into a partition and a run within ~15 s.\n"
-        "Ctrl-C stops everything.\n",
+        f"{_how_to_stop()}\n",
         flush=True,
     )
+
+
+def _how_to_stop() -> str:
+    """How to stop this process: Ctrl-C, unless SIGINT is ignored (a background job of a
+    script, nohup), which `_StopSignals` leaves as it is."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        return (
+            f"SIGINT (Ctrl-C) is ignored here, as in a background job: stop everything with "
+            f"`kill {os.getpid()}` (SIGTERM)."
+        )
+    return "Ctrl-C stops everything."
 
 
 def _supervise(processes: dict[str, subprocess.Popen[Any]], stop: _StopSignals) -> int:

@@ -112,3 +112,20 @@ def test_dev_on_a_busy_port_names_it_and_starts_nothing(tmp_path: Path) -> None:
     assert f"port {port} (the HTTP API) is in use" in done.stderr
     assert "--api-port" in done.stderr
     assert not (tmp_path / "home").exists()  # no Postgres, no Dagster started
+
+
+def test_the_dev_guide_says_how_to_stop_when_ctrl_c_is_ignored() -> None:
+    import os
+    import signal
+
+    from batch_assets.cli import _how_to_stop
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a script's background job
+    try:
+        assert _how_to_stop() == (
+            "SIGINT (Ctrl-C) is ignored here, as in a background job: stop everything with "
+            f"`kill {os.getpid()}` (SIGTERM)."
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert _how_to_stop() == "Ctrl-C stops everything."
