@@ -12,7 +12,7 @@ from dagster import DynamicPartitionsDefinition, RunRequest, SensorResult, SkipR
 
 from batch_assets.datasets import Dataset
 from batch_assets.increments import Increment, Increments
-from batch_assets.s3_objects import InboxCursor, new_objects, partition_key_for
+from batch_assets.s3_objects import InboxCursor, ObjectInfo, new_objects, partition_key_for
 from batch_assets.sql_source import SourceMissing, check_table, encode_mark
 from batch_assets.tracking import BatchStore, Source
 
@@ -31,37 +31,56 @@ def inbox_tick(
     open_store: OpenStore,
     log: Any,
 ) -> SensorResult | SkipReason:
-    """One tick over the dataset's inbox: each new object (past `cursor`, at most `limit`)
-    is registered as a queued batch, added as a partition and requested as a run keyed by
-    its key and ETag (an unchanged object seen again keeps its batch's state; its run key is
-    never launched twice)."""
+    """One tick over the dataset's inbox: each new upload (past `cursor`, at most `limit`)
+    is registered as a queued batch, added as a partition and requested as a run.
+
+    An upload of content its batch holds already (the same bytes dropped again) changes
+    nothing and requests no run, unless the batch still waits for its first run (an upload
+    through the HTTP API registers it). New content requests a run keyed by the upload (key,
+    ETag and time), so earlier content uploaded again (A, then B, then A) runs again."""
     taken, after, backlog = new_objects(
         client, bucket, dataset.prefix, InboxCursor.parse(cursor, lookback=lookback), limit=limit
     )
     if not taken:
         return SkipReason(f"no new objects under s3://{bucket}/{dataset.prefix}")
     keys = [partition_key_for(obj.key, dataset.prefix) for obj in taken]
+    requests = []
     with open_store() as store:
         store.ensure()
         for key, obj in zip(keys, taken, strict=True):
-            store.register(key, [obj.source(bucket)])
+            run_key = _run_key(store, key, obj, bucket)
+            if run_key is None:
+                log.info(f"s3://{bucket}/{obj.key} holds what batch {key} has: no new run")
+                continue
+            requests.append(
+                RunRequest(
+                    run_key=run_key,
+                    partition_key=key,
+                    tags={
+                        "batch_assets/source": f"s3://{bucket}/{obj.key}",
+                        "batch_assets/etag": obj.etag,
+                    },
+                )
+            )
     if backlog > len(taken):
         log.info(f"{backlog - len(taken)} more new objects wait for the next tick")
     return SensorResult(
-        run_requests=[
-            RunRequest(
-                run_key=f"{obj.key}@{obj.etag}",
-                partition_key=key,
-                tags={
-                    "batch_assets/source": f"s3://{bucket}/{obj.key}",
-                    "batch_assets/etag": obj.etag,
-                },
-            )
-            for key, obj in zip(keys, taken, strict=True)
-        ],
+        run_requests=requests,
         dynamic_partitions_requests=[partitions.build_add_request(sorted(set(keys)))],
         cursor=after.serialize(),
     )
+
+
+def _run_key(store: BatchStore, batch_id: str, obj: ObjectInfo, bucket: str) -> str | None:
+    """The run key for an upload of `obj`: the upload's own when it registers new content,
+    the content's when the batch already holds it but waits for its first run, None when
+    the batch holds it (nothing to run)."""
+    if store.register(batch_id, [obj.source(bucket)]):
+        return f"{obj.key}@{obj.etag}@{obj.last_modified.isoformat()}"
+    record = store.get(batch_id)
+    if record is not None and record.status == "queued":
+        return f"{obj.key}@{obj.etag}"
+    return None
 
 
 def increment_tick(

@@ -53,13 +53,13 @@ def partition_key_for(key: str, prefix: str) -> str:
 
 @dataclass(frozen=True)
 class InboxCursor:
-    """Which objects of an inbox were taken, as `key@etag`, within a lookback window.
+    """Which uploads of an inbox were taken, as `key@etag@time`, within a lookback window.
 
     S3 stamps an object with one-second precision, and a multipart upload with the time it
     was started, so an object can appear after newer ones were taken. The cursor keeps the
-    newest `LastModified` taken (the watermark) and every `key@etag` taken whose
-    `LastModified` is within `lookback` of it: an object is new when its version is not
-    among them and it is not older than the window. A new version of a key is new.
+    newest `LastModified` taken (the watermark) and every upload taken whose
+    `LastModified` is within `lookback` of it: an upload is new when it is not among them
+    and it is not older than the window. A new upload of a key is new, whatever it holds.
     """
 
     watermark: datetime | None = None
@@ -111,7 +111,9 @@ class ObjectInfo:
 
     @property
     def version(self) -> str:
-        return f"{self.key}@{self.etag}"
+        """One upload of the object: its key, ETag and time (the same bytes uploaded again
+        are another upload)."""
+        return f"{self.key}@{self.etag}@{self.last_modified.isoformat()}"
 
     def source(self, bucket: str) -> Source:
         return Source(s3_uri(bucket, self.key), self.etag, self.size, self.last_modified)

@@ -128,6 +128,14 @@ def test_reupload_with_new_content_replaces_the_batch(inbox: Inbox, pg_url: str)
     row = batch_row(pg_url, batch_id)
     assert (row.status, row.total_count, row.processed_count) == ("completed", 2, 2)
 
+    # the first content again (A, B, A): it runs again and replaces B's rows
+    inbox.drop("again.csv", b"id,text\n1,good\n2,bad\n3,fine\n")
+    tick = inbox.tick()
+    assert [r.partition_key for r in tick.run_requests] == [batch_id]
+    assert inbox.run(batch_id).success
+    assert [rid for _, _, rid, *_ in results(pg_url, batch_id)] == ["1", "2", "3"]
+    assert batch_row(pg_url, batch_id).status == "completed"
+
 
 def test_rerunning_a_partition_never_duplicates_rows(inbox: Inbox, pg_url: str) -> None:
     data = "id,text\n" + "".join(f"{i},review number {i} is great\n" for i in range(500))
