@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
+import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -27,11 +29,81 @@ _BLOCK = 1 << 20
 _WHITESPACE = " \t\r\n"
 _BLANK = _WHITESPACE.encode()
 _BOM = b"\xef\xbb\xbf"
-_DECODER = json.JSONDecoder(parse_constant=lambda name: _refuse_constant(name))
+NUMERIC_DIGITS = min(131072, sys.get_int_max_str_digits() or 131072)
+"""Digits before the decimal point a record's number may have: Postgres numeric (jsonb's
+numbers) holds 131,072, and Python reads back integers of at most 4,300 by default (the
+number comes back from jsonb in full)."""
+_SUSPECT = re.compile(r"\\u[dD][89a-fA-F]|[eE]\+?\d{4}")
+"""What a record that cannot be stored holds: a UTF-16 surrogate escape, or a number with an
+exponent of four digits or more (the exact checks follow on the decoded value)."""
+
+
+class _TooLarge(str):
+    """A number's text, kept in place of a number beyond Postgres numeric's range."""
+
+
+def _number(text: str) -> Any:
+    """A JSON number with a fraction or an exponent: a float, or `_TooLarge` when it has more
+    digits before the decimal point than Postgres numeric holds."""
+    match = re.fullmatch(r"-?0*(\d*)(?:\.(0*)\d*)?(?:[eE]([+-]?\d+))?", text)
+    if match:
+        whole, zeros, exponent = match[1], match[2] or "", int(match[3] or 0)
+        digits = (len(whole) if whole else -len(zeros)) + exponent
+        if digits > NUMERIC_DIGITS:
+            return _TooLarge(text)
+    return float(text)
+
+
+_DECODER = json.JSONDecoder(parse_constant=lambda name: _refuse_constant(name), parse_float=_number)
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (Postgres jsonb refuses it too)")
+
+
+def unstorable(text: str, value: Any) -> str | None:
+    """Why Postgres jsonb cannot store the decoded record `value` (its source `text`), naming
+    the field; None when it can. A lone UTF-16 surrogate escape and a number beyond numeric's
+    range are JSON that jsonb refuses, which would fail the whole batch's COPY."""
+    if not _SUSPECT.search(text):
+        return None
+    return _first_unstorable(value, "")
+
+
+def _first_unstorable(value: Any, path: str) -> str | None:
+    if isinstance(value, _TooLarge):
+        return (
+            f"{path or 'the record'} is the number {value[:40]}, with more than "
+            f"{NUMERIC_DIGITS:,} digits before the decimal point"
+        )
+    if isinstance(value, str):
+        return _lone_surrogate(value, path or "the record")
+    items: list[tuple[Any, str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if reason := _lone_surrogate(key, f"the key {where}"):
+                return reason
+            items.append((item, where))
+    elif isinstance(value, list):
+        items = [(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    for item, where in items:
+        if reason := _first_unstorable(item, where):
+            return reason
+    return None
+
+
+def _lone_surrogate(text: str, where: str) -> str | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # the reason itself is stored: a surrogate in a key it names is written escaped
+        where = where.encode("utf-8", "backslashreplace").decode("utf-8")
+        return (
+            f"{where} holds an unpaired UTF-16 surrogate (\\ud800 to \\udfff), which "
+            "Postgres jsonb cannot store"
+        )
+    return None
 
 
 def iter_json_chunks(
@@ -129,9 +201,13 @@ def _judge(text: str, line: int) -> Row:
         return line, None, REJECTED, reason, text[:RAW_RECORD_PREVIEW]
     except ValueError as exc:
         return line, None, REJECTED, f"not valid JSON: {exc}", text[:RAW_RECORD_PREVIEW]
+    refused: str | None = None
     if not isinstance(value, dict):
-        reason = f"expected a JSON object, found {_json_kind(value)}"
-        return line, None, REJECTED, reason, text[:RAW_RECORD_PREVIEW]
+        refused = f"expected a JSON object, found {_json_kind(value)}"
+    else:
+        refused = unstorable(text, value)
+    if refused is not None:
+        return line, None, REJECTED, refused, text[:RAW_RECORD_PREVIEW]
     return line, text, VALID, None, None
 
 
@@ -303,9 +379,12 @@ class _ArrayWindow:
         self._pos = end
         self.line += source.count("\n")
         self.offset += len(source.encode())
-        if isinstance(value, dict):
-            row: Row = (start_line, source, VALID, None, None)
-        else:
+        reason: str | None = None
+        if not isinstance(value, dict):
             reason = f"expected a JSON object, found {_json_kind(value)}"
+        else:
+            reason = unstorable(source, value)
+        row: Row = (start_line, source, VALID, None, None)
+        if reason is not None:
             row = (start_line, None, REJECTED, reason, source[:RAW_RECORD_PREVIEW])
         return row, (self.offset, self.line)

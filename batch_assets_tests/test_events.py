@@ -147,6 +147,63 @@ def test_json_array(events_inbox: Inbox, pg_url: str) -> None:
     assert job.summary == {"processed": 25, "rejected": 1, "failed": 0}
 
 
+UNSTORABLE = [
+    r'{"id": 1, "text": "fine \ud83d\ude00"}',  # a surrogate pair: one character
+    r'{"id": 2, "text": "half \ud83d of a pair"}',
+    r'{"id": 3, "\udc00key": true}',
+    r'{"id": 4, "deep": {"list": [1, 2e131072]}}',
+    r'{"id": 5, "text": "a backslash, then \\ud83d"}',  # text, not an escape
+    r'{"id": 6, "n": 1.5e99999}',  # more digits than Python reads back from jsonb
+    r'{"id": 7, "n": 1e400}',  # beyond a float's range
+]
+
+
+@pytest.mark.parametrize("name", ["unstorable.jsonl", "unstorable.json"])
+def test_values_jsonb_cannot_store_reject_their_record_only(
+    events_inbox: Inbox, pg_url: str, name: str
+) -> None:
+    lines = (
+        UNSTORABLE
+        if name.endswith("l")
+        else ["[", *[f"{r}," for r in UNSTORABLE[:-1]], UNSTORABLE[-1], "]"]
+    )
+    first = 1 if name.endswith("l") else 2
+    batch_id, run = events_inbox.drop_and_run(name, "\n".join(lines).encode(), chunk_size=2)
+    assert run.success
+    results, rejected, job = stored(pg_url, batch_id)
+    # a number beyond a float's range: stored as it came, the transform fails that record
+    assert [(r[1]["id"], r[3]) for r in results] == [
+        (1, "processed"),
+        (5, "processed"),
+        (7, "failed"),
+    ]
+    assert "the number 1e400 does not fit a float" in results[2][4]
+    assert results[0][1]["text"] == "fine \U0001f600"
+    assert results[1][1]["text"] == "a backslash, then \\ud83d"
+    assert rejected == [
+        (
+            first + 1,
+            "text holds an unpaired UTF-16 surrogate (\\ud800 to \\udfff), which "
+            "Postgres jsonb cannot store",
+        ),
+        (
+            first + 2,
+            "the key \\udc00key holds an unpaired UTF-16 surrogate (\\ud800 to "
+            "\\udfff), which Postgres jsonb cannot store",
+        ),
+        (
+            first + 3,
+            "deep.list[1] is the number 2e131072, with more than 4,300 digits before "
+            "the decimal point",
+        ),
+        (
+            first + 5,
+            "n is the number 1.5e99999, with more than 4,300 digits before the decimal point",
+        ),
+    ]
+    assert job.status == "completed"
+
+
 def test_malformed_array_fails_the_batch(events_inbox: Inbox, pg_url: str) -> None:
     batch_id, run = events_inbox.drop_and_run("broken.json", b'[{"id": 1},\n{"id": 2,\n')
     assert not run.success

@@ -8,6 +8,7 @@ cannot both be kept: that record fails with the reason, the others go on.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 
 import polars as pl
@@ -27,6 +28,17 @@ def transform_object(data: dict[str, object]) -> dict[str, object]:
     return {"transformed": transformed}
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or an exponent as a float, refusing one a float cannot
+    hold: written back, it would be `Infinity`, which no JSON reader (nor jsonb) takes."""
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(
+            f"the number {text[:40]} does not fit a float; the transform cannot carry it"
+        )
+    return number
+
+
 def transform_records(frame: pl.DataFrame) -> pl.DataFrame:
     """Adds `processed` (JSON text) and `processed_at` to the valid rows of a chunk; a record
     whose transform raises becomes `failed` with the error."""
@@ -38,7 +50,7 @@ def transform_records(frame: pl.DataFrame) -> pl.DataFrame:
             errors.append(None)
             continue
         try:
-            result = transform_object(json.loads(text))
+            result = transform_object(json.loads(text, parse_float=_finite))
             outputs.append(json.dumps(result, ensure_ascii=False, separators=(",", ":")))
             errors.append(None)
         except Exception as exc:  # every record's failure is kept, never raised
