@@ -11,6 +11,7 @@ selected is read from its latest complete checkpoint instead of being computed.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ import polars as pl
 
 from batch_assets.checkpoints import CheckpointStore, Stage, complete_stage, frontier_report
 from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume, Throttled, read_ahead
+from batch_assets.vocabulary import FAILED, REJECTED
 from batch_assets.write_behind import Writes
 
 T = TypeVar("T")
@@ -125,16 +127,35 @@ def run_pass(
     return None
 
 
-def durable_log(log: Any, stage_name: str, partition: str) -> Throttled:
-    """A listener that logs, at most every `LOG_SECONDS`, how far a stage has come."""
+def durable_log(log: Any, stage_name: str, partition: str, *, size: int | None = None) -> Throttled:
+    """A listener that logs, at most every `LOG_SECONDS`, how far a stage has come (see
+    `progress_line`); the source's `size` in bytes, when known, gives the share done."""
+    started = time.monotonic()
+    before: list[int] = []
 
     def told(chunk: Chunk, frontier: Any) -> None:
-        log.info(
-            f"{stage_name} [{partition}]: chunk {chunk.index} durable, "
-            f"{frontier.rows:,} rows behind the frontier"
-        )
+        if not before:  # the rows durable before this attempt's first chunk
+            before.append(frontier.rows - chunk.frame.height)
+        rate = (frontier.rows - before[0]) / max(time.monotonic() - started, 1e-9)
+        log.info(progress_line(f"{stage_name} [{partition}]", chunk.index, frontier, size, rate))
 
     return Throttled(told, seconds=LOG_SECONDS)
+
+
+def progress_line(where: str, index: int, frontier: Any, size: int | None, rate: float) -> str:
+    """One progress line: the chunk made durable, the rows behind the frontier and the
+    share of the source they come to (when its size is known), the rejected and failed rows
+    so far, and this attempt's rows per second."""
+    counts = frontier.counts
+    share = ""
+    offset = frontier.state.get("offset")
+    if size and isinstance(offset, int):
+        share = f" ({min(offset / size, 1.0):.0%} of the source)"
+    return (
+        f"{where}: chunk {index} durable: {frontier.rows:,} rows{share}, "
+        f"{counts.get(REJECTED, 0):,} rejected and {counts.get(FAILED, 0):,} failed so far, "
+        f"{rate:,.0f} rows/s"
+    )
 
 
 def where_it_stopped(stage: Stage) -> str:

@@ -256,13 +256,14 @@ def stream_batch(
     dataset, partition = step.dataset, step.batch_id
     with step.failing(), WriteBehind() as writes:
         opened = open_source() if "raw" in selected else None
+        size = opened.source.size if opened else None
         raw = open_stage(
             store,
             asset=f"{dataset.name}/raw",
             partition=partition,
             lineage=step.lineage,
             origin=opened.chunks.origin if opened else None,
-            listeners=(durable_log(step.log, f"{dataset.name}/raw", partition),),
+            listeners=(durable_log(step.log, f"{dataset.name}/raw", partition, size=size),),
             writes=writes,
         )
         processed = open_stage(
@@ -271,10 +272,9 @@ def stream_batch(
             partition=partition,
             lineage=step.lineage,
             origin=processed_origin(raw) if "processed" in selected else None,
-            listeners=(durable_log(step.log, f"{dataset.name}/processed", partition),),
+            listeners=(durable_log(step.log, f"{dataset.name}/processed", partition, size=size),),
             writes=writes,
         )
-        size = opened.source.size if opened else None
         processed.listeners += (step.progress_listener(raw, processed, size=size),)
         if opened is not None and raw.first == 0 and not raw.complete:
             step.start(opened.source)
