@@ -100,3 +100,15 @@ def recount(
     processed, rejected, failed = stored_counts(conn, dataset.tables, batch_id)
     figures = {"rows_read": read, "processed": processed, "rejected": rejected, "failed": failed}
     return read == processed + rejected + failed, figures
+
+
+def load_line(where: str, loaded: Loaded, seconds: float) -> str:
+    """The load's summary for the run's log: rows read and what became of them, the COPY's
+    bytes, the time the pass took and its rows per second."""
+    counts, stats = loaded.counts, loaded.stats
+    rate = counts.total / seconds if seconds > 0 else 0.0
+    return (
+        f"{where}: committed {counts.total:,} rows read: {counts.processed:,} processed, "
+        f"{counts.rejected:,} rejected, {counts.failed:,} failed; {stats.bytes / 2**20:,.1f} MiB "
+        f"in {stats.copies} COPY statement(s); {seconds:,.1f} s for the pass, {rate:,.0f} rows/s"
+    )

@@ -48,3 +48,16 @@ def test_the_log_is_throttled_and_its_last_line_is_flushed() -> None:
         "reviews/processed [b.csv]: chunk 2",
     ]
     assert "30 rows (100% of the source), 0 rejected and 0 failed so far" in log.lines[-1]
+
+
+def test_the_load_logs_one_summary_line() -> None:
+    from batch_assets.load import Loaded, load_line
+    from batch_assets.sinks.postgres import LoadStats
+    from batch_assets.tracking import BatchCounts
+
+    stats = LoadStats(9_990, 9_987, 3, 10, 1, copies=2, bytes=3 * 2**20)
+    loaded = Loaded(stats, BatchCounts(10_000, 9_987, 10, 3), {}, {"chunks": 1})
+    assert load_line("reviews/postgres [b.csv]", loaded, 2.0) == (
+        "reviews/postgres [b.csv]: committed 10,000 rows read: 9,987 processed, 10 rejected, "
+        "3 failed; 3.0 MiB in 2 COPY statement(s); 2.0 s for the pass, 5,000 rows/s"
+    )

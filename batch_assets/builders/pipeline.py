@@ -3,6 +3,7 @@
 `row_accounting` and `unique_ids` checks of the load."""
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from batch_assets.checkpoints import CheckpointStore, Stage
 from batch_assets.chunks import Chunk, Resume
 from batch_assets.datasets import Dataset
 from batch_assets.io_managers.checkpoint import CheckpointsResource, Durable
-from batch_assets.load import Loaded, load_batch, recount
+from batch_assets.load import Loaded, load_batch, load_line, recount
 from batch_assets.one_pass import (
     Scoring,
     durable_log,
@@ -310,6 +311,7 @@ def _pass(
         return None
     with postgres.connect() as conn:
         step.dataset.tables.ensure(conn)
+    started = time.monotonic()
     with postgres.connect() as conn:
 
         def load(chunks: Iterator[Chunk]) -> Loaded:
@@ -324,7 +326,11 @@ def _pass(
                 retries=step.retry_number,
             )
 
-        return run_pass(raw, processed, source, scoring, compute=computed, load=load)
+        loaded = run_pass(raw, processed, source, scoring, compute=computed, load=load)
+    if loaded is not None:
+        where = f"{step.dataset.name}/postgres [{step.batch_id}]"
+        step.log.info(load_line(where, loaded, time.monotonic() - started))
+    return loaded
 
 
 def _no_source(resume: Resume) -> Iterator[Chunk]:
