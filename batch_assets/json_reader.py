@@ -39,12 +39,13 @@ exponent of four digits or more (the exact checks follow on the decoded value)."
 
 
 class _TooLarge(str):
-    """A number's text, kept in place of a number beyond Postgres numeric's range."""
+    """A number's text, kept in place of a number with more than `NUMERIC_DIGITS` digits
+    before the decimal point."""
 
 
 def _number(text: str) -> Any:
     """A JSON number with a fraction or an exponent: a float, or `_TooLarge` when it has more
-    digits before the decimal point than Postgres numeric holds."""
+    than `NUMERIC_DIGITS` digits before the decimal point."""
     match = re.fullmatch(r"-?0*(\d*)(?:\.(0*)\d*)?(?:[eE]([+-]?\d+))?", text)
     if match:
         whole, zeros, exponent = match[1], match[2] or "", int(match[3] or 0)
@@ -63,8 +64,9 @@ def _refuse_constant(name: str) -> Any:
 
 def unstorable(text: str, value: Any) -> str | None:
     """Why Postgres jsonb cannot store the decoded record `value` (its source `text`), naming
-    the field; None when it can. A lone UTF-16 surrogate escape and a number beyond numeric's
-    range are JSON that jsonb refuses, which would fail the whole batch's COPY."""
+    the field; None when it can. A lone UTF-16 surrogate escape is JSON that jsonb refuses,
+    and a number over `NUMERIC_DIGITS` digits one it refuses or that cannot be read back:
+    either would fail the whole batch."""
     if not _SUSPECT.search(text):
         return None
     return _first_unstorable(value, "")

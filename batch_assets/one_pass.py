@@ -103,40 +103,38 @@ def run_pass(
     `processed` chunk, from the first, through `load` when given; returns what `load` does.
     The source is read ahead, in a thread of its own."""
     compute_raw, compute_processed = compute
-    read = source
 
     def ahead(resume: Resume) -> Iterator[Chunk]:
-        return read_ahead(read(resume))
+        return read_ahead(source(resume))
 
-    source = ahead
-    # each generator is closed when the pass ends, also by an error: its read-ahead thread
-    # and its worker pool stop then, not whenever the error's traceback is let go
     if compute_raw and not compute_processed:
-        with contextlib.closing(raw.chunks(source, start=raw.first)) as chunks:
-            for _ in chunks:
-                pass
+        _exhaust(raw.chunks(ahead, start=raw.first))
     if load is not None:
-        with contextlib.closing(processed_chunks(raw, processed, source, scoring)) as chunks:
+        with contextlib.closing(processed_chunks(raw, processed, ahead, scoring)) as chunks:
             return load(chunks)
-    start = processed.first
-    with contextlib.closing(
-        processed_chunks(raw, processed, source, scoring, start=start)
-    ) as chunks:
+    _exhaust(processed_chunks(raw, processed, ahead, scoring, start=processed.first))
+    return None
+
+
+def _exhaust(chunks: Generator[Chunk]) -> None:
+    """Runs `chunks` to their end, closing them however it ends: their read-ahead thread and
+    worker pool stop then, not whenever an error's traceback is let go."""
+    with contextlib.closing(chunks):
         for _ in chunks:
             pass
-    return None
 
 
 def durable_log(log: Any, stage_name: str, partition: str, *, size: int | None = None) -> Throttled:
     """A listener that logs, at most every `LOG_SECONDS`, how far a stage has come (see
     `progress_line`); the source's `size` in bytes, when known, gives the share done."""
     started = time.monotonic()
-    before: list[int] = []
+    before: int | None = None  # the rows durable before this attempt's first chunk
 
     def told(chunk: Chunk, frontier: Any) -> None:
-        if not before:  # the rows durable before this attempt's first chunk
-            before.append(frontier.rows - chunk.frame.height)
-        rate = (frontier.rows - before[0]) / max(time.monotonic() - started, 1e-9)
+        nonlocal before
+        if before is None:
+            before = frontier.rows - chunk.frame.height
+        rate = (frontier.rows - before) / max(time.monotonic() - started, 1e-9)
         log.info(progress_line(f"{stage_name} [{partition}]", chunk.index, frontier, size, rate))
 
     return Throttled(told, seconds=LOG_SECONDS)

@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 
 from batch_assets.chunks import Chunk
 from batch_assets.errors import SinkError
-from batch_assets.sinks.results_tables import ResultsTables
+from batch_assets.sinks.results_tables import ResultsTables, wire_type
 from batch_assets.vocabulary import ERROR, FAILED, LINE, PROCESSED, REASON, RECORD, REJECTED, STATUS
 
 
@@ -248,31 +248,13 @@ class _Load:
         )
 
 
-_WIRE_TYPES: dict[type[pl.DataType], pl.DataType] = {
-    pl.Datetime: pl.Datetime("us", "UTC"),
-    pl.String: pl.String(),
-    pl.Float64: pl.Float64(),
-    pl.Int64: pl.Int64(),
-    pl.Boolean: pl.Boolean(),
-}
-
-
-def _wire_type(dtype: pl.DataType) -> pl.DataType:
-    """The polars type whose Arrow form pgpq encodes as the column's Postgres type (see
-    `results_tables.sql_type`)."""
-    for kind, wire in _WIRE_TYPES.items():
-        if isinstance(dtype, kind):
-            return wire
-    raise TypeError(f"no Postgres type for polars {dtype}")
-
-
 def _on_the_wire(name: str, found: pl.DataType, declared: pl.DataType) -> pl.Expr:
     """Column `name` as the declared type's wire type; a datetime without a time zone is
     taken as UTC."""
     column = pl.col(name)
     if isinstance(found, pl.Datetime) and found.time_zone is None:
         column = column.dt.replace_time_zone("UTC")
-    return column.cast(_wire_type(declared))
+    return column.cast(wire_type(declared))
 
 
 class _BinaryRows:
@@ -282,7 +264,7 @@ class _BinaryRows:
     jsonb."""
 
     def __init__(self, tables: ResultsTables):
-        columns = {name: _wire_type(dtype) for name, dtype in tables.columns.items()}
+        columns = {name: wire_type(dtype) for name, dtype in tables.columns.items()}
         schema = pl.Schema(
             {"batch_key": pl.Int64(), "seq": pl.Int64(), "line": pl.Int64()}
             | columns
@@ -295,7 +277,6 @@ class _BinaryRows:
             else ArrowToPostgresBinaryEncoder.infer_encoder(field)
             for field in arrow.schema
         }
-        self.schema = schema
         self.encoder = ArrowToPostgresBinaryEncoder.new_with_encoders(arrow.schema, encoders)
 
     def header(self) -> bytes:

@@ -23,20 +23,32 @@ from psycopg import sql
 
 from batch_assets.tracking import ensure_schema
 
-_SQL_TYPES: dict[type[pl.DataType], str] = {
-    pl.Datetime: "timestamptz",
-    pl.String: "text",
-    pl.Float64: "double precision",
-    pl.Int64: "bigint",
-    pl.Boolean: "boolean",
+_TYPES: dict[type[pl.DataType], tuple[str, pl.DataType]] = {
+    pl.Datetime: ("timestamptz", pl.Datetime("us", "UTC")),
+    pl.String: ("text", pl.String()),
+    pl.Float64: ("double precision", pl.Float64()),
+    pl.Int64: ("bigint", pl.Int64()),
+    pl.Boolean: ("boolean", pl.Boolean()),
 }
+"""The polars types a results column may have: the Postgres type it is stored as, and the
+polars type whose Arrow form the binary COPY sends for it."""
+
+
+def _type(dtype: pl.DataType) -> tuple[str, pl.DataType]:
+    for kind, types in _TYPES.items():
+        if isinstance(dtype, kind):
+            return types
+    raise TypeError(f"no Postgres type for polars {dtype}")
 
 
 def sql_type(dtype: pl.DataType) -> str:
-    for kind, name in _SQL_TYPES.items():
-        if isinstance(dtype, kind):
-            return name
-    raise TypeError(f"no Postgres type for polars {dtype}")
+    """The Postgres type a column of polars type `dtype` is stored as."""
+    return _type(dtype)[0]
+
+
+def wire_type(dtype: pl.DataType) -> pl.DataType:
+    """The polars type a column of polars type `dtype` is sent as in the binary COPY."""
+    return _type(dtype)[1]
 
 
 @dataclass(frozen=True)
