@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 
 from dagster import Definitions, EnvVar
-from dagster_aws.s3 import S3Resource
 
 from batch_assets.datasets import DATASETS, Dataset
 from batch_assets.factory import CHECKPOINTS, build_dataset
 from batch_assets.failures import batch_run_failure_sensor
 from batch_assets.io_managers.checkpoint import CheckpointIOManager, CheckpointsResource
+from batch_assets.resources.aws import S3
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.kinesis import KinesisResource
@@ -34,7 +34,7 @@ from batch_assets.resources.settings import BatchSettings
 def build_definitions(datasets: tuple[Dataset, ...] = DATASETS) -> Definitions:
     """The code location's definitions: `datasets` (all of them unless given), with the
     shared resources and sensors."""
-    s3 = S3Resource()
+    s3 = S3()
     postgres = PostgresResource(url=EnvVar("BATCH_ASSETS_PG_URL"))
     checkpoints = CheckpointsResource(base=EnvVar("BATCH_ASSETS_CHECKPOINT_BASE"), s3=s3)
     return Definitions.merge(
