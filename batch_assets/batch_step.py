@@ -15,6 +15,7 @@ from batch_assets.checkpoints import Frontier, Stage
 from batch_assets.chunks import Chunk, Throttled
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError, BatchInputError, ConfigError
+from batch_assets.objects import share_read
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.tracking import Attempt, BatchCounts, BatchStore, Source
 from batch_assets.vocabulary import FAILED, PROCESSED, REJECTED
@@ -94,13 +95,15 @@ class BatchStep:
         with self.store() as store:
             store.progress(self.batch_id, counts, attempt=self.attempt)
 
-    def progress_listener(self, raw: Stage, processed: Stage, *, size: int | None) -> Throttled:
+    def progress_listener(
+        self, raw: Stage, processed: Stage, *, sizes: tuple[int, ...] | None
+    ) -> Throttled:
         """A listener of processed chunks that writes the batch's counts, at most every
         `PROGRESS_SECONDS`, from the `raw` and `processed` stages' frontiers (and the
-        source's `size` in bytes, when it has one)."""
+        source objects' `sizes` in bytes, when known)."""
 
         def told(chunk: Chunk, frontier: Frontier) -> None:
-            self.progress(counts_so_far(raw.frontier, processed.frontier, size=size))
+            self.progress(counts_so_far(raw.frontier, processed.frontier, sizes=sizes))
 
         return Throttled(told, seconds=PROGRESS_SECONDS)
 
@@ -132,12 +135,14 @@ class BatchStep:
             raise self.fail(exc, etag=etag) from exc
 
 
-def counts_so_far(raw: Frontier, processed: Frontier, *, size: int | None) -> BatchCounts:
+def counts_so_far(
+    raw: Frontier, processed: Frontier, *, sizes: tuple[int, ...] | None
+) -> BatchCounts:
     """A batch's counts while it streams: the rows read so far (the total once reading is
     complete), and those processed, rejected and failed behind the processed frontier; with
-    the source's `size`, progress is the share of its bytes behind the processed frontier."""
-    offset = processed.state.get("offset")
-    fraction = offset / size if size and isinstance(offset, int) else None
+    the source objects' `sizes`, progress is the share of their bytes behind the processed
+    frontier."""
+    fraction = share_read(processed.state, sizes)
     return BatchCounts(
         total=raw.rows,
         processed=processed.counts.get(PROCESSED, 0),

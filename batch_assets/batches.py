@@ -13,6 +13,7 @@ from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchInputError
 from batch_assets.increments import Increment, Increments
 from batch_assets.json_reader import iter_json_chunks
+from batch_assets.objects import read_objects
 from batch_assets.readers import CsvLayout, iter_csv_chunks
 from batch_assets.s3_objects import head, opener
 from batch_assets.sinks.postgres import summarize
@@ -25,16 +26,21 @@ if TYPE_CHECKING:
     from batch_assets.batch_step import BatchStep
 
 
-def read_source(client: Any, source: Source, dataset: Dataset, *, chunk_size: int) -> Chunks:
-    """The source object as validated chunks: `valid` rows and `rejected` rows with reasons.
+def read_sources(
+    client: Any, sources: list[Source], dataset: Dataset, *, chunk_size: int
+) -> Chunks:
+    """The batch's source objects as validated chunks: `valid` rows and `rejected` rows with
+    reasons, each with its object's number (`_source`, its place in `sources`) and line.
 
-    The object is streamed (a resumed read starts at the byte after the last durable chunk)
-    and pinned to the ETag in `source`.
+    Each object is streamed (a resumed read starts at the byte after the last durable
+    chunk) and pinned to the ETag in `sources`; one that cannot be read fails alone (see
+    `objects.read_objects`).
     """
-    open_stream = opener(client, source)
     layout = CsvLayout(dataset.columns)
 
-    def produce(resume: Resume) -> Iterator[Chunk]:
+    def read_one(number: int, resume: Resume) -> Iterator[Chunk]:
+        source = sources[number]
+        open_stream = opener(client, source)
         if dataset.format == "json":
             chunks = iter_json_chunks(
                 open_stream, name=source.uri, chunk_size=chunk_size, resume=resume
@@ -47,17 +53,29 @@ def read_source(client: Any, source: Source, dataset: Dataset, *, chunk_size: in
             frame = validate_chunk(chunk.frame, dataset.schema, dataset.columns)
             yield Chunk(chunk.index, frame, chunk.state)
 
-    return Chunks(produce, origin={"uri": source.uri, "etag": source.etag})
+    def produce(resume: Resume) -> Iterator[Chunk]:
+        return read_objects(len(sources), read_one, chunk_size=chunk_size, resume=resume)
+
+    return Chunks(produce, origin=objects_origin(sources))
+
+
+def objects_origin(sources: list[Source]) -> dict[str, Any]:
+    """What a batch's `raw` output is computed from: its object's URI and ETag, or the list
+    of them for a batch of several."""
+    if len(sources) == 1:
+        return {"uri": sources[0].uri, "etag": sources[0].etag}
+    return {"objects": [[s.uri, s.etag] for s in sources]}
 
 
 def open_file(step: BatchStep, client: Any, *, bucket: str, chunk_size: int) -> Opened:
-    """The batch's registered object, checked to exist (pinned to its current ETag), as
-    validated chunks.
+    """The batch's registered objects as validated chunks. A batch of one object reads it
+    as it is now (its current ETag), checked to exist first; a batch of several reads each
+    as registered, and one that is gone or changed fails alone.
 
     Raises:
         BatchInputError: the batch has no registered source.
-        BatchError: the object cannot be read; recorded as the batch's failure even before
-            this lineage has taken it.
+        BatchError: the one object cannot be read; recorded as the batch's failure even
+            before this lineage has taken it.
     """
     dataset = step.dataset
     sources = step.registered()
@@ -66,10 +84,16 @@ def open_file(step: BatchStep, client: Any, *, bucket: str, chunk_size: int) -> 
             f"batch {step.batch_id} has no registered source; drop its file under "
             f"s3://{bucket}/{dataset.prefix} for the sensor to register it"
         )
-    with step.failing(etag=sources[0].etag):
-        source = head(client, sources[0].uri)
-    step.log.info(f"reading {source.uri} (ETag {source.etag}, {source.size:,} bytes)")
-    return Opened(source, read_source(client, source, dataset, chunk_size=chunk_size))
+    if len(sources) == 1:
+        with step.failing(etag=sources[0].etag):
+            sources = [head(client, sources[0].uri)]
+    size = sum(s.size for s in sources)
+    if len(sources) == 1:
+        step.log.info(f"reading {sources[0].uri} (ETag {sources[0].etag}, {size:,} bytes)")
+    else:
+        step.log.info(f"reading {len(sources):,} objects ({size:,} bytes)")
+    chunks = read_sources(client, sources, dataset, chunk_size=chunk_size)
+    return Opened(sources[0], chunks, tuple(s.size for s in sources))
 
 
 def open_increment(
@@ -98,15 +122,17 @@ def open_increment(
         raise BatchInputError(f"increment {step.batch_id} is not registered as a batch")
     step.log.info(f"reading {registered[0].uri}: ({increment.lower}, {increment.upper}] by keyset")
     chunks = read_increment(source_postgres, increment, dataset, chunk_size=chunk_size)
-    return Opened(registered[0], chunks)
+    return Opened(registered[0], chunks, None)
 
 
 @dataclass(frozen=True)
 class Opened:
-    """A batch's source, opened: what it is, and its validated chunks."""
+    """A batch's sources, opened: the first (the one of most batches), the validated chunks
+    of all, and the objects' sizes in bytes (None for a SQL increment)."""
 
     source: Source
     chunks: Chunks
+    sizes: tuple[int, ...] | None
 
 
 def read_increment(

@@ -20,6 +20,7 @@ import polars as pl
 
 from batch_assets.checkpoints import CheckpointStore, Stage, complete_stage, frontier_report
 from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume, Throttled, read_ahead
+from batch_assets.objects import share_read
 from batch_assets.vocabulary import FAILED, REJECTED
 from batch_assets.write_behind import Writes
 
@@ -124,9 +125,12 @@ def _exhaust(chunks: Generator[Chunk]) -> None:
             pass
 
 
-def durable_log(log: Any, stage_name: str, partition: str, *, size: int | None = None) -> Throttled:
+def durable_log(
+    log: Any, stage_name: str, partition: str, *, sizes: tuple[int, ...] | None = None
+) -> Throttled:
     """A listener that logs, at most every `LOG_SECONDS`, how far a stage has come (see
-    `progress_line`); the source's `size` in bytes, when known, gives the share done."""
+    `progress_line`); the source objects' `sizes` in bytes, when known, give the share
+    done."""
     started = time.monotonic()
     before: int | None = None  # the rows durable before this attempt's first chunk
 
@@ -135,20 +139,20 @@ def durable_log(log: Any, stage_name: str, partition: str, *, size: int | None =
         if before is None:
             before = frontier.rows - chunk.frame.height
         rate = (frontier.rows - before) / max(time.monotonic() - started, 1e-9)
-        log.info(progress_line(f"{stage_name} [{partition}]", chunk.index, frontier, size, rate))
+        log.info(progress_line(f"{stage_name} [{partition}]", chunk.index, frontier, sizes, rate))
 
     return Throttled(told, seconds=LOG_SECONDS)
 
 
-def progress_line(where: str, index: int, frontier: Any, size: int | None, rate: float) -> str:
+def progress_line(
+    where: str, index: int, frontier: Any, sizes: tuple[int, ...] | None, rate: float
+) -> str:
     """One progress line: the chunk made durable, the rows behind the frontier and the
     share of the source they come to (when its size is known), the rejected and failed rows
     so far, and this attempt's rows per second."""
     counts = frontier.counts
-    share = ""
-    offset = frontier.state.get("offset")
-    if size and isinstance(offset, int):
-        share = f" ({min(offset / size, 1.0):.0%} of the source)"
+    fraction = share_read(frontier.state, sizes)
+    share = "" if fraction is None else f" ({fraction:.0%} of the source)"
     return (
         f"{where}: chunk {index} durable: {frontier.rows:,} rows{share}, "
         f"{counts.get(REJECTED, 0):,} rejected and {counts.get(FAILED, 0):,} failed so far, "

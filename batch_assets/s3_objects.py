@@ -175,6 +175,11 @@ def opener(client: Any, source: Source) -> Any:
                     f"{source.uri} changed while its batch was running (ETag {source.etag} is "
                     "gone); the sensor starts a new run for the new version"
                 ) from None
+            if code in ("NoSuchKey", "404", "AccessDenied", "403"):
+                raise BatchInputError(
+                    f"{source.uri}: cannot be read ({code}); upload it again or remove the "
+                    "partition"
+                ) from None
             raise
         return body
 

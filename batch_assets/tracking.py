@@ -52,6 +52,18 @@ CREATE TABLE IF NOT EXISTS batch_sources (
     state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'loaded')),
     PRIMARY KEY (dataset, batch_id, source_uri)
 );
+ALTER TABLE batch_sources ADD COLUMN IF NOT EXISTS rows_read bigint;
+ALTER TABLE batch_sources ADD COLUMN IF NOT EXISTS processed bigint;
+ALTER TABLE batch_sources ADD COLUMN IF NOT EXISTS rejected bigint;
+ALTER TABLE batch_sources ADD COLUMN IF NOT EXISTS failed bigint;
+ALTER TABLE batch_sources ADD COLUMN IF NOT EXISTS error text;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'batch_sources_state') THEN
+        ALTER TABLE batch_sources DROP CONSTRAINT IF EXISTS batch_sources_state_check;
+        ALTER TABLE batch_sources ADD CONSTRAINT batch_sources_state
+            CHECK (state IN ('pending', 'loaded', 'failed'));
+    END IF;
+END $$;
 """
 
 # Serializes concurrent CREATE TABLE IF NOT EXISTS, which races on Postgres's catalog.
@@ -73,6 +85,23 @@ class Source:
     etag: str
     size: int
     last_modified: datetime
+
+
+ObjectState = Literal["pending", "loaded", "failed"]
+
+
+@dataclass(frozen=True)
+class ObjectOutcome:
+    """What became of one source object of a batch: `loaded` with its rows' counts, or
+    `failed` (it could not be read) with its error and no rows."""
+
+    uri: str
+    state: ObjectState
+    rows_read: int = 0
+    processed: int = 0
+    rejected: int = 0
+    failed: int = 0
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +234,16 @@ class BatchStore(Protocol):
     def sources(self, batch_id: str) -> list[Source]:
         """The batch's registered sources, by URI; empty for an unknown batch."""
 
+    def record_objects(
+        self, batch_id: str, outcomes: list[ObjectOutcome], *, attempt: Attempt
+    ) -> bool:
+        """Keeps what became of each of the batch's objects (by URI): its state, counts
+        and error."""
+
+    def objects(self, batch_id: str) -> list[ObjectOutcome]:
+        """The batch's objects by URI, with their state (`pending` until the load) and,
+        once loaded or failed, their counts and error."""
+
     def start(self, batch_id: str, *, attempt: Attempt, source: Source) -> None:
         """`attempt` takes the batch, whatever ran before: it reads `source`."""
 
@@ -304,6 +343,34 @@ class BatchJobs:
             )
             return [Source(*row) for row in cur.fetchall()]
 
+    def record_objects(
+        self, batch_id: str, outcomes: list[ObjectOutcome], *, attempt: Attempt
+    ) -> bool:
+        if not self._update("error = error", (), batch_id, attempt):
+            return False
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE batch_sources SET state = %s, rows_read = %s, processed = %s, "
+                "rejected = %s, failed = %s, error = %s "
+                "WHERE dataset = %s AND batch_id = %s AND source_uri = %s",
+                [
+                    (o.state, o.rows_read, o.processed, o.rejected, o.failed, o.error, *where)
+                    for o in outcomes
+                    for where in [(self.dataset, batch_id, o.uri)]
+                ],
+            )
+        return True
+
+    def objects(self, batch_id: str) -> list[ObjectOutcome]:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT source_uri, state, coalesce(rows_read, 0), coalesce(processed, 0), "
+                "coalesce(rejected, 0), coalesce(failed, 0), error FROM batch_sources "
+                "WHERE dataset = %s AND batch_id = %s ORDER BY source_uri",
+                (self.dataset, batch_id),
+            )
+            return [ObjectOutcome(*row) for row in cur.fetchall()]
+
     def start(self, batch_id: str, *, attempt: Attempt, source: Source) -> None:
         with self.conn.cursor() as cur:
             cur.execute(
@@ -390,7 +457,7 @@ class BatchJobs:
             with self.conn.cursor() as cur:
                 cur.execute(
                     "UPDATE batch_sources SET state = 'loaded' "
-                    "WHERE dataset = %s AND batch_id = %s",
+                    "WHERE dataset = %s AND batch_id = %s AND state <> 'failed'",
                     (self.dataset, batch_id),
                 )
         return done

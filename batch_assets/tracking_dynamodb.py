@@ -25,6 +25,7 @@ from batch_assets.tracking import (
     BatchCounts,
     BatchRecord,
     BatchStatus,
+    ObjectOutcome,
     Outcome,
     Source,
 )
@@ -156,6 +157,36 @@ class DynamoBatchJobs:
                 for s in item.get("sources", [])
             ),
             key=lambda s: s.uri,
+        )
+
+    def record_objects(
+        self, batch_id: str, outcomes: list[ObjectOutcome], *, attempt: Attempt
+    ) -> bool:
+        item = self._item(batch_id) or {}
+        found = {o.uri: o for o in outcomes}
+        sources = [
+            {**s, **_outcome(found[s["uri"]])} if s["uri"] in found else s
+            for s in item.get("sources", [])
+        ]
+        return self._set(batch_id, {"sources": sources}, when=_owned_by(attempt))
+
+    def objects(self, batch_id: str) -> list[ObjectOutcome]:
+        item = self._item(batch_id) or {}
+        loaded = item.get("sources_state") == "loaded"
+        return sorted(
+            (
+                ObjectOutcome(
+                    s["uri"],
+                    s.get("state", "loaded" if loaded else "pending"),
+                    int(s.get("rows_read", 0)),
+                    int(s.get("processed", 0)),
+                    int(s.get("rejected", 0)),
+                    int(s.get("failed", 0)),
+                    s.get("error"),
+                )
+                for s in item.get("sources", [])
+            ),
+            key=lambda o: o.uri,
         )
 
     def start(self, batch_id: str, *, attempt: Attempt, source: Source) -> None:
@@ -328,6 +359,18 @@ def _failable_by(attempt: Attempt, etag: str | None) -> _Condition:
         {**owned.values, ":queued": {"S": "queued"}, ":etag": {"S": etag or ""}},
         names=("status",),
     )
+
+
+def _outcome(outcome: ObjectOutcome) -> dict[str, Any]:
+    """An object's outcome as the fields of its entry in the item's `sources`."""
+    fields = {
+        "state": outcome.state,
+        "rows_read": outcome.rows_read,
+        "processed": outcome.processed,
+        "rejected": outcome.rejected,
+        "failed": outcome.failed,
+    }
+    return fields if outcome.error is None else {**fields, "error": outcome.error}
 
 
 def _counts(counts: BatchCounts) -> dict[str, Any]:

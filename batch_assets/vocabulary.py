@@ -31,3 +31,6 @@ RECORD: Final = "_record"
 the schema rejected it: its columns hold it)."""
 ERROR: Final = "_error"
 """The column holding a failed record's error."""
+SOURCE: Final = "_source"
+"""The column holding the number of the object a record came from: its place in the
+batch's manifest (`batch_sources`, by URI), from 0."""

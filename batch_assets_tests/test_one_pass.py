@@ -16,7 +16,7 @@ def test_a_progress_line_gives_rows_share_rejected_failed_and_rate() -> None:
         counts={"valid": 29_990, "rejected": 7, "failed": 3},
         state={"offset": 2_500_000},
     )
-    line = progress_line("reviews/raw [b.csv]", 2, frontier, 10_000_000, 25_321.4)
+    line = progress_line("reviews/raw [b.csv]", 2, frontier, (10_000_000,), 25_321.4)
     assert line == (
         "reviews/raw [b.csv]: chunk 2 durable: 30,000 rows (25% of the source), "
         "7 rejected and 3 failed so far, 25,321 rows/s"
@@ -35,7 +35,7 @@ class Log:
 
 def test_the_log_is_throttled_and_its_last_line_is_flushed() -> None:
     log = Log()
-    listener = durable_log(log, "reviews/processed", "b.csv", size=300)
+    listener = durable_log(log, "reviews/processed", "b.csv", sizes=(300,))
     frontier = Frontier()
     for index in range(3):
         chunk = Chunk(index, pl.DataFrame({"x": [1] * 10}), {"offset": 100 * (index + 1)})

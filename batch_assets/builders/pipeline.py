@@ -257,14 +257,14 @@ def stream_batch(
     dataset, partition = step.dataset, step.batch_id
     with step.failing(), WriteBehind() as writes:
         opened = open_source() if "raw" in selected else None
-        size = opened.source.size if opened else None
+        sizes = opened.sizes if opened else None
         raw = open_stage(
             store,
             asset=f"{dataset.name}/raw",
             partition=partition,
             lineage=step.lineage,
             origin=opened.chunks.origin if opened else None,
-            listeners=(durable_log(step.log, f"{dataset.name}/raw", partition, size=size),),
+            listeners=(durable_log(step.log, f"{dataset.name}/raw", partition, sizes=sizes),),
             writes=writes,
         )
         processed = open_stage(
@@ -273,10 +273,10 @@ def stream_batch(
             partition=partition,
             lineage=step.lineage,
             origin=processed_origin(raw) if "processed" in selected else None,
-            listeners=(durable_log(step.log, f"{dataset.name}/processed", partition, size=size),),
+            listeners=(durable_log(step.log, f"{dataset.name}/processed", partition, sizes=sizes),),
             writes=writes,
         )
-        processed.listeners += (step.progress_listener(raw, processed, size=size),)
+        processed.listeners += (step.progress_listener(raw, processed, sizes=sizes),)
         if opened is not None and raw.first == 0 and not raw.complete:
             step.start(opened.source)
         else:
@@ -311,6 +311,7 @@ def _pass(
         return None
     with postgres.connect() as conn:
         step.dataset.tables.ensure(conn)
+    sources = step.registered()
     started = time.monotonic()
     with postgres.connect() as conn:
 
@@ -324,6 +325,7 @@ def _pass(
                 tracking=step.within(conn),
                 attempt=step.attempt,
                 retries=step.retry_number,
+                sources=sources,
             )
 
         loaded = run_pass(raw, processed, source, scoring, compute=computed, load=load)

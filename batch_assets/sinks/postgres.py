@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -28,7 +28,17 @@ from psycopg.rows import dict_row
 from batch_assets.chunks import Chunk
 from batch_assets.errors import SinkError
 from batch_assets.sinks.results_tables import ResultsTables, wire_type
-from batch_assets.vocabulary import ERROR, FAILED, LINE, PROCESSED, REASON, RECORD, REJECTED, STATUS
+from batch_assets.vocabulary import (
+    ERROR,
+    FAILED,
+    LINE,
+    PROCESSED,
+    REASON,
+    RECORD,
+    REJECTED,
+    SOURCE,
+    STATUS,
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class LoadStats:
     bytes: int = 0
     summary: dict[str, int] = field(default_factory=dict)
     ids_may_repeat: bool = True
+    objects: dict[int, dict[str, int]] = field(default_factory=dict)
+    """Rows per status of each source object, by its number."""
 
     @property
     def stored(self) -> tuple[int, int, int]:
@@ -94,6 +106,7 @@ def replace_batch(
     chunks: Iterable[Chunk],
     *,
     summary_column: str | None = None,
+    objects: Sequence[tuple[str, str]] = (),
 ) -> LoadStats:
     """Replaces the batch's rows with those of `chunks`, inside the caller's transaction.
 
@@ -103,18 +116,25 @@ def replace_batch(
     second COPY at the end (spooled to a file past `SPOOL_BYTES`). One chunk is in memory
     at a time. Each COPY's row count, as the server reports it, must be the rows sent, so
     the counts returned are the rows stored; with `summary_column`, the processed rows are
-    counted per its value on the way.
+    counted per its value on the way. The batch's `objects` (URI, ETag), numbered as the
+    rows' `_source`, are stored beside them, for the views' `source_uri`.
 
     Raises:
         SinkError: the server stored another number of rows than were sent.
     """
     load = _Load(tables, tables.batch_key(conn, batch_id), summary_column)
     with conn.cursor() as cur, tempfile.SpooledTemporaryFile(SPOOL_BYTES) as spool:
-        for table in (tables.result_rows, tables.rejected_rows):
+        for table in (tables.result_rows, tables.rejected_rows, tables.objects):
             cur.execute(
                 sql.SQL("DELETE FROM {} WHERE batch_key = %s").format(sql.Identifier(table)),
                 (load.batch_key,),
             )
+        cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} (batch_key, source_no, uri, etag) VALUES (%s, %s, %s, %s)"
+            ).format(sql.Identifier(tables.objects)),
+            [(load.batch_key, number, uri, etag) for number, (uri, etag) in enumerate(objects)],
+        )
         with cur.copy(load.results_copy(), writer=_QueuedWriter(cur)) as copy:
             load.send(copy, load.wire.header())
             for chunk in chunks:
@@ -171,10 +191,12 @@ class _Load:
         self.summary = Counter[str]()
         self.ids = _IdHashes(tables)
         self.wire = _BinaryRows(tables)
+        self.objects: dict[int, Counter[str]] = {}
 
     def results_copy(self) -> sql.Composed:
         return sql.SQL(
-            "COPY {} (batch_key, seq, line, {}, status, error) FROM STDIN WITH (FORMAT binary)"
+            "COPY {} (batch_key, seq, source_no, line, {}, status, error) "
+            "FROM STDIN WITH (FORMAT binary)"
         ).format(
             sql.Identifier(self.tables.result_rows),
             sql.SQL(", ").join(map(sql.Identifier, self.tables.columns)),
@@ -182,7 +204,7 @@ class _Load:
 
     def rejected_copy(self) -> sql.Composed:
         return sql.SQL(
-            "COPY {} (batch_key, line, reason, record) FROM STDIN WITH (FORMAT csv)"
+            "COPY {} (batch_key, source_no, line, reason, record) FROM STDIN WITH (FORMAT csv)"
         ).format(sql.Identifier(self.tables.rejected_rows))
 
     def send(self, copy: Any, data: bytes) -> None:
@@ -191,6 +213,10 @@ class _Load:
 
     def add(self, frame: pl.DataFrame, copy: Any, spool: IO[bytes]) -> None:
         self.chunks += 1
+        if SOURCE not in frame.columns:  # a chunk of a batch of one object, from before
+            frame = frame.with_columns(pl.lit(0, pl.Int32).alias(SOURCE))
+        for number, status, rows in frame.group_by(SOURCE, STATUS).len().iter_rows():
+            self.objects.setdefault(number, Counter())[status] += rows
         kept = frame.filter(pl.col(STATUS).is_in([PROCESSED, FAILED]))
         if kept.height:
             self.send(copy, self.wire.rows(self._result_rows(kept)))
@@ -215,6 +241,7 @@ class _Load:
         return kept.select(
             pl.lit(self.batch_key, pl.Int64).alias("batch_key"),
             pl.int_range(self.seq + 1, self.seq + 1 + kept.height, dtype=pl.Int64).alias("seq"),
+            pl.col(SOURCE).cast(pl.Int32).alias("source_no"),
             pl.col(LINE).cast(pl.Int64),
             *(_on_the_wire(name, kept.schema[name], dtype) for name, dtype in columns),
             pl.col(STATUS),
@@ -228,6 +255,7 @@ class _Load:
         )
         return bad.select(
             pl.lit(self.batch_key, pl.Int64).alias("batch_key"),
+            pl.col(SOURCE).cast(pl.Int32),
             pl.col(LINE),
             pl.col(REASON),
             pl.coalesce(pl.col(RECORD), record),
@@ -245,6 +273,7 @@ class _Load:
             self.sent,
             dict(self.summary),
             self.ids.may_repeat(),
+            {number: dict(counts) for number, counts in self.objects.items()},
         )
 
 
@@ -266,7 +295,12 @@ class _BinaryRows:
     def __init__(self, tables: ResultsTables):
         columns = {name: wire_type(dtype) for name, dtype in tables.columns.items()}
         schema = pl.Schema(
-            {"batch_key": pl.Int64(), "seq": pl.Int64(), "line": pl.Int64()}
+            {
+                "batch_key": pl.Int64(),
+                "seq": pl.Int64(),
+                "source_no": pl.Int32(),
+                "line": pl.Int64(),
+            }
             | columns
             | {STATUS: pl.String(), ERROR: pl.String()}
         )
@@ -341,6 +375,25 @@ def summarize(
         for value, count in cur.fetchall():
             summary["null" if value is None else str(value)] = int(count)
     return summary
+
+
+def remove_objects(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, numbers: Iterable[int]
+) -> int:
+    """Deletes the rows the batch's objects `numbers` (failed objects) left, inside the
+    caller's transaction; the rows deleted."""
+    numbers = sorted(numbers)
+    deleted = 0
+    with conn.cursor() as cur:
+        for table in (tables.result_rows, tables.rejected_rows):
+            cur.execute(
+                sql.SQL("DELETE FROM {} WHERE {} AND source_no = ANY(%s)").format(
+                    sql.Identifier(table), tables.of_batch()
+                ),
+                (batch_id, numbers),
+            )
+            deleted += cur.rowcount
+    return deleted
 
 
 def stored_counts(

@@ -80,9 +80,10 @@ class ResultsTables:
     result_rows: str = field(init=False)
     rejected_rows: str = field(init=False)
     batches: str = field(init=False)
+    objects: str = field(init=False)
 
     def __post_init__(self) -> None:
-        for kind in ("results", "rejected", "result_rows", "rejected_rows", "batches"):
+        for kind in ("results", "rejected", "result_rows", "rejected_rows", "batches", "objects"):
             object.__setattr__(self, kind, f"{self.dataset}_{kind}")
 
     def ensure(self, conn: psycopg.Connection) -> None:
@@ -90,10 +91,11 @@ class ResultsTables:
         caller's transaction (under the schema lock until it ends); views that exist are
         left as they are."""
         ensure_schema(conn, self._tables_ddl().as_string(conn))
+        self._key_rejected_by_object(conn)
         kind = _relation_kind(conn, self.results)
-        if kind == "v":
+        if kind == "v" and _has_column(conn, self.results, "source_uri"):
             return
-        if kind is not None:
+        if kind == "r":
             self._migrate(conn)
         with conn.cursor() as cur:
             cur.execute(self._views_ddl())
@@ -160,6 +162,7 @@ class ResultsTables:
             CREATE TABLE IF NOT EXISTS {result_rows} (
                 batch_key bigint NOT NULL,
                 seq bigint NOT NULL,
+                source_no integer NOT NULL DEFAULT 0,
                 line bigint NOT NULL,
                 {columns},
                 status text NOT NULL CHECK (status IN ('processed', 'failed')),
@@ -170,16 +173,30 @@ class ResultsTables:
                 WHERE status = 'failed';
             CREATE TABLE IF NOT EXISTS {rejected_rows} (
                 batch_key bigint NOT NULL,
+                source_no integer NOT NULL DEFAULT 0,
                 line bigint NOT NULL,
                 reason text NOT NULL,
                 record text,
-                PRIMARY KEY (batch_key, line)
+                CONSTRAINT {rejected_key} PRIMARY KEY (batch_key, source_no, line)
             );
+            CREATE TABLE IF NOT EXISTS {objects} (
+                batch_key bigint NOT NULL,
+                source_no integer NOT NULL,
+                uri text NOT NULL,
+                etag text NOT NULL,
+                PRIMARY KEY (batch_key, source_no)
+            );
+            ALTER TABLE {result_rows} ADD COLUMN IF NOT EXISTS source_no integer NOT NULL
+                DEFAULT 0;
+            ALTER TABLE {rejected_rows} ADD COLUMN IF NOT EXISTS source_no integer NOT NULL
+                DEFAULT 0;
             """
         ).format(
             batches=sql.Identifier(self.batches),
             result_rows=sql.Identifier(self.result_rows),
             rejected_rows=sql.Identifier(self.rejected_rows),
+            objects=sql.Identifier(self.objects),
+            rejected_key=sql.Identifier(f"{self.rejected_rows}_by_object"),
             failed_index=sql.Identifier(f"{self.result_rows}_failed"),
             columns=self._column_definitions(),
         )
@@ -198,11 +215,13 @@ class ResultsTables:
         return sql.SQL(
             """
             CREATE OR REPLACE VIEW {results} AS
-                SELECT b.batch_id, {row_columns}, r.status, r.error
-                FROM {result_rows} AS r JOIN {batches} AS b USING (batch_key);
+                SELECT b.batch_id, {row_columns}, r.status, r.error, o.uri AS source_uri
+                FROM {result_rows} AS r JOIN {batches} AS b USING (batch_key)
+                LEFT JOIN {objects} AS o USING (batch_key, source_no);
             CREATE OR REPLACE VIEW {rejected} AS
-                SELECT b.batch_id, r.line, r.reason, r.record
-                FROM {rejected_rows} AS r JOIN {batches} AS b USING (batch_key);
+                SELECT b.batch_id, r.line, r.reason, r.record, o.uri AS source_uri
+                FROM {rejected_rows} AS r JOIN {batches} AS b USING (batch_key)
+                LEFT JOIN {objects} AS o USING (batch_key, source_no);
             """
         ).format(
             results=sql.Identifier(self.results),
@@ -210,8 +229,28 @@ class ResultsTables:
             result_rows=sql.Identifier(self.result_rows),
             rejected_rows=sql.Identifier(self.rejected_rows),
             batches=sql.Identifier(self.batches),
+            objects=sql.Identifier(self.objects),
             row_columns=row_columns,
         )
+
+    def _key_rejected_by_object(self, conn: psycopg.Connection) -> None:
+        """Rejected rows are keyed by object and line (a batch of several objects has a
+        line 1 in each); tables of earlier versions were keyed by line alone."""
+        key = f"{self.rejected_rows}_by_object"
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_constraint WHERE conname = %s", (key,))
+            if cur.fetchone() is not None:
+                return
+            cur.execute(
+                sql.SQL(
+                    "ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {old}; "
+                    "ALTER TABLE {t} ADD CONSTRAINT {new} PRIMARY KEY (batch_key, source_no, line)"
+                ).format(
+                    t=sql.Identifier(self.rejected_rows),
+                    old=sql.Identifier(f"{self.rejected_rows}_pkey"),
+                    new=sql.Identifier(key),
+                )
+            )
 
     def _migrate(self, conn: psycopg.Connection) -> None:
         """Moves the rows of the earlier layout's tables (`<dataset>_results` and
@@ -244,6 +283,16 @@ class ResultsTables:
         with conn.cursor() as cur:
             for statement in statements:
                 cur.execute(sql.SQL(statement).format(**names))
+
+
+def _has_column(conn: psycopg.Connection, relation: str, column: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(quote_ident(%s)) "
+            "AND attname = %s AND NOT attisdropped",
+            (relation, column),
+        )
+        return cur.fetchone() is not None
 
 
 def _relation_kind(conn: psycopg.Connection, name: str) -> str | None:
