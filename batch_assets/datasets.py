@@ -70,6 +70,13 @@ class Dataset:
         max_retries: how many times a failed step is tried again (each attempt resumes
             after the last durable chunk); attempt n waits a random 0 to
             (2**n - 1) * `retry_delay` seconds (exponential backoff, full jitter).
+        batch_objects: for files, the most objects the sensor puts in one batch (one
+            partition, one run).
+        batch_bytes: for files, the most bytes of objects in one batch; a larger object is
+            a batch of its own.
+        batch_wait: for files, how long the sensor may hold new objects back for their
+            batch to fill (up to `batch_objects` or `batch_bytes`), from the oldest one's
+            upload; 0: each tick takes what it finds.
     """
 
     name: str
@@ -89,6 +96,9 @@ class Dataset:
     chunk_timeout: timedelta | None = None
     max_retries: int = 2
     retry_delay: float = 2.0
+    batch_objects: int = 500
+    batch_bytes: int = 64 * 2**20
+    batch_wait: timedelta = timedelta(0)
 
     CHECKPOINTED: ClassVar[tuple[str, ...]] = ("raw", "processed")
     """The assets whose outputs are chunk checkpoints, under `<name>/<asset>`."""
@@ -101,6 +111,10 @@ class Dataset:
             raise ConfigError(f"{where}: max_retries and retry_delay cannot be negative")
         if self.chunk_size < 0:
             raise ConfigError(f"{where}: chunk_size must be positive, or 0 to choose by processor")
+        if self.batch_objects < 1 or self.batch_bytes < 1:
+            raise ConfigError(f"{where}: batch_objects and batch_bytes must be at least 1")
+        if self.batch_wait.total_seconds() < 0:
+            raise ConfigError(f"{where}: batch_wait cannot be negative")
         self._check_sinks(where)
 
     def _check_sinks(self, where: str) -> None:

@@ -11,8 +11,9 @@ from typing import Any
 from dagster import DynamicPartitionsDefinition, RunRequest, SensorResult, SkipReason
 
 from batch_assets.datasets import Dataset
+from batch_assets.grouping import BatchLimits, batch_id_for, group_objects
 from batch_assets.increments import Increment, Increments
-from batch_assets.s3_objects import InboxCursor, ObjectInfo, new_objects, partition_key_for
+from batch_assets.s3_objects import InboxCursor, ObjectInfo, new_objects, s3_uri
 from batch_assets.sql_source import SourceMissing, check_table, encode_mark
 from batch_assets.tracking import BatchStore, Source
 
@@ -30,56 +31,87 @@ def inbox_tick(
     limit: int,
     open_store: OpenStore,
     log: Any,
+    now: datetime | None = None,
 ) -> SensorResult | SkipReason:
-    """One tick over the dataset's inbox: each new upload (past `cursor`, at most `limit`)
-    is registered as a queued batch, added as a partition and requested as a run.
+    """One tick over the dataset's inbox: the new uploads (past `cursor`, at most `limit`)
+    are grouped into batches (`grouping`, under the dataset's limits), each registered as
+    a queued batch, added as a partition and requested as a run; objects held back for
+    their batch to fill stay new for the next tick.
 
-    An upload of content its batch holds already (the same bytes dropped again) changes
-    nothing and requests no run, unless the batch still waits for its first run (an upload
-    through the HTTP API registers it). New content requests a run keyed by the upload (key,
-    ETag and time), so earlier content uploaded again (A, then B, then A) runs again."""
-    taken, after, backlog = new_objects(
-        client, bucket, dataset.prefix, InboxCursor.parse(cursor, lookback=lookback), limit=limit
-    )
-    if not taken:
+    A batch of one object is the object's own (see `grouping.batch_id_for`): an upload of
+    content it holds already (the same bytes dropped again) changes nothing and requests
+    no run, unless the batch still waits for its first run (an upload through the HTTP API
+    registers it); new content requests a run keyed by the upload (key, ETag and time), so
+    earlier content uploaded again (A, then B, then A) runs again."""
+    inbox = InboxCursor.parse(cursor, lookback=lookback)
+    found, _, backlog = new_objects(client, bucket, dataset.prefix, inbox, limit=limit)
+    if not found:
         return SkipReason(f"no new objects under s3://{bucket}/{dataset.prefix}")
-    keys = [partition_key_for(obj.key, dataset.prefix) for obj in taken]
-    requests = []
+    limits = BatchLimits(dataset.batch_objects, dataset.batch_bytes, dataset.batch_wait)
     with open_store() as store:
         store.ensure()
-        for key, obj in zip(keys, taken, strict=True):
-            run_key = _run_key(store, key, obj, bucket)
+        alone = _registered_alone(store, found, bucket)
+        kept_alone = set(alone)
+        rest = [obj for obj in found if obj not in kept_alone]
+        groups, held = group_objects(rest, limits, now=now or datetime.now(UTC))
+        groups = [[obj] for obj in alone] + groups
+        if not groups:
+            return SkipReason(
+                f"no new batch under s3://{bucket}/{dataset.prefix}: {len(held)} new objects "
+                "wait for their batch to fill"
+            )
+        keys = [batch_id_for(group, dataset.prefix) for group in groups]
+        requests = []
+        for key, group in zip(keys, groups, strict=True):
+            run_key = _run_key(store, key, group, bucket)
             if run_key is None:
-                log.info(f"s3://{bucket}/{obj.key} holds what batch {key} has: no new run")
+                log.info(f"s3://{bucket}/{group[0].key} holds what batch {key} has: no new run")
                 continue
             requests.append(
-                RunRequest(
-                    run_key=run_key,
-                    partition_key=key,
-                    tags={
-                        "batch_assets/source": f"s3://{bucket}/{obj.key}",
-                        "batch_assets/etag": obj.etag,
-                    },
-                )
+                RunRequest(run_key=run_key, partition_key=key, tags=_tags(group, bucket))
             )
+    taken = [obj for group in groups for obj in group]
     if backlog > len(taken):
-        log.info(f"{backlog - len(taken)} more new objects wait for the next tick")
+        log.info(f"{backlog - len(taken)} more new objects wait for a later tick")
     return SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[partitions.build_add_request(sorted(set(keys)))],
-        cursor=after.serialize(),
+        cursor=inbox.advanced(taken).serialize(),
     )
 
 
-def _run_key(store: BatchStore, batch_id: str, obj: ObjectInfo, bucket: str) -> str | None:
-    """The run key for an upload of `obj`: the upload's own when it registers new content,
+QUEUED_LOOKUP = 1000
+"""Queued batches a tick reads to find the uploads registered on their own."""
+
+
+def _registered_alone(store: BatchStore, found: list[ObjectInfo], bucket: str) -> list[ObjectInfo]:
+    """The new objects already registered as a queued batch of their own (an upload through
+    the HTTP API): each stays that batch, never grouped with others."""
+    queued = {
+        (record.source_uri, record.source_etag)
+        for record in store.recent(limit=QUEUED_LOOKUP, status="queued")
+    }
+    return [obj for obj in found if (s3_uri(bucket, obj.key), obj.etag) in queued]
+
+
+def _tags(group: list[ObjectInfo], bucket: str) -> dict[str, str]:
+    """A batch's run tags: its (first) object's URI and ETag, and how many objects it has."""
+    tags = {"batch_assets/source": s3_uri(bucket, group[0].key), "batch_assets/etag": group[0].etag}
+    if len(group) > 1:
+        tags["batch_assets/objects"] = str(len(group))
+    return tags
+
+
+def _run_key(store: BatchStore, batch_id: str, group: list[ObjectInfo], bucket: str) -> str | None:
+    """The run key for a batch of uploads: the uploads' own when they register new content,
     the content's when the batch already holds it but waits for its first run, None when
     the batch holds it (nothing to run)."""
-    if store.register(batch_id, [obj.source(bucket)]):
-        return f"{obj.key}@{obj.etag}@{obj.last_modified.isoformat()}"
+    one = group[0] if len(group) == 1 else None
+    if store.register(batch_id, [obj.source(bucket) for obj in group]):
+        return batch_id if one is None else f"{one.key}@{one.etag}@{one.last_modified.isoformat()}"
     record = store.get(batch_id)
     if record is not None and record.status == "queued":
-        return f"{obj.key}@{obj.etag}"
+        return f"{batch_id}@queued" if one is None else f"{one.key}@{one.etag}"
     return None
 
 

@@ -86,6 +86,15 @@ class Inbox:
         return batch_id, self.run(batch_id, **config)
 
 
+def cursor_before(s3: Any, bucket: str, prefix: str, key: str) -> str:
+    """An inbox sensor cursor that has taken every object under `prefix` but `key`, so a
+    tick takes `key` alone, whatever other tests left in the inbox."""
+    from batch_assets.s3_objects import InboxCursor, list_objects
+
+    others = [o for o in list_objects(s3, bucket, prefix) if o.key != key]
+    return InboxCursor(taken={o.version: o.last_modified for o in others}).serialize()
+
+
 def batch_row(url: str, batch_id: str) -> BatchRecord:
     with psycopg.connect(url) as conn:
         row = BatchJobs(conn, REVIEWS.name).get(batch_id)

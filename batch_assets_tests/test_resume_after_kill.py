@@ -22,6 +22,7 @@ from batch_assets.resources.postgres import PostgresResource
 from batch_assets_tests.pipeline_helpers import (
     assert_each_stage_resumed,
     batch_row,
+    cursor_before,
     kill_after_durable_chunks,
     report_run_failure,
     results,
@@ -47,7 +48,9 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     stack.s3().upload_file(str(path), stack.env["BATCH_ASSETS_BUCKET"], key)
     defs = build_definitions()
     # a cursor just before this object, so the sensor takes only it
-    tick = evaluate_inbox_sensor(defs, instance, REVIEWS, cursor=None)
+    bucket = stack.env["BATCH_ASSETS_BUCKET"]
+    cursor = cursor_before(stack.s3(), bucket, REVIEWS.prefix, key)
+    tick = evaluate_inbox_sensor(defs, instance, REVIEWS, cursor=cursor)
     partition = next(str(r.partition_key) for r in tick.run_requests if r.run_key.startswith(key))
     base = Path(stack.env["BATCH_ASSETS_CHECKPOINT_BASE"])
 

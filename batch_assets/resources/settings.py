@@ -13,7 +13,8 @@ class BatchSettings(ConfigurableResource):
 
     bucket: str = Field(description="The S3 bucket holding the datasets' inbox prefixes.")
     max_objects_per_tick: int = Field(
-        default=100, description="New objects a sensor tick turns into runs at most."
+        default=5000,
+        description="New objects a sensor tick takes at most (grouped into batches).",
     )
     inbox_lookback_minutes: int = Field(
         default=30,

@@ -1,0 +1,76 @@
+"""Batches of many objects on the embedded stack: one partition and one run for all of
+them, a result per object, an unreadable object failing alone."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from batch_assets import readers
+from batch_assets.tracking import BatchJobs
+from batch_assets_tests.pipeline_helpers import Inbox, batch_row
+
+
+def test_one_run_loads_many_objects_and_an_unreadable_one_fails_alone(
+    inbox: Inbox, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # small blocks: the bad object's first rows are handed to the load before its bad line
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 64)
+    good = [
+        inbox.drop(f"many-{n}.csv", f"id,text\n{n}a,Great stuff\n{n}b,Awful thing\n".encode())
+        for n in range(5)
+    ]
+    rows = "".join(f"{n},Fine review number {n}\n" for n in range(10))
+    late_bad = inbox.drop("many-5-latin1.csv", f"id,text\n{rows}x,caf".encode() + b"\xe9\n")
+    no_text = inbox.drop("many-6-header.csv", b"id,body\n1,hello\n")
+    with_reject = inbox.drop("many-7-reject.csv", b"id,text\n1,\n2,Lovely\n")
+    tick = inbox.tick()
+    assert len(tick.run_requests) == 1, tick
+    request = tick.run_requests[0]
+    batch_id = str(request.partition_key)
+    assert "_and_7_more_" in batch_id
+    assert request.tags["batch_assets/objects"] == "8"
+
+    run = inbox.run(batch_id, chunk_size=4)
+    assert run.success
+    row = batch_row(pg_url, batch_id)
+    assert (row.status, row.total_count, row.processed_count, row.rejected_count) == (
+        "completed",
+        12,
+        11,
+        1,
+    )
+    checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
+    assert checks["row_accounting"].passed
+    bucket = inbox.bucket
+    with psycopg.connect(pg_url) as conn:
+        per_object = dict(
+            conn.execute(
+                "SELECT source_uri, count(*) FROM reviews_results WHERE batch_id = %s "
+                "GROUP BY source_uri",
+                (batch_id,),
+            ).fetchall()
+        )
+        rejected = conn.execute(
+            "SELECT source_uri, line, reason FROM reviews_rejected WHERE batch_id = %s",
+            (batch_id,),
+        ).fetchall()
+        objects = {o.uri: o for o in BatchJobs(conn, "reviews").objects(batch_id)}
+    assert per_object == {
+        **{f"s3://{bucket}/{key}": 2 for key in good},
+        f"s3://{bucket}/{with_reject}": 1,
+    }
+    assert rejected == [(f"s3://{bucket}/{with_reject}", 2, "text is empty")]
+    assert len(objects) == 8
+    failed = {uri: o.error for uri, o in objects.items() if o.state == "failed"}
+    assert set(failed) == {f"s3://{bucket}/{late_bad}", f"s3://{bucket}/{no_text}"}
+    assert "line 12 is not valid UTF-8" in str(failed[f"s3://{bucket}/{late_bad}"])
+    assert "required column(s) text missing" in str(failed[f"s3://{bucket}/{no_text}"])
+    loaded = objects[f"s3://{bucket}/{with_reject}"]
+    assert (loaded.state, loaded.rows_read, loaded.processed, loaded.rejected) == (
+        "loaded",
+        2,
+        1,
+        1,
+    )
+    assert all(objects[f"s3://{bucket}/{key}"].processed == 2 for key in good)
