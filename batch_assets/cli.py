@@ -417,9 +417,13 @@ def _stop_group(process: subprocess.Popen[Any], deadline: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+FAILED_OBJECTS_SHOWN = 20
+"""Objects that could not be read `status` lists (with their errors), the first ones."""
+
+
 def print_status(batch_id: str, dataset_name: str) -> int:
     from batch_assets.checkpoints import where_batch_stands
-    from batch_assets.tracking import status_document
+    from batch_assets.tracking import objects_summary, status_document
 
     url = _setting("BATCH_ASSETS_PG_URL")
     if not url:
@@ -429,6 +433,8 @@ def print_status(batch_id: str, dataset_name: str) -> int:
     if row is None:
         return 1
     document = {**status_document(row), "source": row.source_stats, "sinks": row.sink_stats}
+    with _jobs_resource(url).open(dataset.name) as jobs:
+        document["objects"] = objects_summary(jobs.objects(batch_id), shown=FAILED_OBJECTS_SHOWN)
     store = _checkpoint_store()
     if store is not None:
         document["frontier"] = {

@@ -39,6 +39,7 @@ class Loaded:
         summary: counts per summary label (or per status).
         source: what reading the source came to (see `batches.source_figures`).
         replaced: for an increment, earlier results replaced by this one's rows.
+        objects: what became of each source object.
     """
 
     stats: LoadStats
@@ -46,6 +47,7 @@ class Loaded:
     summary: dict[str, int]
     source: dict[str, Any]
     replaced: int | None = None
+    objects: tuple[ObjectOutcome, ...] = ()
 
 
 def load_batch(
@@ -112,13 +114,13 @@ def load_batch(
         summary = summary_of(dataset, summary_counted, stored)
     counts = BatchCounts(read, *stored)
     tracking.record_source(batch_id, figures, attempt=attempt)
-    if sources:
-        outcomes = object_outcomes(sources, stats.objects, failed)
+    outcomes = object_outcomes(sources, stats.objects, failed)
+    if outcomes:
         tracking.record_objects(batch_id, outcomes, attempt=attempt)
     tracking.record_sink(batch_id, "postgres", stats.sink_stats(retries=retries), attempt=attempt)
     final = dataset.sinks[-1] == "postgres"
     tracking.complete(batch_id, Outcome(counts, summary), attempt=attempt, final=final)
-    return Loaded(stats, counts, summary, figures, replaced)
+    return Loaded(stats, counts, summary, figures, replaced, tuple(outcomes))
 
 
 def _without(

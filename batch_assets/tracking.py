@@ -8,7 +8,8 @@ values taken from the checkpoint frontier, so a resumed run never counts a row t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -512,6 +513,19 @@ class BatchJobs:
                 (self.dataset, batch_id),
             )
             return cur.fetchone()
+
+
+def objects_summary(objects: list[ObjectOutcome], *, shown: int) -> dict[str, Any]:
+    """How many of a batch's objects are in each state, and the first `shown` that failed."""
+    states = Counter(o.state for o in objects)
+    failed = [asdict(o) for o in objects if o.state == "failed"][:shown]
+    return {
+        "total": len(objects),
+        "pending": states["pending"],
+        "loaded": states["loaded"],
+        "failed": states["failed"],
+        "failed_objects": failed,
+    }
 
 
 STATUS_KEYS = (

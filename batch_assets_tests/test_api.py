@@ -83,6 +83,7 @@ def test_upload_progress_summary_and_every_page(
         **{k: v for k, v in asdict(row).items() if k in final},
         "sinks": row.sink_stats,
         "source": row.source_stats,
+        "objects": {"total": 1, "pending": 0, "loaded": 1, "failed": 0, "failed_objects": []},
     }
     assert final["sinks"]["postgres"]["written"] == 10_000
     assert final["source"]["rows_read"] == 10_000 and final["source"]["chunks"] >= 1
@@ -237,3 +238,51 @@ def test_size_limit_and_token(stack: LocalStack, pg_url: str) -> None:
     keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
     assert [key.rsplit("-", 1)[-1] for key in keys] == ["small.csv"]
     assert not stack.s3().list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_objects_of_a_batch_and_rejected_rows_paged_across_them(
+    api: httpx.Client, inbox: Inbox
+) -> None:
+    accepted = upload(api, "alone.csv", b"id,text\n1,Fine\n")
+    assert accepted.status_code == 202, accepted.text
+    alone = accepted.json()["batch_id"]
+    keys = [
+        inbox.drop(f"paged-{n}.csv", f"id,text\n{n},\n{n}b,Good\n{n}c,\n".encode())
+        for n in range(3)
+    ]
+    inbox.drop("paged-3-bad.csv", b"id,body\n1,x\n")
+    tick = inbox.tick()
+    # the API's upload stays a batch of its own; the dropped objects make one batch
+    batches = {str(r.partition_key): r for r in tick.run_requests}
+    assert len(batches) == 2 and alone in batches, batches
+    (many,) = set(batches) - {alone}
+    assert inbox.run(alone).success
+    assert inbox.run(many).success
+
+    status = api.get(f"/batch/{many}").json()
+    assert (status["processed_count"], status["rejected_count"]) == (3, 6)
+    objects = status["objects"]
+    assert (objects["total"], objects["loaded"], objects["failed"]) == (4, 3, 1)
+    assert "required column(s) text missing" in objects["failed_objects"][0]["error"]
+    listed = api.get(f"/batch/{many}/objects").json()["objects"]
+    uris = [o["uri"] for o in listed]
+    assert uris == sorted(uris) and len(uris) == 4
+    assert [o["rejected"] for o in listed if o["state"] == "loaded"] == [2, 2, 2]
+    assert api.get(f"/batch/{alone}").json()["objects"]["total"] == 1
+
+    seen: list[tuple[int, int]] = []
+    params = {"limit": 4, "after_object": 0, "after_line": 0}
+    while True:
+        body = api.get(f"/batch/{many}/rejected", params=params).json()
+        seen += [(r["object"], r["line"]) for r in body["rejected"]]
+        if body["next_after_line"] is None:
+            break
+        params = {**params, "after_object": body["next_after_object"]}
+        params["after_line"] = body["next_after_line"]
+    assert seen == [(0, 2), (0, 4), (1, 2), (1, 4), (2, 2), (2, 4)]
+    first = api.get(f"/batch/{many}/rejected", params={"limit": 1}).json()["rejected"][0]
+    assert first["source_uri"].endswith(keys[0])
+    results = api.get(f"/batch/{many}/results").json()["results"]
+    assert [r["source_uri"].rsplit("/", 1)[-1] for r in results] == [
+        k.rsplit("/", 1)[-1] for k in keys
+    ]

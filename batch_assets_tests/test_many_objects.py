@@ -3,12 +3,14 @@ them, a result per object, an unreadable object failing alone."""
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
 from batch_assets import readers
 from batch_assets.tracking import BatchJobs
-from batch_assets_tests.pipeline_helpers import Inbox, batch_row
+from batch_assets_tests.pipeline_helpers import Inbox, batch_row, cli, materialization
 
 
 def test_one_run_loads_many_objects_and_an_unreadable_one_fails_alone(
@@ -42,6 +44,9 @@ def test_one_run_loads_many_objects_and_an_unreadable_one_fails_alone(
     )
     checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
     assert checks["row_accounting"].passed
+    metadata = materialization(run, "reviews", "postgres")
+    assert (metadata["objects"], metadata["objects_failed"]) == (8, 2)
+    assert late_bad in metadata["failed_objects"]
     bucket = inbox.bucket
     with psycopg.connect(pg_url) as conn:
         per_object = dict(
@@ -74,3 +79,8 @@ def test_one_run_loads_many_objects_and_an_unreadable_one_fails_alone(
         1,
     )
     assert all(objects[f"s3://{bucket}/{key}"].processed == 2 for key in good)
+
+    status = cli("status", batch_id)
+    assert status.returncode == 0, status.stderr
+    objects = json.loads(status.stdout)["objects"]
+    assert (objects["total"], objects["loaded"], objects["failed"]) == (8, 6, 2)

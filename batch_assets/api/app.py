@@ -13,7 +13,7 @@ import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -46,7 +46,13 @@ from batch_assets.resources.jobs import JobsResource, StoreName, store_named
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.s3_objects import partition_key_for, s3_uri
 from batch_assets.sinks.postgres import rejected_page, results_page
-from batch_assets.tracking import BatchRecord, BatchStore, Source, status_document
+from batch_assets.tracking import (
+    BatchRecord,
+    BatchStore,
+    Source,
+    objects_summary,
+    status_document,
+)
 from batch_assets.tracking_dynamodb import JOBS_TABLE
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
 FILE_FIELD = "file"
 MAX_PER_PAGE = 1000
+FAILED_SHOWN = 20
+"""Failed objects a batch's status lists (all of them: its objects endpoint)."""
 # (page - 1) * per_page stays far inside Postgres's bigint
 MAX_PAGE = 1_000_000_000
 BATCH_ID = r"^[A-Za-z0-9._-]{1,200}$"
@@ -162,6 +170,35 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class ObjectOutcomeModel(BaseModel):
+    uri: str
+    state: Literal["pending", "loaded", "failed"] = Field(
+        description="pending until the batch is loaded; failed when it could not be read "
+        "(it then contributes no rows)."
+    )
+    rows_read: int
+    processed: int
+    rejected: int
+    failed: int
+    error: str | None = Field(description="Why the object could not be read.")
+
+
+class ObjectsSummary(BaseModel):
+    total: int = Field(description="Source objects in the batch.")
+    pending: int
+    loaded: int
+    failed: int
+    failed_objects: list[ObjectOutcomeModel] = Field(
+        description=f"The first {FAILED_SHOWN} objects that could not be read, with their "
+        "errors; all of them under /batch/{batch_id}/objects."
+    )
+
+
+class ObjectList(BaseModel):
+    batch_id: str
+    objects: list[ObjectOutcomeModel] = Field(description="By URI.")
+
+
 class BatchStatus(BaseModel):
     batch_id: str
     status: Literal["queued", "processing", "completed", "failed"]
@@ -183,6 +220,9 @@ class BatchStatus(BaseModel):
     source: dict[str, int | str | None] | None = Field(
         default=None,
         description="Once loaded, what reading the source came to: rows_read and chunks.",
+    )
+    objects: ObjectsSummary | None = Field(
+        default=None, description="The batch's source objects: how many, and in which state."
     )
 
 
@@ -219,7 +259,9 @@ class ResultsPage(BaseModel):
 
 
 class RejectedRow(BaseModel):
-    line: int
+    object: int = Field(description="The source object's number in the batch, from 0.")
+    source_uri: str | None
+    line: int = Field(description="The record's 1-based line in its object.")
     reason: str
     record: str | None
 
@@ -227,8 +269,12 @@ class RejectedRow(BaseModel):
 class RejectedPage(BaseModel):
     batch_id: str
     total_rejected: int
+    after_object: int
     after_line: int
     rejected: list[RejectedRow]
+    next_after_object: int | None = Field(
+        description="Pass as after_object for the next page; null on the last one."
+    )
     next_after_line: int | None = Field(
         description="Pass as after_line for the next page; null on the last one."
     )
@@ -457,7 +503,28 @@ def batch_status(
 ) -> BatchStatus:
     """Status, counts and progress; `summary` once completed, `error` once failed."""
     row = _batch_row(backend, dataset.value, batch_id)
-    return BatchStatus(**status_document(row), sinks=row.sink_stats, source=row.source_stats)
+    with backend.connection() as conn:
+        objects = backend.jobs(conn, dataset.value).objects(batch_id)
+    return BatchStatus(
+        **status_document(row),
+        sinks=row.sink_stats,
+        source=row.source_stats,
+        objects=ObjectsSummary(**objects_summary(objects, shown=FAILED_SHOWN)),
+    )
+
+
+@batches.get("/batch/{batch_id}/objects", response_model=ObjectList, responses=_errors(404))
+def batch_objects(
+    batch_id: BatchId,
+    backend: BackendDep,
+    dataset: DatasetQuery = DEFAULT_DATASET,
+) -> ObjectList:
+    """Each source object of the batch: its state, its rows' counts and, when it could not
+    be read, its error."""
+    _batch_row(backend, dataset.value, batch_id)
+    with backend.connection() as conn:
+        objects = backend.jobs(conn, dataset.value).objects(batch_id)
+    return ObjectList(batch_id=batch_id, objects=[ObjectOutcomeModel(**asdict(o)) for o in objects])
 
 
 @batches.get("/batch/{batch_id}/results", response_model=ResultsPage, responses=_errors(404))
@@ -491,21 +558,30 @@ def batch_rejected(
     dataset: DatasetQuery = DEFAULT_DATASET,
     after_line: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 100,
+    after_object: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> RejectedPage:
-    """Rejected rows with their source line and reason, in line order, `limit` at a
-    time after `after_line`."""
+    """Rejected rows with their object, line and reason, in object then line order,
+    `limit` at a time after line `after_line` of object `after_object`."""
     entry = dataset_named(dataset.value)
     _batch_row(backend, entry.name, batch_id)
     with backend.connection() as conn:
         total, rows = rejected_page(
-            conn, entry.tables, batch_id, after_line=after_line, limit=limit
+            conn,
+            entry.tables,
+            batch_id,
+            after_line=after_line,
+            limit=limit,
+            after_object=after_object,
         )
+    more = len(rows) == limit
     return RejectedPage(
         batch_id=batch_id,
         total_rejected=total,
+        after_object=after_object,
         after_line=after_line,
         rejected=[RejectedRow(**r) for r in rows],
-        next_after_line=int(rows[-1]["line"]) if len(rows) == limit else None,
+        next_after_object=int(rows[-1]["object"]) if more else None,
+        next_after_line=int(rows[-1]["line"]) if more else None,
     )
 
 

@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -47,6 +48,7 @@ from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
 from batch_assets.sinks.postgres import duplicate_ids, preview_markdown
+from batch_assets.tracking import ObjectOutcome
 from batch_assets.write_behind import WriteBehind
 
 CHECKPOINTS = "checkpoint_io_manager"
@@ -225,6 +227,7 @@ class Streamed:
                 "summary": MetadataValue.json(loaded.summary),
                 "table": tables.results,
                 "preview": MetadataValue.md(preview),
+                **objects_metadata(loaded.objects),
             },
         )
         key = AssetKey([dataset.name, "postgres"])
@@ -240,6 +243,28 @@ class Streamed:
                 severity=AssetCheckSeverity.WARN,
                 metadata={"duplicated_ids": MetadataValue.json(duplicates)},
             )
+
+
+FAILED_OBJECTS_SHOWN = 20
+
+
+def objects_metadata(objects: tuple[ObjectOutcome, ...]) -> dict[str, Any]:
+    """The source objects in a load's metadata: how many, how many failed, and a table of
+    the first failed ones with their errors."""
+    failed = [o for o in objects if o.state == "failed"]
+    metadata: dict[str, Any] = {"objects": len(objects), "objects_failed": len(failed)}
+    if failed:
+        lines = ["| object | error |", "|---|---|"]
+        lines += [
+            f"| {o.uri} | {(o.error or '').replace('|', '/')[:300]} |"
+            for o in failed[:FAILED_OBJECTS_SHOWN]
+        ]
+        if len(failed) > FAILED_OBJECTS_SHOWN:
+            lines.append(
+                f"| ... | {len(failed) - FAILED_OBJECTS_SHOWN:,} more: batch-assets status |"
+            )
+        metadata["failed_objects"] = MetadataValue.md("\n".join(lines))
+    return metadata
 
 
 def stream_batch(

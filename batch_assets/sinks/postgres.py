@@ -478,27 +478,42 @@ def results_page(
     count is the largest `seq`, one index probe.
     """
     table = sql.Identifier(tables.result_rows)
-    columns = sql.SQL(", ").join(map(sql.Identifier, ["line", *tables.columns, "status", "error"]))
+    columns = sql.SQL(", ").join(
+        sql.SQL("r.{}").format(sql.Identifier(c))
+        for c in ["line", *tables.columns, "status", "error"]
+    )
     first = (page - 1) * per_page
     batch = tables.of_batch()
     count = sql.SQL("SELECT max(seq) FROM {} WHERE {}").format(table, batch)
-    rows = sql.SQL("SELECT {} FROM {} WHERE {} AND seq > %s AND seq <= %s ORDER BY seq").format(
-        columns, table, batch
-    )
+    rows = sql.SQL(
+        "SELECT {}, o.uri AS source_uri FROM {} AS r LEFT JOIN {} AS o USING (batch_key, "
+        "source_no) WHERE {} AND r.seq > %s AND r.seq <= %s ORDER BY r.seq"
+    ).format(columns, table, sql.Identifier(tables.objects), batch)
     return _count_and_rows(conn, batch_id, count, rows, (first, first + per_page))
 
 
 def rejected_page(
-    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, *, after_line: int, limit: int
+    conn: psycopg.Connection,
+    tables: ResultsTables,
+    batch_id: str,
+    *,
+    after_line: int,
+    limit: int,
+    after_object: int = 0,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """The batch's rejected-row count and up to `limit` rejected rows after a source line,
-    in line order (a keyset page on the primary key)."""
+    """The batch's rejected-row count and up to `limit` rejected rows after a source line
+    (of object `after_object`), in object then line order (a keyset page on the primary
+    key), each with its object's number (`object`) and URI."""
     table = sql.Identifier(tables.rejected_rows)
     batch = tables.of_batch()
-    query = "SELECT line, reason, record FROM {} WHERE {} AND line > %s ORDER BY line LIMIT %s"
-    rows = sql.SQL(query).format(table, batch)
+    query = (
+        "SELECT r.source_no AS object, r.line, r.reason, r.record, o.uri AS source_uri "
+        "FROM {} AS r LEFT JOIN {} AS o USING (batch_key, source_no) "
+        "WHERE {} AND (r.source_no, r.line) > (%s, %s) ORDER BY r.source_no, r.line LIMIT %s"
+    )
+    rows = sql.SQL(query).format(table, sql.Identifier(tables.objects), batch)
     count = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table, batch)
-    return _count_and_rows(conn, batch_id, count, rows, (after_line, limit))
+    return _count_and_rows(conn, batch_id, count, rows, (after_object, after_line, limit))
 
 
 def _count_and_rows(
