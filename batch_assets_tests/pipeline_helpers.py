@@ -86,12 +86,12 @@ class Inbox:
         return batch_id, self.run(batch_id, **config)
 
 
-def cursor_before(s3: Any, bucket: str, prefix: str, key: str) -> str:
-    """An inbox sensor cursor that has taken every object under `prefix` but `key`, so a
-    tick takes `key` alone, whatever other tests left in the inbox."""
+def cursor_before(s3: Any, bucket: str, prefix: str, *keys: str) -> str:
+    """An inbox sensor cursor that has taken every object under `prefix` but `keys`, so a
+    tick takes those alone, whatever other tests left in the inbox."""
     from batch_assets.s3_objects import InboxCursor, list_objects
 
-    others = [o for o in list_objects(s3, bucket, prefix) if o.key != key]
+    others = [o for o in list_objects(s3, bucket, prefix) if o.key not in keys]
     return InboxCursor(taken={o.version: o.last_modified for o in others}).serialize()
 
 

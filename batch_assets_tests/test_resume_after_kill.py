@@ -19,6 +19,7 @@ from batch_assets.generate import reviews_csv
 from batch_assets.local_stack import LocalStack
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
+from batch_assets.tracking import BatchJobs
 from batch_assets_tests.pipeline_helpers import (
     assert_each_stage_resumed,
     batch_row,
@@ -93,3 +94,64 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     row = batch_row(url, partition)
     assert (row.status, row.processed_count, row.total_count) == ("completed", ROWS, ROWS)
     assert (row.lineage, row.run_id) == (run.run_id, result.run_id)
+
+
+OBJECTS = 12
+PER_OBJECT = 2_500
+# each object: 8 chunks of 300 rows and one of 100 (a chunk ends where an object's does)
+BATCH_CHUNKS = OBJECTS * 9
+
+
+def test_sigkill_mid_batch_of_many_objects_resumes_at_the_object_and_chunk(
+    stack: LocalStack, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    from batch_assets.datasets import REVIEWS
+    from batch_assets.definitions import build_definitions
+    from batch_assets.runner import evaluate_inbox_sensor
+
+    lines = reviews_csv(tmp_path / "many.csv", OBJECTS * PER_OBJECT).read_text().splitlines()
+    header, records = lines[0], lines[1:]
+    bucket, s3 = stack.env["BATCH_ASSETS_BUCKET"], stack.s3()
+    stem = f"{REVIEWS.prefix}killmany-{time.time_ns()}"
+    keys = []
+    for n in range(OBJECTS):
+        part = records[n * PER_OBJECT : (n + 1) * PER_OBJECT]
+        keys.append(f"{stem}-{n:02}.csv")
+        s3.put_object(Bucket=bucket, Key=keys[-1], Body="\n".join([header, *part, ""]).encode())
+    cursor = cursor_before(s3, bucket, REVIEWS.prefix, *keys)
+    (request,) = evaluate_inbox_sensor(build_definitions(), instance, REVIEWS, cursor).run_requests
+    partition = str(request.partition_key)
+    base = Path(stack.env["BATCH_ASSETS_CHECKPOINT_BASE"])
+
+    kill_after_durable_chunks(base, "reviews", partition, chunk_size=CHUNK, chunks=25)
+    killed = stage_frontiers(base, "reviews", partition)
+    processed = killed["processed"][1]
+    # killed inside the batch: some objects behind the frontier, some ahead
+    assert 2 <= processed["state"]["object"] < OBJECTS
+    assert processed["chunks"] < BATCH_CHUNKS
+
+    (run,) = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == partition]
+    url = stack.env["BATCH_ASSETS_PG_URL"]
+    report_run_failure(
+        instance, run, JobsResource(postgres=PostgresResource(url=url)), "run worker gone"
+    )
+    result = execute_job(
+        reconstructable(reviews_job),
+        instance=instance,
+        run_config=settings_config(chunk_size=CHUNK, workers=1),
+        reexecution_options=ReexecutionOptions.from_failure(run.run_id, instance),
+        tags={"dagster/partition": partition},
+    )
+    assert result.success
+    assert_each_stage_resumed(result, base, "reviews", partition, killed, BATCH_CHUNKS)
+    with psycopg.connect(url) as conn:
+        count, ids, places = conn.execute(
+            "SELECT count(*), count(DISTINCT id), count(DISTINCT (source_uri, line)) "
+            "FROM reviews_results WHERE batch_id = %s",
+            (partition,),
+        ).fetchone()  # type: ignore[misc]
+        objects = BatchJobs(conn, "reviews").objects(partition)
+    assert count == ids == places == OBJECTS * PER_OBJECT
+    assert [(o.state, o.processed) for o in objects] == [("loaded", PER_OBJECT)] * OBJECTS
+    row = batch_row(url, partition)
+    assert (row.status, row.processed_count) == ("completed", OBJECTS * PER_OBJECT)
