@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
+from batch_assets.ledger import OBJECT_STATES
 from batch_assets.local_stack import LocalStack
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from batch_assets.tracking import BatchRecord
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batch-assets", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -78,7 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     upload.add_argument("file", type=Path)
     upload.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
 
-    args = parser.parse_args(argv)
+    objects = commands.add_parser(
+        "objects", help="list the inbox objects taken, newest first, with what became of each"
+    )
+    objects.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
+    objects.add_argument("--prefix", default="", help="only keys starting so (in the inbox)")
+    objects.add_argument("--state", choices=OBJECT_STATES, help="only objects in this state")
+    objects.add_argument("--limit", type=int, default=100)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == "demo":
         return run_demo(args)
     if args.command == "dev":
@@ -87,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_status(args.batch_id, args.dataset)
     if args.command == "upload":
         return upload_file(args.file, args.dataset)
+    if args.command == "objects":
+        return print_objects(args.dataset, args.prefix, args.state, args.limit)
     if args.command == "retry":
         return retry_batch(args.batch_id, args.dataset)
     if args.command == "reset":
@@ -575,6 +589,28 @@ def serve(host: str, port: int) -> int:
         print(f"batch-assets serve: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+    return 0
+
+
+def print_objects(dataset_name: str, prefix: str, state: str | None, limit: int) -> int:
+    """The inbox objects the dataset's sensor has taken under `prefix` (a key prefix inside
+    the inbox), newest first, as JSON lines: the version, its batch and what became of it."""
+    from batch_assets.ledger import object_history, open_ledger
+
+    url, bucket = _setting("BATCH_ASSETS_PG_URL"), _setting("BATCH_ASSETS_BUCKET")
+    if not url or not bucket:
+        return 2
+    dataset = dataset_named(dataset_name)
+    resource = _jobs_resource(url)
+    uri_prefix = f"s3://{bucket}/{dataset.prefix}{prefix}"
+    with (
+        open_ledger(resource.postgres.connect, dataset.name) as ledger,
+        resource.open(dataset.name) as jobs,
+    ):
+        jobs.ensure()
+        rows = object_history(ledger, jobs, uri_prefix=uri_prefix, state=state, limit=limit)
+    for row in rows:
+        print(json.dumps(row, default=str))
     return 0
 
 

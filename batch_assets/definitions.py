@@ -23,11 +23,11 @@ from batch_assets.datasets import DATASETS, Dataset
 from batch_assets.factory import CHECKPOINTS, build_dataset
 from batch_assets.failures import batch_run_failure_sensor
 from batch_assets.io_managers.checkpoint import CheckpointIOManager, CheckpointsResource
-from batch_assets.resources.aws import S3
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.resources.postgres import PostgresResource
+from batch_assets.resources.s3 import S3
 from batch_assets.resources.settings import BatchSettings
 
 

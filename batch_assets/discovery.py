@@ -13,11 +13,19 @@ from dagster import DynamicPartitionsDefinition, RunRequest, SensorResult, SkipR
 from batch_assets.datasets import Dataset
 from batch_assets.grouping import BatchLimits, batch_id_for, group_objects
 from batch_assets.increments import Increment, Increments
-from batch_assets.s3_objects import InboxCursor, ObjectInfo, new_objects, s3_uri
+from batch_assets.ledger import ObjectLedger, ObjectVersion
+from batch_assets.s3_objects import (
+    InboxCursor,
+    ObjectInfo,
+    objects_in_window,
+    partition_key_for,
+    s3_uri,
+)
 from batch_assets.sql_source import SourceMissing, check_table, encode_mark
 from batch_assets.tracking import BatchStore, Source
 
 OpenStore = Callable[[], AbstractContextManager[BatchStore]]
+OpenLedger = Callable[[], AbstractContextManager[ObjectLedger]]
 
 
 def inbox_tick(
@@ -30,13 +38,15 @@ def inbox_tick(
     lookback: timedelta,
     limit: int,
     open_store: OpenStore,
+    open_ledger: OpenLedger,
     log: Any,
     now: datetime | None = None,
 ) -> SensorResult | SkipReason:
-    """One tick over the dataset's inbox: the new uploads (past `cursor`, at most `limit`)
-    are grouped into batches (`grouping`, under the dataset's limits), each registered as
-    a queued batch, added as a partition and requested as a run; objects held back for
-    their batch to fill stay new for the next tick.
+    """One tick over the dataset's inbox: the new uploads (in the cursor's window and not
+    in the ledger, the oldest `limit`) are grouped into batches (`grouping`, under the
+    dataset's limits), each registered as a queued batch, recorded in the ledger, added as
+    a partition and requested as a run; objects held back for their batch to fill stay new
+    for the next tick.
 
     A batch of one object is the object's own (see `grouping.batch_id_for`): an upload of
     content it holds already (the same bytes dropped again) changes nothing and requests
@@ -44,40 +54,80 @@ def inbox_tick(
     registers it); new content requests a run keyed by the upload (key, ETag and time), so
     earlier content uploaded again (A, then B, then A) runs again."""
     inbox = InboxCursor.parse(cursor, lookback=lookback)
-    found, _, backlog = new_objects(client, bucket, dataset.prefix, inbox, limit=limit)
-    if not found:
-        return SkipReason(f"no new objects under s3://{bucket}/{dataset.prefix}")
-    limits = BatchLimits(dataset.batch_objects, dataset.batch_bytes, dataset.batch_wait)
-    with open_store() as store:
-        store.ensure()
-        alone = _registered_alone(store, found, bucket)
-        kept_alone = set(alone)
-        rest = [obj for obj in found if obj not in kept_alone]
-        groups, held = group_objects(rest, limits, now=now or datetime.now(UTC))
-        groups = [[obj] for obj in alone] + groups
-        if not groups:
-            return SkipReason(
-                f"no new batch under s3://{bucket}/{dataset.prefix}: {len(held)} new objects "
-                "wait for their batch to fill"
-            )
-        keys = [batch_id_for(group, dataset.prefix) for group in groups]
-        requests = []
+    candidates = objects_in_window(client, bucket, dataset.prefix, inbox)
+    with open_ledger() as ledger:
+        _move_legacy(ledger, inbox, bucket, dataset.prefix)
+        versions = {obj: ObjectVersion.of(obj, bucket) for obj in candidates}
+        unseen = ledger.unseen(list(versions.values()))
+        fresh = [obj for obj in candidates if versions[obj] in unseen]
+        if not fresh:
+            return _skip(f"no new objects under s3://{bucket}/{dataset.prefix}", inbox, cursor)
+        found = fresh[:limit]
+        with open_store() as store:
+            store.ensure()
+            groups = _batches(store, dataset, found, bucket, now or datetime.now(UTC))
+            if not groups:
+                return _skip(
+                    f"no new batch under s3://{bucket}/{dataset.prefix}: {len(found)} new "
+                    "objects wait for their batch to fill",
+                    inbox,
+                    cursor,
+                )
+            keys = [batch_id_for(group, dataset.prefix) for group in groups]
+            requests = _requests(store, keys, groups, bucket, log)
         for key, group in zip(keys, groups, strict=True):
-            run_key = _run_key(store, key, group, bucket)
-            if run_key is None:
-                log.info(f"s3://{bucket}/{group[0].key} holds what batch {key} has: no new run")
-                continue
-            requests.append(
-                RunRequest(run_key=run_key, partition_key=key, tags=_tags(group, bucket))
-            )
+            ledger.take([versions[obj] for obj in group], key)
     taken = [obj for group in groups for obj in group]
-    if backlog > len(taken):
-        log.info(f"{backlog - len(taken)} more new objects wait for a later tick")
+    if len(fresh) > len(taken):
+        log.info(f"{len(fresh) - len(taken)} more new objects wait for a later tick")
     return SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[partitions.build_add_request(sorted(set(keys)))],
         cursor=inbox.advanced(taken).serialize(),
     )
+
+
+def _skip(reason: str, inbox: InboxCursor, cursor: str | None) -> SkipReason | SensorResult:
+    """A tick that requests nothing; it still writes the cursor when an earlier version's
+    taken versions have just moved into the ledger."""
+    if not inbox.legacy_taken:
+        return SkipReason(reason)
+    return SensorResult(skip_reason=reason, cursor=inbox.advanced([]).serialize())
+
+
+def _move_legacy(ledger: ObjectLedger, inbox: InboxCursor, bucket: str, prefix: str) -> None:
+    """Moves the versions a cursor of an earlier version lists into the ledger (each was
+    then a batch of its own, named after its key)."""
+    for key, etag, at in inbox.legacy_taken:
+        version = ObjectVersion(s3_uri(bucket, key), etag, at, 0)
+        ledger.take([version], partition_key_for(key, prefix))
+
+
+def _batches(
+    store: BatchStore, dataset: Dataset, found: list[ObjectInfo], bucket: str, now: datetime
+) -> list[list[ObjectInfo]]:
+    """The batches `found` makes under the dataset's limits; uploads the API registered stay
+    batches of their own."""
+    limits = BatchLimits(dataset.batch_objects, dataset.batch_bytes, dataset.batch_wait)
+    alone = _registered_alone(store, found, bucket)
+    kept_alone = set(alone)
+    rest = [obj for obj in found if obj not in kept_alone]
+    groups, _ = group_objects(rest, limits, now=now)
+    return [[obj] for obj in alone] + groups
+
+
+def _requests(
+    store: BatchStore, keys: list[str], groups: list[list[ObjectInfo]], bucket: str, log: Any
+) -> list[RunRequest]:
+    """Registers each batch and requests its run, unless it holds what it held already."""
+    requests = []
+    for key, group in zip(keys, groups, strict=True):
+        run_key = _run_key(store, key, group, bucket)
+        if run_key is None:
+            log.info(f"s3://{bucket}/{group[0].key} holds what batch {key} has: no new run")
+            continue
+        requests.append(RunRequest(run_key=run_key, partition_key=key, tags=_tags(group, bucket)))
+    return requests
 
 
 QUEUED_LOOKUP = 1000

@@ -53,53 +53,48 @@ def partition_key_for(key: str, prefix: str) -> str:
 
 @dataclass(frozen=True)
 class InboxCursor:
-    """Which uploads of an inbox were taken, as `key@etag@time`, within a lookback window.
+    """How far an inbox sensor has come: the newest `LastModified` it has taken (the
+    watermark). Which versions it took is the ledger's (`ledger.ObjectLedger`), not the
+    cursor's, so the cursor stays a few bytes whatever the history.
 
     S3 stamps an object with one-second precision, and a multipart upload with the time it
-    was started, so an object can appear after newer ones were taken. The cursor keeps the
-    newest `LastModified` taken (the watermark) and every upload taken whose
-    `LastModified` is within `lookback` of it: an upload is new when it is not among them
-    and it is not older than the window. A new upload of a key is new, whatever it holds.
+    was started, so an object can appear after newer ones were taken: the sensor looks at
+    every object not older than `lookback` before the watermark (`in_window`), and the
+    ledger says which of them are new.
+
+    Cursors of earlier versions also listed the versions taken (`key@etag@time`); such a
+    cursor parses with them in `legacy_taken`, for the sensor to move into the ledger.
     """
 
     watermark: datetime | None = None
-    taken: dict[str, datetime] = field(default_factory=dict)
     lookback: timedelta = timedelta(minutes=30)
+    legacy_taken: tuple[tuple[str, str, datetime], ...] = ()
 
     @classmethod
     def parse(cls, text: str | None, *, lookback: timedelta = timedelta(minutes=30)) -> InboxCursor:
         if not text:
             return cls(lookback=lookback)
         data = json.loads(text)
-        return cls(
-            datetime.fromisoformat(data["watermark"]) if data["watermark"] else None,
-            {version: datetime.fromisoformat(at) for version, at in data["taken"].items()},
-            lookback,
-        )
+        watermark = datetime.fromisoformat(data["watermark"]) if data["watermark"] else None
+        legacy = tuple(_legacy_version(version) for version in data.get("taken", {}))
+        return cls(watermark, lookback, legacy)
 
     def serialize(self) -> str:
-        return json.dumps(
-            {
-                "watermark": self.watermark.isoformat() if self.watermark else None,
-                "taken": {version: at.isoformat() for version, at in self.taken.items()},
-            }
-        )
+        return json.dumps({"watermark": self.watermark.isoformat() if self.watermark else None})
 
-    def is_new(self, obj: ObjectInfo) -> bool:
-        if obj.version in self.taken:
-            return False
+    def in_window(self, obj: ObjectInfo) -> bool:
         return self.watermark is None or obj.last_modified >= self.watermark - self.lookback
 
     def advanced(self, objects: list[ObjectInfo]) -> InboxCursor:
-        if not objects:
-            return self
-        watermark = max(
-            [o.last_modified for o in objects] + ([self.watermark] if self.watermark else [])
-        )
-        horizon = watermark - self.lookback
-        taken = {v: at for v, at in self.taken.items() if at >= horizon}
-        taken.update({o.version: o.last_modified for o in objects})
-        return InboxCursor(watermark, taken, self.lookback)
+        """The cursor past `objects` (taken), its legacy versions moved out."""
+        times = [o.last_modified for o in objects] + ([self.watermark] if self.watermark else [])
+        return InboxCursor(max(times) if times else None, self.lookback)
+
+
+def _legacy_version(version: str) -> tuple[str, str, datetime]:
+    """A version `key@etag@time` of an earlier cursor (the key may hold `@`)."""
+    key, etag, at = version.rsplit("@", 2)
+    return key, etag, datetime.fromisoformat(at)
 
 
 @dataclass(frozen=True, order=True)
@@ -131,16 +126,12 @@ def list_objects(client: Any, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
             )
 
 
-def new_objects(
-    client: Any, bucket: str, prefix: str, cursor: InboxCursor, *, limit: int
-) -> tuple[list[ObjectInfo], InboxCursor, int]:
-    """The oldest `limit` objects not yet taken, the cursor after them, and the backlog size.
-
-    A large backlog is spread over several calls in `(last_modified, key)` order.
-    """
-    fresh = sorted(obj for obj in list_objects(client, bucket, prefix) if cursor.is_new(obj))
-    taken = fresh[:limit]
-    return taken, cursor.advanced(taken), len(fresh)
+def objects_in_window(
+    client: Any, bucket: str, prefix: str, cursor: InboxCursor
+) -> list[ObjectInfo]:
+    """The objects under `prefix` in the cursor's window, oldest first (`(last_modified,
+    key)` order)."""
+    return sorted(obj for obj in list_objects(client, bucket, prefix) if cursor.in_window(obj))
 
 
 def head(client: Any, uri: str) -> Source:

@@ -89,10 +89,12 @@ class Inbox:
 def cursor_before(s3: Any, bucket: str, prefix: str, *keys: str) -> str:
     """An inbox sensor cursor that has taken every object under `prefix` but `keys`, so a
     tick takes those alone, whatever other tests left in the inbox."""
-    from batch_assets.s3_objects import InboxCursor, list_objects
+    from batch_assets.s3_objects import list_objects
 
     others = [o for o in list_objects(s3, bucket, prefix) if o.key not in keys]
-    return InboxCursor(taken={o.version: o.last_modified for o in others}).serialize()
+    # a cursor as earlier versions wrote them: the sensor moves its versions into the ledger
+    taken = {o.version: o.last_modified.isoformat() for o in others}
+    return json.dumps({"watermark": None, "taken": taken})
 
 
 def batch_row(url: str, batch_id: str) -> BatchRecord:
@@ -146,14 +148,18 @@ def comments_job() -> JobDefinition:
     return build_definitions().resolve_job_def("comments_job")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`batch-assets ARGS` in a child process with this process's environment."""
+def cli(*args: str, pg_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`batch-assets ARGS` in a child process with this process's environment (and the
+    results in `pg_url`, when given)."""
+    env = os.environ.copy()
+    if pg_url is not None:
+        env["BATCH_ASSETS_PG_URL"] = pg_url
     return subprocess.run(
         [sys.executable, "-m", "batch_assets.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env=os.environ.copy(),
+        env=env,
     )
 
 

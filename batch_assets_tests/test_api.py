@@ -282,6 +282,14 @@ def test_objects_of_a_batch_and_rejected_rows_paged_across_them(
     assert seen == [(0, 2), (0, 4), (1, 2), (1, 4), (2, 2), (2, 4)]
     first = api.get(f"/batch/{many}/rejected", params={"limit": 1}).json()["rejected"][0]
     assert first["source_uri"].endswith(keys[0])
+    taken = api.get("/objects", params={"prefix": f"{inbox.tag}-paged-"}).json()["objects"]
+    states = {o["uri"].rsplit("-", 1)[-1]: (o["batch_id"], o["state"]) for o in taken}
+    assert states == {
+        "0.csv": (many, "loaded"),
+        "1.csv": (many, "loaded"),
+        "2.csv": (many, "loaded"),
+        "bad.csv": (many, "failed"),
+    }
     results = api.get(f"/batch/{many}/results").json()["results"]
     assert [r["source_uri"].rsplit("/", 1)[-1] for r in results] == [
         k.rsplit("/", 1)[-1] for k in keys

@@ -80,7 +80,15 @@ def test_one_run_loads_many_objects_and_an_unreadable_one_fails_alone(
     )
     assert all(objects[f"s3://{bucket}/{key}"].processed == 2 for key in good)
 
-    status = cli("status", batch_id)
+    status = cli("status", batch_id, pg_url=pg_url)
     assert status.returncode == 0, status.stderr
     objects = json.loads(status.stdout)["objects"]
     assert (objects["total"], objects["loaded"], objects["failed"]) == (8, 6, 2)
+
+    listed = cli("objects", "--prefix", f"{inbox.tag}-many-", "--state", "failed", pg_url=pg_url)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(r["uri"] for r in rows) == sorted(
+        f"s3://{bucket}/{key}" for key in (late_bad, no_text)
+    )
+    assert {r["batch_id"] for r in rows} == {batch_id}

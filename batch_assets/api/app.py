@@ -41,6 +41,7 @@ from batch_assets.api.upload import (
 )
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.errors import BatchInputError, ConfigError
+from batch_assets.ledger import ObjectLedger, object_history
 from batch_assets.readers import CsvLayout
 from batch_assets.resources.jobs import JobsResource, StoreName, store_named
 from batch_assets.resources.postgres import PostgresResource
@@ -197,6 +198,31 @@ class ObjectsSummary(BaseModel):
 class ObjectList(BaseModel):
     batch_id: str
     objects: list[ObjectOutcomeModel] = Field(description="By URI.")
+
+
+ObjectStateName = Literal["pending", "loaded", "failed", "superseded"]
+
+
+class TakenObject(BaseModel):
+    uri: str
+    etag: str
+    last_modified: datetime
+    size: int
+    batch_id: str | None
+    taken_at: datetime
+    state: ObjectStateName = Field(
+        description="pending (its batch waits or runs), loaded, failed (it could not be "
+        "read), or superseded (a newer upload of the key was loaded in its place)."
+    )
+    rows_read: int | None = None
+    processed: int | None = None
+    rejected: int | None = None
+    failed: int | None = None
+    error: str | None = None
+
+
+class ObjectHistory(BaseModel):
+    objects: list[TakenObject]
 
 
 class BatchStatus(BaseModel):
@@ -525,6 +551,27 @@ def batch_objects(
     with backend.connection() as conn:
         objects = backend.jobs(conn, dataset.value).objects(batch_id)
     return ObjectList(batch_id=batch_id, objects=[ObjectOutcomeModel(**asdict(o)) for o in objects])
+
+
+@batches.get("/objects", response_model=ObjectHistory)
+def objects(
+    backend: BackendDep,
+    dataset: DatasetQuery = DEFAULT_DATASET,
+    prefix: Annotated[str, Query(max_length=1024)] = "",
+    state: Annotated[ObjectStateName | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 100,
+) -> ObjectHistory:
+    """The inbox objects the dataset's sensor has taken (keys starting with `prefix`
+    inside its inbox), newest first: each version, its batch, and what became of it."""
+    entry = dataset_named(dataset.value)
+    uri_prefix = s3_uri(backend.config.bucket, entry.prefix + prefix)
+    with backend.connection() as conn:
+        ledger = ObjectLedger(conn, entry.name)
+        ledger.ensure()
+        rows = object_history(
+            ledger, backend.jobs(conn, entry.name), uri_prefix=uri_prefix, state=state, limit=limit
+        )
+    return ObjectHistory(objects=[TakenObject(**row) for row in rows])
 
 
 @batches.get("/batch/{batch_id}/results", response_model=ResultsPage, responses=_errors(404))

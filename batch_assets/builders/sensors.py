@@ -19,6 +19,7 @@ from dagster_aws.s3 import S3Resource
 
 from batch_assets.datasets import Dataset
 from batch_assets.discovery import inbox_tick, increment_tick
+from batch_assets.ledger import open_ledger
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
@@ -80,6 +81,7 @@ def dataset_sensor(
             lookback=timedelta(minutes=settings.inbox_lookback_minutes),
             limit=settings.max_objects_per_tick,
             open_store=lambda: jobs.open(name),
+            open_ledger=lambda: open_ledger(jobs.postgres.connect, name),
             log=context.log,
         )
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import boto3
+from botocore.config import Config
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from batch_assets.resources.aws import standard_client
 from batch_assets.sinks.backoff import Backoff
 from batch_assets.sinks.dynamodb import RECORDS_TABLE, BatchWriter
 
@@ -30,7 +31,7 @@ class DynamoDBResource(ConfigurableResource):
     max_delay: float = Field(default=5.0, description="Seconds: the largest backoff bound.")
 
     def get_client(self) -> Any:
-        return standard_client("dynamodb")
+        return boto3.client("dynamodb", config=Config(retries={"mode": "standard"}))
 
     def backoff(self) -> Backoff:
         return Backoff(base=self.base_delay, cap=self.max_delay, max_attempts=self.max_attempts)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import boto3
+from botocore.config import Config
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from batch_assets.resources.aws import standard_client
 from batch_assets.sinks.backoff import Backoff
 from batch_assets.sinks.kinesis import StreamWriter, ensure_stream
 
@@ -29,7 +30,7 @@ class KinesisResource(ConfigurableResource):
         return f"{self.stream_prefix}{dataset}"
 
     def get_client(self) -> Any:
-        return standard_client("kinesis")
+        return boto3.client("kinesis", config=Config(retries={"mode": "standard"}))
 
     def backoff(self) -> Backoff:
         return Backoff(base=self.base_delay, cap=self.max_delay, max_attempts=self.max_attempts)

@@ -1,10 +1,10 @@
-"""One AWS client per configuration and process."""
+"""One S3 client per configuration and process."""
 
 from __future__ import annotations
 
 import pytest
 
-from batch_assets.resources.aws import S3, standard_client
+from batch_assets.resources.s3 import S3
 
 
 def test_s3_resource_builds_its_client_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -19,10 +19,8 @@ def test_s3_resource_builds_its_client_once(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_changed_environment_gets_a_new_client(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-    before = standard_client("dynamodb")
-    assert standard_client("dynamodb") is before
+    before = S3().get_client()
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:2")
-    after = standard_client("dynamodb")
+    after = S3().get_client()
     assert after is not before
     assert after.meta.endpoint_url == "http://127.0.0.1:2"
-    assert standard_client("kinesis") is not after

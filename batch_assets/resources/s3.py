@@ -1,5 +1,4 @@
-"""AWS clients built once per process: dagster_aws's S3 resource with a shared client, and
-the standard-retry clients of the DynamoDB and Kinesis resources."""
+"""S3 clients built once per process: dagster_aws's S3 resource with a shared client."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from dagster_aws.s3 import S3Resource
 
 _clients: dict[tuple[Any, ...], Any] = {}
@@ -28,14 +25,6 @@ def shared_client(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         if client is None:
             client = _clients[full] = build()
         return client
-
-
-def standard_client(service: str) -> Any:
-    """The process's boto3 client of `service` with the standard retry mode."""
-    return shared_client(
-        (service,),
-        lambda: boto3.client(service, config=Config(retries={"mode": "standard"})),  # type: ignore[call-overload]
-    )
 
 
 class S3(S3Resource):
