@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -300,12 +301,16 @@ def _free_port() -> int:
         return port
 
 
-def start_dagster_dev(repo: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def start_dagster_dev(
+    repo: Path, env: dict[str, str], log_path: Path, target: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     """`python -m dagster dev` on `repo`'s workspace, as `batch-assets dev` starts it: this
     interpreter, the stack's environment, its own process group (for `_stop_group`). Its
-    output goes to `log_path`."""
+    output goes to `log_path`. `target` replaces the workspace with other code location
+    options of dagster dev (`-f FILE -d DIR`, ...)."""
     port = _free_port()
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(repo / "workspace.yaml")]
+    command = [sys.executable, "-m", "dagster", "dev"]
+    command += list(target) or ["-w", str(repo / "workspace.yaml")]
     command += ["-p", str(port), "-h", "127.0.0.1"]
     say(f"dagster dev on http://127.0.0.1:{port} (log: {log_path})")
     with log_path.open("wb") as log:
