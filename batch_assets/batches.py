@@ -3,7 +3,10 @@ Python the pipeline step calls."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,37 +29,91 @@ if TYPE_CHECKING:
     from batch_assets.batch_step import BatchStep
 
 
+PREFETCH_OBJECTS = 16
+"""Objects of a batch fetched ahead of the one being read, each in a thread of its own."""
+PREFETCH_BYTES = 1 << 20
+"""Objects up to this size are fetched whole, ahead; larger ones are streamed when read."""
+
+
 def read_sources(
     client: Any, sources: list[Source], dataset: Dataset, *, chunk_size: int
 ) -> Chunks:
     """The batch's source objects as validated chunks: `valid` rows and `rejected` rows with
     reasons, each with its object's number (`_source`, its place in `sources`) and line.
 
-    Each object is streamed (a resumed read starts at the byte after the last durable
-    chunk) and pinned to the ETag in `sources`; one that cannot be read fails alone (see
-    `objects.read_objects`).
+    Each object is pinned to the ETag in `sources`; one that cannot be read fails alone (see
+    `objects.read_objects`). Small objects are fetched whole, up to `PREFETCH_OBJECTS`
+    ahead, while the ones before are parsed; a larger one is streamed, and a resumed read
+    starts at the byte after the last durable chunk. Validation runs once per packed chunk,
+    whatever the number of objects in it.
     """
     layout = CsvLayout(dataset.columns)
 
-    def read_one(number: int, resume: Resume) -> Iterator[Chunk]:
-        source = sources[number]
-        open_stream = opener(client, source)
-        if dataset.format == "json":
-            chunks = iter_json_chunks(
-                open_stream, name=source.uri, chunk_size=chunk_size, resume=resume
-            )
-        else:
-            chunks = iter_csv_chunks(
-                open_stream, name=source.uri, layout=layout, chunk_size=chunk_size, resume=resume
-            )
-        for chunk in chunks:
-            frame = validate_chunk(chunk.frame, dataset.schema, dataset.columns)
-            yield Chunk(chunk.index, frame, chunk.state)
-
     def produce(resume: Resume) -> Iterator[Chunk]:
-        return read_objects(len(sources), read_one, chunk_size=chunk_size, resume=resume)
+        with _Prefetch(client, sources) as prefetch:
+
+            def read_one(number: int, inner: Resume) -> Iterator[Chunk]:
+                source = sources[number]
+                open_stream = prefetch.opener(number, whole=not inner.state)
+                if dataset.format == "json":
+                    return iter_json_chunks(
+                        open_stream, name=source.uri, chunk_size=chunk_size, resume=inner
+                    )
+                return iter_csv_chunks(
+                    open_stream, name=source.uri, layout=layout, chunk_size=chunk_size, resume=inner
+                )
+
+            chunks = read_objects(len(sources), read_one, chunk_size=chunk_size, resume=resume)
+            for chunk in chunks:
+                frame = validate_chunk(chunk.frame, dataset.schema, dataset.columns)
+                yield Chunk(chunk.index, frame, chunk.state)
 
     return Chunks(produce, origin=objects_origin(sources))
+
+
+class _Prefetch:
+    """Fetches a batch's small objects whole, ahead of the reading, in a pool of threads."""
+
+    def __init__(self, client: Any, sources: list[Source]):
+        self.client = client
+        self.sources = sources
+        self.pool = ThreadPoolExecutor(PREFETCH_OBJECTS, thread_name_prefix="prefetch")
+        self.ahead: dict[int, Future[bytes]] = {}
+        self.scheduled = 0  # objects before this one were fetched or left to be streamed
+
+    def __enter__(self) -> _Prefetch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for future in self.ahead.values():
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def opener(self, number: int, *, whole: bool) -> Any:
+        """Opens object `number` at a byte offset: from its bytes fetched ahead when it is
+        small and read from its start (`whole`), streamed otherwise."""
+        self._fetch_ahead(number)
+        fetched = self.ahead.pop(number, None)
+        if fetched is None or not whole:
+            return opener(self.client, self.sources[number])
+        data = fetched.result()  # a BatchInputError fails this object alone, when read
+        return lambda offset: io.BytesIO(data[offset:])
+
+    def _fetch_ahead(self, number: int) -> None:
+        """Starts fetching the small objects among `number` and the `PREFETCH_OBJECTS - 1`
+        after it."""
+        last = min(number + PREFETCH_OBJECTS, len(self.sources))
+        for ahead in range(max(self.scheduled, number), last):
+            if self.sources[ahead].size <= PREFETCH_BYTES:
+                open_stream = opener(self.client, self.sources[ahead])
+                self.ahead[ahead] = self.pool.submit(_whole, open_stream)
+        self.scheduled = max(self.scheduled, last)
+
+
+def _whole(open_stream: Callable[[int], Any]) -> bytes:
+    with contextlib.closing(open_stream(0)) as stream:
+        data: bytes = stream.read()
+    return data
 
 
 def objects_origin(sources: list[Source]) -> dict[str, Any]:

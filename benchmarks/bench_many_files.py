@@ -559,7 +559,7 @@ def sensor_figures(instance: Any) -> dict[str, Any]:
     seconds = [t.end_timestamp - t.timestamp for t in ticks if t.end_timestamp]
     return {
         "cursor_bytes": len(cursor.encode()),
-        "cursor_uploads": len(json.loads(cursor)["taken"]) if cursor else 0,
+        "cursor_uploads": len(json.loads(cursor).get("taken", {})) if cursor else 0,
         "ticks": len(ticks),
         "ticks_with_runs": [
             {"runs": len(t.run_ids), "seconds": (t.end_timestamp or t.timestamp) - t.timestamp}
