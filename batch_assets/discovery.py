@@ -67,6 +67,7 @@ def inbox_tick(
             store.ensure()
             groups = _batches(store, dataset, found, bucket, now or datetime.now(UTC))
             if not groups:
+                log.info(backlog_line(dataset.name, fresh, now))
                 return _skip(
                     f"no new batch under s3://{bucket}/{dataset.prefix}: {len(found)} new "
                     "objects wait for their batch to fill",
@@ -78,12 +79,25 @@ def inbox_tick(
         for key, group in zip(keys, groups, strict=True):
             ledger.take([versions[obj] for obj in group], key)
     taken = [obj for group in groups for obj in group]
-    if len(fresh) > len(taken):
-        log.info(f"{len(fresh) - len(taken)} more new objects wait for a later tick")
+    kept = set(taken)
+    log.info(backlog_line(dataset.name, [obj for obj in fresh if obj not in kept], now))
     return SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[partitions.build_add_request(sorted(set(keys)))],
         cursor=inbox.advanced(taken).serialize(),
+    )
+
+
+def backlog_line(name: str, waiting: list[ObjectInfo], now: datetime | None = None) -> str:
+    """What a tick leaves waiting in the inbox: new objects not taken yet (past the tick's
+    limit, or held for their batch to fill), their bytes and the oldest one's age."""
+    if not waiting:
+        return f"{name} backlog: none; every new object is in a batch"
+    oldest = (now or datetime.now(UTC)) - min(obj.last_modified for obj in waiting)
+    size = sum(obj.size for obj in waiting)
+    return (
+        f"{name} backlog: {len(waiting):,} new objects ({size / 2**20:,.1f} MiB) wait for a "
+        f"later tick, the oldest for {max(oldest.total_seconds(), 0):,.0f} s"
     )
 
 
