@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("file", type=Path)
     upload.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
 
+    replay = commands.add_parser(
+        "replay", help="put inbox objects in new batches, whatever the ledger says"
+    )
+    replay.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
+    replay.add_argument("--prefix", default="", help="keys starting so (in the inbox)")
+    replay.add_argument("--key", help="one object's key (in the inbox, or the full key)")
+    replay.add_argument("--since", type=_when, help="last written at or after (ISO 8601)")
+    replay.add_argument("--until", type=_when, help="last written before (ISO 8601)")
+
     objects = commands.add_parser(
         "objects", help="list the inbox objects taken, newest first, with what became of each"
     )
@@ -99,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_status(args.batch_id, args.dataset)
     if args.command == "upload":
         return upload_file(args.file, args.dataset)
+    if args.command == "replay":
+        return replay_objects(args)
     if args.command == "objects":
         return print_objects(args.dataset, args.prefix, args.state, args.limit)
     if args.command == "retry":
@@ -589,6 +601,51 @@ def serve(host: str, port: int) -> int:
         print(f"batch-assets serve: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+    return 0
+
+
+def _when(text: str) -> datetime:
+    """An ISO 8601 time; without a zone, UTC."""
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def replay_objects(args: argparse.Namespace) -> int:
+    """Registers the selected inbox objects as new batches; the sensor starts their runs."""
+    import boto3
+
+    from batch_assets.ledger import open_ledger
+    from batch_assets.replay import Selection, replay
+
+    url, bucket = _setting("BATCH_ASSETS_PG_URL"), _setting("BATCH_ASSETS_BUCKET")
+    if not url or not bucket:
+        return 2
+    dataset = dataset_named(args.dataset)
+    selection = Selection(args.prefix, args.key, args.since, args.until)
+    resource = _jobs_resource(url)
+    with (
+        open_ledger(resource.postgres.connect, dataset.name) as ledger,
+        resource.open(dataset.name) as jobs,
+    ):
+        jobs.ensure()
+        made = replay(
+            boto3.client("s3"),
+            bucket,
+            dataset,
+            selection,
+            store=jobs,
+            ledger=ledger,
+            now=datetime.now(UTC),
+        )
+    if not made:
+        print("no object matches: nothing to replay", file=sys.stderr)
+        return 1
+    for batch_id, count in made:
+        print(json.dumps({"batch_id": batch_id, "objects": count}))
+    print(
+        f"{len(made)} batch(es) queued; the {dataset.sensor_name} starts their runs",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -26,6 +26,8 @@ from batch_assets.tracking import BatchStore, Source
 
 OpenStore = Callable[[], AbstractContextManager[BatchStore]]
 OpenLedger = Callable[[], AbstractContextManager[ObjectLedger]]
+HasRun = Callable[[str, datetime], bool]
+"""Whether a batch (a partition) has had a run created after a moment."""
 
 
 def inbox_tick(
@@ -41,6 +43,7 @@ def inbox_tick(
     open_ledger: OpenLedger,
     log: Any,
     now: datetime | None = None,
+    has_run: HasRun | None = None,
 ) -> SensorResult | SkipReason:
     """One tick over the dataset's inbox: the new uploads (in the cursor's window and not
     in the ledger, the oldest `limit`) are grouped into batches (`grouping`, under the
@@ -52,7 +55,11 @@ def inbox_tick(
     content it holds already (the same bytes dropped again) changes nothing and requests
     no run, unless the batch still waits for its first run (an upload through the HTTP API
     registers it); new content requests a run keyed by the upload (key, ETag and time), so
-    earlier content uploaded again (A, then B, then A) runs again."""
+    earlier content uploaded again (A, then B, then A) runs again.
+
+    With `has_run`, a queued batch whose run never came (see `_requeued`: a replay, a tick
+    that failed after registering) is requested again."""
+    now = now or datetime.now(UTC)
     inbox = InboxCursor.parse(cursor, lookback=lookback)
     candidates = objects_in_window(client, bucket, dataset.prefix, inbox)
     with open_ledger() as ledger:
@@ -60,30 +67,28 @@ def inbox_tick(
         versions = {obj: ObjectVersion.of(obj, bucket) for obj in candidates}
         unseen = ledger.unseen(list(versions.values()))
         fresh = [obj for obj in candidates if versions[obj] in unseen]
-        if not fresh:
-            return _skip(f"no new objects under s3://{bucket}/{dataset.prefix}", inbox, cursor)
-        found = fresh[:limit]
         with open_store() as store:
             store.ensure()
-            groups = _batches(store, dataset, found, bucket, now or datetime.now(UTC))
-            if not groups:
-                log.info(backlog_line(dataset.name, fresh, now))
-                return _skip(
-                    f"no new batch under s3://{bucket}/{dataset.prefix}: {len(found)} new "
-                    "objects wait for their batch to fill",
-                    inbox,
-                    cursor,
-                )
+            groups = _batches(store, dataset, fresh[:limit], bucket, now) if fresh else []
             keys = [batch_id_for(group, dataset.prefix) for group in groups]
             requests = _requests(store, keys, groups, bucket, log)
+            again = _requeued(store, set(keys), has_run, now) if has_run else []
         for key, group in zip(keys, groups, strict=True):
             ledger.take([versions[obj] for obj in group], key)
     taken = [obj for group in groups for obj in group]
     kept = set(taken)
-    log.info(backlog_line(dataset.name, [obj for obj in fresh if obj not in kept], now))
+    if fresh:
+        log.info(backlog_line(dataset.name, [obj for obj in fresh if obj not in kept], now))
+    if not groups and not again:
+        where = f"s3://{bucket}/{dataset.prefix}"
+        reason = f"no new batch under {where}: {len(fresh)} new objects wait for their batch"
+        return _skip(reason if fresh else f"no new objects under {where}", inbox, cursor)
+    for request in again:
+        log.info(f"batch {request.partition_key} is queued and its run never came: requested")
+    added = sorted({*keys, *(str(r.partition_key) for r in again)})
     return SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[partitions.build_add_request(sorted(set(keys)))],
+        run_requests=requests + again,
+        dynamic_partitions_requests=[partitions.build_add_request(added)],
         cursor=inbox.advanced(taken).serialize(),
     )
 
@@ -141,6 +146,45 @@ def _requests(
             log.info(f"s3://{bucket}/{group[0].key} holds what batch {key} has: no new run")
             continue
         requests.append(RunRequest(run_key=run_key, partition_key=key, tags=_tags(group, bucket)))
+    return requests
+
+
+REQUEUE_AFTER = timedelta(seconds=30)
+"""How long a queued batch may go without a run before a tick requests it again: longer
+than the daemon takes to create the run a tick requested."""
+REQUEUE_MAX = 50
+"""Queued batches a tick requests again at most."""
+REQUEUE_CHECKS = 200
+"""Queued batches a tick looks up runs for at most (one query to Dagster's run storage
+each)."""
+
+
+def _requeued(
+    store: BatchStore, this_tick: set[str], has_run: HasRun, now: datetime
+) -> list[RunRequest]:
+    """Runs for the queued batches registered `REQUEUE_AFTER` ago or more that have had no
+    run since (a replay, an upload registered by the API whose object the sensor never saw,
+    a tick that failed after registering), keyed by their registration, so that one
+    registration runs once."""
+    requests = []
+    waiting = [
+        record
+        for record in store.recent(limit=QUEUED_LOOKUP, status="queued")
+        if record.batch_id not in this_tick and now - record.created_at >= REQUEUE_AFTER
+    ]
+    # the oldest first, and a bounded number of run lookups per tick
+    for record in sorted(waiting, key=lambda r: r.created_at)[:REQUEUE_CHECKS]:
+        if has_run(record.batch_id, record.created_at):
+            continue
+        tags = {
+            "batch_assets/source": record.source_uri or "",
+            "batch_assets/etag": record.source_etag or "",
+            "batch_assets/requeued": "true",
+        }
+        run_key = f"{record.batch_id}@{record.created_at.isoformat()}"
+        requests.append(RunRequest(run_key=run_key, partition_key=record.batch_id, tags=tags))
+        if len(requests) >= REQUEUE_MAX:
+            break
     return requests
 
 

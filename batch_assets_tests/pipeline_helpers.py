@@ -66,8 +66,13 @@ class Inbox:
     def tick(self) -> Tick:
         tick = evaluate_inbox_sensor(self.defs, self.instance, self.dataset, self.cursor)
         self.cursor = tick.cursor
-        # the daemon launches a run key once, ever
-        tick.run_requests[:] = [r for r in tick.run_requests if r.run_key not in self.run_keys]
+        # the daemon launches a run key once, ever; batches other tests left queued (never
+        # run here) are requested again by the sensor, and left out
+        tick.run_requests[:] = [
+            r
+            for r in tick.run_requests
+            if r.run_key not in self.run_keys and r.tags.get("batch_assets/requeued") != "true"
+        ]
         self.run_keys.update(str(r.run_key) for r in tick.run_requests)
         return tick
 

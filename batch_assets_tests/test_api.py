@@ -268,6 +268,8 @@ def test_objects_of_a_batch_and_rejected_rows_paged_across_them(
     uris = [o["uri"] for o in listed]
     assert uris == sorted(uris) and len(uris) == 4
     assert [o["rejected"] for o in listed if o["state"] == "loaded"] == [2, 2, 2]
+    only = api.get(f"/batch/{many}/objects", params={"state": "failed"}).json()["objects"]
+    assert [o["uri"] for o in only] == [o["uri"] for o in listed if o["state"] == "failed"]
     assert api.get(f"/batch/{alone}").json()["objects"]["total"] == 1
 
     seen: list[tuple[int, int]] = []

@@ -4,11 +4,13 @@ them, a result per object, an unreadable object failing alone."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import psycopg
 import pytest
 
-from batch_assets import readers
+from batch_assets import discovery, readers
+from batch_assets.runner import evaluate_inbox_sensor
 from batch_assets.tracking import BatchJobs
 from batch_assets_tests.pipeline_helpers import Inbox, batch_row, cli, materialization
 
@@ -92,3 +94,38 @@ def test_one_run_loads_many_objects_and_an_unreadable_one_fails_alone(
         f"s3://{bucket}/{key}" for key in (late_bad, no_text)
     )
     assert {r["batch_id"] for r in rows} == {batch_id}
+
+
+def test_replay_puts_objects_in_a_new_batch_whose_run_the_sensor_requests(
+    inbox: Inbox, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        inbox.drop(f"replay-{n}.csv", f"id,text\n{n}a,Great stuff\n{n}b,Awful\n".encode())
+    (request,) = inbox.tick().run_requests
+    first = str(request.partition_key)
+    assert inbox.run(first).success
+
+    replayed = cli("replay", "--prefix", f"{inbox.tag}-replay-", pg_url=pg_url)
+    assert replayed.returncode == 0, replayed.stderr
+    (made,) = [json.loads(line) for line in replayed.stdout.splitlines()]
+    assert made["objects"] == 3 and "_replay_" in made["batch_id"] and made["batch_id"] != first
+    assert batch_row(pg_url, made["batch_id"]).status == "queued"
+
+    # the sensor requests the run of a queued batch that has none (after a grace period)
+    monkeypatch.setattr(discovery, "REQUEUE_AFTER", timedelta(0))
+    tick = evaluate_inbox_sensor(inbox.defs, inbox.instance, inbox.dataset, inbox.cursor)
+    again = [r for r in tick.run_requests if r.partition_key == made["batch_id"]]
+    assert len(again) == 1 and again[0].tags["batch_assets/requeued"] == "true"
+    assert inbox.run(made["batch_id"]).success
+    with psycopg.connect(pg_url) as conn:
+        counts = dict(
+            conn.execute(
+                "SELECT batch_id, count(*) FROM reviews_results WHERE batch_id = ANY(%s) "
+                "GROUP BY batch_id",
+                ([first, made["batch_id"]],),
+            ).fetchall()
+        )
+    assert counts == {first: 6, made["batch_id"]: 6}
+    # ran: not requested again
+    tick = evaluate_inbox_sensor(inbox.defs, inbox.instance, inbox.dataset, inbox.cursor)
+    assert not [r for r in tick.run_requests if r.partition_key == made["batch_id"]]

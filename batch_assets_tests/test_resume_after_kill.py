@@ -119,7 +119,9 @@ def test_sigkill_mid_batch_of_many_objects_resumes_at_the_object_and_chunk(
         keys.append(f"{stem}-{n:02}.csv")
         s3.put_object(Bucket=bucket, Key=keys[-1], Body="\n".join([header, *part, ""]).encode())
     cursor = cursor_before(s3, bucket, REVIEWS.prefix, *keys)
-    (request,) = evaluate_inbox_sensor(build_definitions(), instance, REVIEWS, cursor).run_requests
+    tick = evaluate_inbox_sensor(build_definitions(), instance, REVIEWS, cursor)
+    # batches other tests left queued are requested again too: not this test's
+    (request,) = [r for r in tick.run_requests if "batch_assets/requeued" not in r.tags]
     partition = str(request.partition_key)
     base = Path(stack.env["BATCH_ASSETS_CHECKPOINT_BASE"])
 

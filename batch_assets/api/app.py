@@ -543,14 +543,18 @@ def batch_status(
 def batch_objects(
     batch_id: BatchId,
     backend: BackendDep,
+    state: Annotated[Literal["pending", "loaded", "failed"] | None, Query()] = None,
     dataset: DatasetQuery = DEFAULT_DATASET,
 ) -> ObjectList:
-    """Each source object of the batch: its state, its rows' counts and, when it could not
-    be read, its error."""
+    """Each source object of the batch (only those in `state`, when given): its state, its
+    rows' counts and, when it could not be read, its error."""
     _batch_row(backend, dataset.value, batch_id)
     with backend.connection() as conn:
         objects = backend.jobs(conn, dataset.value).objects(batch_id)
-    return ObjectList(batch_id=batch_id, objects=[ObjectOutcomeModel(**asdict(o)) for o in objects])
+    return ObjectList(
+        batch_id=batch_id,
+        objects=[ObjectOutcomeModel(**asdict(o)) for o in objects if state in (None, o.state)],
+    )
 
 
 @batches.get("/objects", response_model=ObjectHistory)

@@ -1,11 +1,13 @@
 """The dataset's sensor: its inbox's new objects, or its SQL table's next increment (the
 bodies are `discovery`'s plain functions)."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from dagster import (
+    DagsterInstance,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -15,6 +17,7 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
+from dagster._core.storage.tags import PARTITION_NAME_TAG
 from dagster_aws.s3 import S3Resource
 
 from batch_assets.datasets import Dataset
@@ -25,6 +28,15 @@ from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
 
 INTERVAL_SECONDS = 15
+
+
+def has_run(instance: DagsterInstance, job: str, partition: str, since: datetime) -> bool:
+    """Whether `job` has had a run of `partition` created after `since`."""
+    runs = instance.get_run_records(
+        filters=RunsFilter(job_name=job, tags={PARTITION_NAME_TAG: partition}, created_after=since),
+        limit=1,
+    )
+    return bool(runs)
 
 
 def dataset_sensor(
@@ -83,6 +95,7 @@ def dataset_sensor(
             open_store=lambda: jobs.open(name),
             open_ledger=lambda: open_ledger(jobs.postgres.connect, name),
             log=context.log,
+            has_run=lambda partition, since: has_run(context.instance, job.name, partition, since),
         )
 
     return inbox_sensor
