@@ -8,12 +8,20 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dagster import DynamicPartitionsDefinition, RunRequest, SensorResult, SkipReason
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    DynamicPartitionsDefinition,
+    MetadataValue,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+)
 
 from batch_assets.datasets import Dataset
 from batch_assets.grouping import BatchLimits, batch_id_for, group_objects
 from batch_assets.increments import Increment, Increments
-from batch_assets.ledger import ObjectLedger, ObjectVersion
+from batch_assets.ledger import Backlog, ObjectLedger, ObjectVersion, record_backlog
 from batch_assets.s3_objects import (
     InboxCursor,
     ObjectInfo,
@@ -75,14 +83,17 @@ def inbox_tick(
             again = _requeued(store, set(keys), has_run, now) if has_run else []
         for key, group in zip(keys, groups, strict=True):
             ledger.take([versions[obj] for obj in group], key)
-    taken = [obj for group in groups for obj in group]
-    kept = set(taken)
+        taken = [obj for group in groups for obj in group]
+        kept = set(taken)
+        backlog = Backlog.of([obj for obj in fresh if obj not in kept], now)
+        record_backlog(ledger, backlog)
     if fresh:
-        log.info(backlog_line(dataset.name, [obj for obj in fresh if obj not in kept], now))
+        log.info(backlog_line(dataset.name, backlog, now))
     if not groups and not again:
         where = f"s3://{bucket}/{dataset.prefix}"
         reason = f"no new batch under {where}: {len(fresh)} new objects wait for their batch"
-        return _skip(reason if fresh else f"no new objects under {where}", inbox, cursor)
+        events = [backlog_observation(dataset, backlog, now)] if fresh else []
+        return _skip(reason if fresh else f"no new objects under {where}", inbox, events)
     for request in again:
         log.info(f"batch {request.partition_key} is queued and its run never came: requested")
     added = sorted({*keys, *(str(r.partition_key) for r in again)})
@@ -90,28 +101,46 @@ def inbox_tick(
         run_requests=requests + again,
         dynamic_partitions_requests=[partitions.build_add_request(added)],
         cursor=inbox.advanced(taken).serialize(),
+        asset_events=[backlog_observation(dataset, backlog, now)],
     )
 
 
-def backlog_line(name: str, waiting: list[ObjectInfo], now: datetime | None = None) -> str:
+def backlog_line(name: str, backlog: Backlog, now: datetime) -> str:
     """What a tick leaves waiting in the inbox: new objects not taken yet (past the tick's
     limit, or held for their batch to fill), their bytes and the oldest one's age."""
-    if not waiting:
+    wait = backlog.oldest_wait(now)
+    if wait is None:
         return f"{name} backlog: none; every new object is in a batch"
-    oldest = (now or datetime.now(UTC)) - min(obj.last_modified for obj in waiting)
-    size = sum(obj.size for obj in waiting)
     return (
-        f"{name} backlog: {len(waiting):,} new objects ({size / 2**20:,.1f} MiB) wait for a "
-        f"later tick, the oldest for {max(oldest.total_seconds(), 0):,.0f} s"
+        f"{name} backlog: {backlog.objects:,} new objects ({backlog.bytes / 2**20:,.1f} MiB) "
+        f"wait for a later tick, the oldest for {wait:,.0f} s"
     )
 
 
-def _skip(reason: str, inbox: InboxCursor, cursor: str | None) -> SkipReason | SensorResult:
-    """A tick that requests nothing; it still writes the cursor when an earlier version's
-    taken versions have just moved into the ledger."""
-    if not inbox.legacy_taken:
+def backlog_observation(dataset: Dataset, backlog: Backlog, now: datetime) -> AssetObservation:
+    """The backlog as an observation of the dataset's `raw` asset, for the Dagster UI (a
+    tick that takes or leaves objects records one)."""
+    wait = backlog.oldest_wait(now)
+    return AssetObservation(
+        asset_key=AssetKey([dataset.name, "raw"]),
+        metadata={
+            "backlog_objects": MetadataValue.int(backlog.objects),
+            "backlog_bytes": MetadataValue.int(backlog.bytes),
+            "backlog_oldest_wait_seconds": MetadataValue.float(wait or 0.0),
+        },
+        description="New inbox objects the sensor's tick left waiting for a later batch",
+    )
+
+
+def _skip(
+    reason: str, inbox: InboxCursor, events: list[AssetObservation]
+) -> SkipReason | SensorResult:
+    """A tick that requests nothing; it still records `events`, and writes the cursor when
+    an earlier version's taken versions have just moved into the ledger."""
+    if not inbox.legacy_taken and not events:
         return SkipReason(reason)
-    return SensorResult(skip_reason=reason, cursor=inbox.advanced([]).serialize())
+    cursor = inbox.advanced([]).serialize() if inbox.legacy_taken else None
+    return SensorResult(skip_reason=reason, cursor=cursor, asset_events=events)
 
 
 def _move_legacy(ledger: ObjectLedger, inbox: InboxCursor, bucket: str, prefix: str) -> None:

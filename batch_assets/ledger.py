@@ -34,6 +34,13 @@ CREATE TABLE IF NOT EXISTS inbox_objects (
     PRIMARY KEY (dataset, uri, etag, last_modified)
 );
 CREATE INDEX IF NOT EXISTS inbox_objects_recent ON inbox_objects (dataset, taken_at DESC);
+CREATE TABLE IF NOT EXISTS inbox_backlog (
+    dataset text PRIMARY KEY,
+    objects bigint NOT NULL,
+    bytes bigint NOT NULL,
+    oldest timestamptz,
+    measured_at timestamptz NOT NULL
+);
 """
 
 HISTORY_PAGE = 500
@@ -123,6 +130,49 @@ class ObjectLedger:
                 (self.dataset, _like_prefix(uri_prefix), before, before, limit),
             )
             return cur.fetchall()
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What an inbox tick left waiting: new objects not in a batch yet, their bytes, the
+    oldest one's `LastModified` (None when nothing waits), and when the tick looked."""
+
+    objects: int
+    bytes: int
+    oldest: datetime | None
+    measured_at: datetime
+
+    @classmethod
+    def of(cls, waiting: list[ObjectInfo], now: datetime) -> Backlog:
+        oldest = min((obj.last_modified for obj in waiting), default=None)
+        return cls(len(waiting), sum(obj.size for obj in waiting), oldest, now)
+
+    def oldest_wait(self, now: datetime) -> float | None:
+        """Seconds the oldest waiting object has waited by `now`."""
+        return None if self.oldest is None else max((now - self.oldest).total_seconds(), 0.0)
+
+
+def record_backlog(ledger: ObjectLedger, backlog: Backlog) -> None:
+    """Keeps the dataset's latest backlog (one row per dataset)."""
+    with ledger.conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO inbox_backlog (dataset, objects, bytes, oldest, measured_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (dataset) DO UPDATE SET "
+            "objects = EXCLUDED.objects, bytes = EXCLUDED.bytes, oldest = EXCLUDED.oldest, "
+            "measured_at = EXCLUDED.measured_at",
+            (ledger.dataset, backlog.objects, backlog.bytes, backlog.oldest, backlog.measured_at),
+        )
+
+
+def latest_backlog(ledger: ObjectLedger) -> Backlog | None:
+    """The dataset's backlog as its sensor's last tick left it; None before any tick."""
+    with ledger.conn.cursor() as cur:
+        cur.execute(
+            "SELECT objects, bytes, oldest, measured_at FROM inbox_backlog WHERE dataset = %s",
+            (ledger.dataset,),
+        )
+        found = cur.fetchone()
+    return None if found is None else Backlog(int(found[0]), int(found[1]), found[2], found[3])
 
 
 def object_history(

@@ -284,6 +284,10 @@ def test_objects_of_a_batch_and_rejected_rows_paged_across_them(
     assert seen == [(0, 2), (0, 4), (1, 2), (1, 4), (2, 2), (2, 4)]
     first = api.get(f"/batch/{many}/rejected", params={"limit": 1}).json()["rejected"][0]
     assert first["source_uri"].endswith(keys[0])
+    report = {d["dataset"]: d for d in api.get("/backlog").json()["datasets"]}
+    assert set(report) == {"reviews", "events"}
+    assert report["reviews"]["waiting_objects"] == 0
+    assert report["reviews"]["measured_at"] is not None
     taken = api.get("/objects", params={"prefix": f"{inbox.tag}-paged-"}).json()["objects"]
     states = {o["uri"].rsplit("-", 1)[-1]: (o["batch_id"], o["state"]) for o in taken}
     assert states == {

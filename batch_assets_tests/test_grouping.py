@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from batch_assets.discovery import backlog_line
 from batch_assets.grouping import BatchLimits, batch_id_for, group_objects
+from batch_assets.ledger import Backlog
 from batch_assets.s3_objects import ObjectInfo
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -60,8 +61,9 @@ def test_batch_ids_one_object_keeps_its_key_several_are_new_each_time() -> None:
 
 def test_the_backlog_line_gives_objects_bytes_and_the_oldest_wait() -> None:
     waiting = [obj(1, size=3 * 2**20, seconds=10), obj(2, size=2**20, seconds=40)]
-    line = backlog_line("reviews", waiting, T0 + timedelta(seconds=70))
+    now = T0 + timedelta(seconds=70)
+    line = backlog_line("reviews", Backlog.of(waiting, now), now)
     assert line == (
         "reviews backlog: 2 new objects (4.0 MiB) wait for a later tick, the oldest for 60 s"
     )
-    assert "none" in backlog_line("reviews", [])
+    assert "none" in backlog_line("reviews", Backlog.of([], now), now)

@@ -13,7 +13,13 @@ from dagster import DynamicPartitionsDefinition, SensorResult
 
 from batch_assets.datasets import REVIEWS
 from batch_assets.discovery import inbox_tick
-from batch_assets.ledger import ObjectLedger, ObjectVersion, object_history, open_ledger
+from batch_assets.ledger import (
+    ObjectLedger,
+    ObjectVersion,
+    latest_backlog,
+    object_history,
+    open_ledger,
+)
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.tracking import BatchJobs, ObjectOutcome, Source
 
@@ -146,3 +152,39 @@ def test_the_sensor_takes_each_version_once_and_moves_an_old_cursor_into_the_led
         ("new.csv", "new.csv"),
         ("old.csv", "old.csv"),
     ]
+
+
+def test_objects_held_for_their_batch_are_the_backlog(s3: Any, bucket: str, pg_url: str) -> None:
+    import dataclasses
+
+    name = f"backlog{uuid.uuid4().hex[:6]}"
+    dataset = dataclasses.replace(
+        REVIEWS, name=name, inbox=f"inbox/{name}/", batch_wait=timedelta(minutes=5)
+    )
+    postgres = PostgresResource(url=pg_url)
+    from batch_assets.resources.jobs import JobsResource
+
+    jobs = JobsResource(postgres=postgres)
+    for n in range(3):
+        s3.put_object(Bucket=bucket, Key=f"{dataset.prefix}{n}.csv", Body=b"id,text\n1,a\n")
+    held = inbox_tick(
+        dataset,
+        DynamicPartitionsDefinition(name=name),
+        client=s3,
+        bucket=bucket,
+        cursor=None,
+        lookback=timedelta(minutes=30),
+        limit=100,
+        open_store=lambda: jobs.open(name),
+        open_ledger=lambda: open_ledger(postgres.connect, name),
+        log=Log(),
+        now=datetime.now(UTC) + timedelta(seconds=90),
+    )
+    # nothing requested: the batch waits to fill; the UI gets the backlog as an observation
+    assert isinstance(held, SensorResult) and not held.run_requests
+    (observation,) = held.asset_events
+    assert observation.metadata["backlog_objects"].value == 3
+    assert observation.metadata["backlog_oldest_wait_seconds"].value >= 89
+    with open_ledger(postgres.connect, name) as ledger:
+        backlog = latest_backlog(ledger)
+    assert backlog is not None and (backlog.objects, backlog.bytes) == (3, 36)

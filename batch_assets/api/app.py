@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import boto3
@@ -41,7 +41,7 @@ from batch_assets.api.upload import (
 )
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.errors import BatchInputError, ConfigError
-from batch_assets.ledger import ObjectLedger, object_history
+from batch_assets.ledger import ObjectLedger, latest_backlog, object_history
 from batch_assets.readers import CsvLayout
 from batch_assets.resources.jobs import JobsResource, StoreName, store_named
 from batch_assets.resources.postgres import PostgresResource
@@ -62,6 +62,8 @@ DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
 FILE_FIELD = "file"
 MAX_PER_PAGE = 1000
 FAILED_SHOWN = 20
+BACKLOG_BATCHES = 1000
+"""Queued or processing batches `/backlog` counts at most."""
 """Failed objects a batch's status lists (all of them: its objects endpoint)."""
 # (page - 1) * per_page stays far inside Postgres's bigint
 MAX_PAGE = 1_000_000_000
@@ -198,6 +200,24 @@ class ObjectsSummary(BaseModel):
 class ObjectList(BaseModel):
     batch_id: str
     objects: list[ObjectOutcomeModel] = Field(description="By URI.")
+
+
+class DatasetBacklog(BaseModel):
+    dataset: str
+    waiting_objects: int = Field(description="New inbox objects not in a batch yet.")
+    waiting_bytes: int
+    oldest_wait_seconds: float | None = Field(
+        description="How long the oldest waiting object has waited; null when none waits."
+    )
+    measured_at: datetime | None = Field(description="When the sensor's last tick looked.")
+    queued_batches: int = Field(
+        description=f"Batches waiting for their run (up to {BACKLOG_BATCHES:,})."
+    )
+    processing_batches: int
+
+
+class BacklogReport(BaseModel):
+    datasets: list[DatasetBacklog]
 
 
 ObjectStateName = Literal["pending", "loaded", "failed", "superseded"]
@@ -555,6 +575,36 @@ def batch_objects(
         batch_id=batch_id,
         objects=[ObjectOutcomeModel(**asdict(o)) for o in objects if state in (None, o.state)],
     )
+
+
+@batches.get("/backlog", response_model=BacklogReport)
+def backlog(backend: BackendDep) -> BacklogReport:
+    """Per file dataset: the new inbox objects its sensor's last tick left waiting (past its
+    limit, or held for their batch to fill), their bytes and how long the oldest has waited,
+    and the batches waiting for their run or running."""
+    now = datetime.now(UTC)
+    report = []
+    with backend.connection() as conn:
+        for entry in DATASETS:
+            if entry.source is not None:
+                continue
+            ledger = ObjectLedger(conn, entry.name)
+            ledger.ensure()
+            found = latest_backlog(ledger)
+            jobs = backend.jobs(conn, entry.name)
+            jobs.ensure()
+            report.append(
+                DatasetBacklog(
+                    dataset=entry.name,
+                    waiting_objects=found.objects if found else 0,
+                    waiting_bytes=found.bytes if found else 0,
+                    oldest_wait_seconds=found.oldest_wait(now) if found else None,
+                    measured_at=found.measured_at if found else None,
+                    queued_batches=len(jobs.recent(limit=BACKLOG_BATCHES, status="queued")),
+                    processing_batches=len(jobs.recent(limit=BACKLOG_BATCHES, status="processing")),
+                )
+            )
+    return BacklogReport(datasets=report)
 
 
 @batches.get("/objects", response_model=ObjectHistory)
