@@ -3,6 +3,7 @@ became of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ from typing import Any
 import psycopg
 from dagster import DynamicPartitionsDefinition, SensorResult
 
-from batch_assets.datasets import REVIEWS
+from batch_assets.datasets import REVIEWS, Dataset
 from batch_assets.discovery import inbox_tick
 from batch_assets.ledger import (
     ObjectLedger,
@@ -20,6 +21,7 @@ from batch_assets.ledger import (
     object_history,
     open_ledger,
 )
+from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.tracking import BatchJobs, ObjectOutcome, Source
 
@@ -102,32 +104,40 @@ class Log:
         pass
 
 
+def sensor_tick(
+    dataset: Dataset,
+    s3: Any,
+    bucket: str,
+    pg_url: str,
+    cursor: str | None,
+    now: datetime | None = None,
+) -> Any:
+    """One tick of the dataset's inbox sensor, its batches and ledger in `pg_url`."""
+    postgres = PostgresResource(url=pg_url)
+    jobs = JobsResource(postgres=postgres)
+    return inbox_tick(
+        dataset,
+        DynamicPartitionsDefinition(name=dataset.name),
+        client=s3,
+        bucket=bucket,
+        cursor=cursor,
+        lookback=timedelta(minutes=30),
+        limit=100,
+        open_store=lambda: jobs.open(dataset.name),
+        open_ledger=lambda: open_ledger(postgres.connect, dataset.name),
+        log=Log(),
+        now=now,
+    )
+
+
 def test_the_sensor_takes_each_version_once_and_moves_an_old_cursor_into_the_ledger(
     s3: Any, bucket: str, pg_url: str
 ) -> None:
     dataset_name = f"ledger{uuid.uuid4().hex[:6]}"
-    import dataclasses
-
     dataset = dataclasses.replace(REVIEWS, name=dataset_name, inbox=f"inbox/{dataset_name}/")
-    partitions = DynamicPartitionsDefinition(name=dataset_name)
-    postgres = PostgresResource(url=pg_url)
 
     def tick(cursor: str | None) -> Any:
-        from batch_assets.resources.jobs import JobsResource
-
-        jobs = JobsResource(postgres=postgres)
-        return inbox_tick(
-            dataset,
-            partitions,
-            client=s3,
-            bucket=bucket,
-            cursor=cursor,
-            lookback=timedelta(minutes=30),
-            limit=100,
-            open_store=lambda: jobs.open(dataset_name),
-            open_ledger=lambda: open_ledger(postgres.connect, dataset_name),
-            log=Log(),
-        )
+        return sensor_tick(dataset, s3, bucket, pg_url, cursor)
 
     old_key = f"{dataset.prefix}old.csv"
     s3.put_object(Bucket=bucket, Key=old_key, Body=b"id,text\n1,a\n")
@@ -155,36 +165,19 @@ def test_the_sensor_takes_each_version_once_and_moves_an_old_cursor_into_the_led
 
 
 def test_objects_held_for_their_batch_are_the_backlog(s3: Any, bucket: str, pg_url: str) -> None:
-    import dataclasses
-
     name = f"backlog{uuid.uuid4().hex[:6]}"
     dataset = dataclasses.replace(
         REVIEWS, name=name, inbox=f"inbox/{name}/", batch_wait=timedelta(minutes=5)
     )
-    postgres = PostgresResource(url=pg_url)
-    from batch_assets.resources.jobs import JobsResource
-
-    jobs = JobsResource(postgres=postgres)
     for n in range(3):
         s3.put_object(Bucket=bucket, Key=f"{dataset.prefix}{n}.csv", Body=b"id,text\n1,a\n")
-    held = inbox_tick(
-        dataset,
-        DynamicPartitionsDefinition(name=name),
-        client=s3,
-        bucket=bucket,
-        cursor=None,
-        lookback=timedelta(minutes=30),
-        limit=100,
-        open_store=lambda: jobs.open(name),
-        open_ledger=lambda: open_ledger(postgres.connect, name),
-        log=Log(),
-        now=datetime.now(UTC) + timedelta(seconds=90),
-    )
+    later = datetime.now(UTC) + timedelta(seconds=90)
+    held = sensor_tick(dataset, s3, bucket, pg_url, None, now=later)
     # nothing requested: the batch waits to fill; the UI gets the backlog as an observation
     assert isinstance(held, SensorResult) and not held.run_requests
     (observation,) = held.asset_events
     assert observation.metadata["backlog_objects"].value == 3
     assert observation.metadata["backlog_oldest_wait_seconds"].value >= 89
-    with open_ledger(postgres.connect, name) as ledger:
+    with open_ledger(PostgresResource(url=pg_url).connect, name) as ledger:
         backlog = latest_backlog(ledger)
     assert backlog is not None and (backlog.objects, backlog.bytes) == (3, 36)
