@@ -300,3 +300,8 @@ def test_objects_of_a_batch_and_rejected_rows_paged_across_them(
     assert [r["source_uri"].rsplit("/", 1)[-1] for r in results] == [
         k.rsplit("/", 1)[-1] for k in keys
     ]
+
+
+def test_a_prefix_postgres_cannot_hold_is_refused(api: httpx.Client) -> None:
+    answer = api.get("/objects", params={"prefix": "a\x00b"})
+    assert answer.status_code == 422, answer.text

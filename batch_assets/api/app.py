@@ -611,7 +611,7 @@ def backlog(backend: BackendDep) -> BacklogReport:
 def objects(
     backend: BackendDep,
     dataset: DatasetQuery = DEFAULT_DATASET,
-    prefix: Annotated[str, Query(max_length=1024)] = "",
+    prefix: Annotated[str, Query(max_length=1024, pattern=r"^[^\x00]*$")] = "",
     state: Annotated[ObjectStateName | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 100,
 ) -> ObjectHistory:
