@@ -606,7 +606,12 @@ def serve(host: str, port: int) -> int:
 
 def _when(text: str) -> datetime:
     """An ISO 8601 time; without a zone, UTC."""
-    when = datetime.fromisoformat(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (for example 2026-12-04T10:00:00Z)"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 

@@ -30,7 +30,7 @@ from batch_assets.s3_objects import (
     s3_uri,
 )
 from batch_assets.sql_source import SourceMissing, check_table, encode_mark
-from batch_assets.tracking import BatchStore, Source
+from batch_assets.tracking import BatchRecord, BatchStore, Source
 
 OpenStore = Callable[[], AbstractContextManager[BatchStore]]
 OpenLedger = Callable[[], AbstractContextManager[ObjectLedger]]
@@ -77,10 +77,11 @@ def inbox_tick(
         fresh = [obj for obj in candidates if versions[obj] in unseen]
         with open_store() as store:
             store.ensure()
-            groups = _batches(store, dataset, fresh[:limit], bucket, now) if fresh else []
+            queued = store.recent(limit=QUEUED_LOOKUP, status="queued")
+            groups = _batches(queued, dataset, fresh[:limit], bucket, now) if fresh else []
             keys = [batch_id_for(group, dataset.prefix) for group in groups]
             requests = _requests(store, keys, groups, bucket, log)
-            again = _requeued(store, set(keys), has_run, now) if has_run else []
+            again = _requeued(queued, set(keys), has_run, now) if has_run else []
         for key, group in zip(keys, groups, strict=True):
             ledger.take([versions[obj] for obj in group], key)
         taken = [obj for group in groups for obj in group]
@@ -152,12 +153,16 @@ def _move_legacy(ledger: ObjectLedger, inbox: InboxCursor, bucket: str, prefix: 
 
 
 def _batches(
-    store: BatchStore, dataset: Dataset, found: list[ObjectInfo], bucket: str, now: datetime
+    queued: list[BatchRecord],
+    dataset: Dataset,
+    found: list[ObjectInfo],
+    bucket: str,
+    now: datetime,
 ) -> list[list[ObjectInfo]]:
-    """The batches `found` makes under the dataset's limits; uploads the API registered stay
-    batches of their own."""
+    """The batches `found` makes under the dataset's limits; uploads the API registered
+    (`queued` batches of their own) stay batches of their own."""
     limits = BatchLimits(dataset.batch_objects, dataset.batch_bytes, dataset.batch_wait)
-    alone = _registered_alone(store, found, bucket)
+    alone = _registered_alone(queued, found, bucket)
     kept_alone = set(alone)
     rest = [obj for obj in found if obj not in kept_alone]
     groups, _ = group_objects(rest, limits, now=now)
@@ -189,7 +194,7 @@ each)."""
 
 
 def _requeued(
-    store: BatchStore, this_tick: set[str], has_run: HasRun, now: datetime
+    queued: list[BatchRecord], this_tick: set[str], has_run: HasRun, now: datetime
 ) -> list[RunRequest]:
     """Runs for the queued batches registered `REQUEUE_AFTER` ago or more that have had no
     run since (a replay, an upload registered by the API whose object the sensor never saw,
@@ -198,7 +203,7 @@ def _requeued(
     requests = []
     waiting = [
         record
-        for record in store.recent(limit=QUEUED_LOOKUP, status="queued")
+        for record in queued
         if record.batch_id not in this_tick and now - record.created_at >= REQUEUE_AFTER
     ]
     # the oldest first, and a bounded number of run lookups per tick
@@ -221,14 +226,13 @@ QUEUED_LOOKUP = 1000
 """Queued batches a tick reads to find the uploads registered on their own."""
 
 
-def _registered_alone(store: BatchStore, found: list[ObjectInfo], bucket: str) -> list[ObjectInfo]:
+def _registered_alone(
+    queued: list[BatchRecord], found: list[ObjectInfo], bucket: str
+) -> list[ObjectInfo]:
     """The new objects already registered as a queued batch of their own (an upload through
     the HTTP API): each stays that batch, never grouped with others."""
-    queued = {
-        (record.source_uri, record.source_etag)
-        for record in store.recent(limit=QUEUED_LOOKUP, status="queued")
-    }
-    return [obj for obj in found if (s3_uri(bucket, obj.key), obj.etag) in queued]
+    sources = {(record.source_uri, record.source_etag) for record in queued}
+    return [obj for obj in found if (s3_uri(bucket, obj.key), obj.etag) in sources]
 
 
 def _tags(group: list[ObjectInfo], bucket: str) -> dict[str, str]:

@@ -347,7 +347,7 @@ class BatchJobs:
     def record_objects(
         self, batch_id: str, outcomes: list[ObjectOutcome], *, attempt: Attempt
     ) -> bool:
-        if not self._update("error = error", (), batch_id, attempt):
+        if not self._update("", (), batch_id, attempt):
             return False
         with self.conn.cursor() as cur:
             cur.executemany(
@@ -487,10 +487,12 @@ class BatchJobs:
     def _update(
         self, assignments: str, values: tuple[Any, ...], batch_id: str, attempt: Attempt
     ) -> bool:
-        """Applies `assignments` while `attempt` owns the batch; False when it does not."""
+        """Applies `assignments` (none: only `updated_at`) while `attempt` owns the batch;
+        False when it does not."""
+        sets = f"{assignments}, updated_at = now()" if assignments else "updated_at = now()"
         with self.conn.cursor() as cur:
             cur.execute(
-                f"UPDATE batch_jobs SET {assignments}, updated_at = now() "
+                f"UPDATE batch_jobs SET {sets} "
                 "WHERE dataset = %s AND batch_id = %s AND lineage = %s AND run_id = %s",
                 (*values, self.dataset, batch_id, attempt.lineage, attempt.run_id),
             )

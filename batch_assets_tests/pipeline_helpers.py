@@ -20,7 +20,10 @@ from dagster import (
     Definitions,
     ExecuteInProcessResult,
     JobDefinition,
+    ReexecutionOptions,
     build_run_status_sensor_context,
+    execute_job,
+    reconstructable,
 )
 
 from batch_assets.datasets import REVIEWS, Dataset
@@ -141,6 +144,20 @@ def rejected(url: str, batch_id: str) -> list[tuple[Any, ...]]:
             "SELECT line, reason FROM reviews_rejected WHERE batch_id = %s ORDER BY line",
             (batch_id,),
         ).fetchall()
+
+
+def reexecute_from_failure(
+    instance: DagsterInstance, job: Any, run: DagsterRun, partition: str, *, chunk_size: int
+) -> Any:
+    """Re-executes `run` of `job` (a function returning the job, importable by name) from
+    failure, as the UI's "re-execute from failure" does, one scoring worker."""
+    return execute_job(
+        reconstructable(job),
+        instance=instance,
+        run_config=settings_config(chunk_size=chunk_size, workers=1),
+        reexecution_options=ReexecutionOptions.from_failure(run.run_id, instance),
+        tags={"dagster/partition": partition},
+    )
 
 
 def reviews_job() -> JobDefinition:

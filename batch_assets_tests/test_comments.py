@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+from dagster import DagsterInstance
 
 from batch_assets.datasets import COMMENTS
 from batch_assets.definitions import build_definitions
@@ -26,6 +26,7 @@ from batch_assets_tests.pipeline_helpers import (
     comments_job,
     kill_after_durable_chunks,
     materialization,
+    reexecute_from_failure,
     settings_config,
     stage_frontiers,
 )
@@ -288,13 +289,7 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
 
     (run,) = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == partition]
     instance.report_run_failed(run, message="run worker disappeared")
-    result = execute_job(
-        reconstructable(comments_job),
-        instance=instance,
-        run_config=settings_config(chunk_size=CHUNK, workers=1),
-        reexecution_options=ReexecutionOptions.from_failure(run.run_id, instance),
-        tags={"dagster/partition": partition},
-    )
+    result = reexecute_from_failure(instance, comments_job, run, partition, chunk_size=CHUNK)
     assert result.success
     assert_each_stage_resumed(result, base, "comments", partition, killed, ROWS // CHUNK)
     with psycopg.connect(url) as conn:

@@ -10,9 +10,6 @@ import psycopg
 from dagster import (
     DagsterInstance,
     DagsterRunStatus,
-    ReexecutionOptions,
-    execute_job,
-    reconstructable,
 )
 
 from batch_assets.generate import reviews_csv
@@ -25,10 +22,10 @@ from batch_assets_tests.pipeline_helpers import (
     batch_row,
     cursor_before,
     kill_after_durable_chunks,
+    reexecute_from_failure,
     report_run_failure,
     results,
     reviews_job,
-    settings_config,
     stage_frontiers,
 )
 
@@ -73,13 +70,7 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     assert "run worker disappeared" in row.error
     assert 0 < row.processed_count < ROWS
 
-    result = execute_job(
-        reconstructable(reviews_job),
-        instance=instance,
-        run_config=settings_config(chunk_size=CHUNK, workers=1),
-        reexecution_options=ReexecutionOptions.from_failure(run.run_id, instance),
-        tags={"dagster/partition": partition},
-    )
+    result = reexecute_from_failure(instance, reviews_job, run, partition, chunk_size=CHUNK)
     assert result.success
     assert batch_row(stack.env["BATCH_ASSETS_PG_URL"], partition).error is None
     assert_each_stage_resumed(result, base, "reviews", partition, killed, CHUNKS)
@@ -137,13 +128,7 @@ def test_sigkill_mid_batch_of_many_objects_resumes_at_the_object_and_chunk(
     report_run_failure(
         instance, run, JobsResource(postgres=PostgresResource(url=url)), "run worker gone"
     )
-    result = execute_job(
-        reconstructable(reviews_job),
-        instance=instance,
-        run_config=settings_config(chunk_size=CHUNK, workers=1),
-        reexecution_options=ReexecutionOptions.from_failure(run.run_id, instance),
-        tags={"dagster/partition": partition},
-    )
+    result = reexecute_from_failure(instance, reviews_job, run, partition, chunk_size=CHUNK)
     assert result.success
     assert_each_stage_resumed(result, base, "reviews", partition, killed, BATCH_CHUNKS)
     with psycopg.connect(url) as conn:

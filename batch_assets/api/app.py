@@ -157,6 +157,7 @@ class Backend:
             with self.pool.connection() as conn:
                 if not self._schema_ready:
                     self.jobs(conn, DATASETS[0].name).ensure()
+                    ObjectLedger(conn, DATASETS[0].name).ensure()
                     for dataset in DATASETS:
                         dataset.tables.ensure(conn)
                     conn.commit()
@@ -588,11 +589,8 @@ def backlog(backend: BackendDep) -> BacklogReport:
         for entry in DATASETS:
             if entry.source is not None:
                 continue
-            ledger = ObjectLedger(conn, entry.name)
-            ledger.ensure()
-            found = latest_backlog(ledger)
+            found = latest_backlog(ObjectLedger(conn, entry.name))
             jobs = backend.jobs(conn, entry.name)
-            jobs.ensure()
             report.append(
                 DatasetBacklog(
                     dataset=entry.name,
@@ -620,10 +618,12 @@ def objects(
     entry = dataset_named(dataset.value)
     uri_prefix = s3_uri(backend.config.bucket, entry.prefix + prefix)
     with backend.connection() as conn:
-        ledger = ObjectLedger(conn, entry.name)
-        ledger.ensure()
         rows = object_history(
-            ledger, backend.jobs(conn, entry.name), uri_prefix=uri_prefix, state=state, limit=limit
+            ObjectLedger(conn, entry.name),
+            backend.jobs(conn, entry.name),
+            uri_prefix=uri_prefix,
+            state=state,
+            limit=limit,
         )
     return ObjectHistory(objects=[TakenObject(**row) for row in rows])
 
