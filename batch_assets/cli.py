@@ -278,6 +278,7 @@ def run_dev(args: argparse.Namespace) -> int:
         if stop.requested.is_set():
             return 0
         _install_instance_config(Path(stack.env["DAGSTER_HOME"]))
+        stack.notify_inboxes(DATASETS)
         env_file = stack.write_env_file()
         env = {**os.environ, **stack.env}
         # This interpreter's Dagster and API, whatever PATH holds; each in its own

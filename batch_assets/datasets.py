@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +31,20 @@ Sink = Literal["postgres", "dynamodb", "kinesis"]
 """Where a dataset's results can go."""
 
 SINKS: tuple[Sink, ...] = get_args(Sink)
+
+
+def inbox_queues(text: str) -> dict[str, str]:
+    """`reviews=https://sqs.../q1,events=q2` as a mapping of dataset name to queue URL or
+    name; a bad pair is a `ConfigError` naming it."""
+    queues = {}
+    for pair in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, queue = pair.partition("=")
+        if not sep or not name.strip() or not queue.strip():
+            raise ConfigError(
+                f"BATCH_ASSETS_INBOX_QUEUES: {pair!r} is not dataset=queue (a queue URL or name)"
+            )
+        queues[name.strip()] = queue.strip()
+    return queues
 
 
 POOLED_CHUNK_ROWS = 10_000
@@ -77,6 +92,13 @@ class Dataset:
         batch_wait: for files, how long the sensor may hold new objects back for their
             batch to fill (up to `batch_objects` or `batch_bytes`), from the oldest one's
             upload; 0: each tick takes what it finds.
+        queue: for files, the SQS queue (URL or name) the bucket sends the inbox's S3
+            event notifications to; the sensor then takes new objects from it and lists
+            the inbox only every `reconcile_every`. Empty: the sensor lists the inbox at
+            every tick. `BATCH_ASSETS_INBOX_QUEUES` (`name=queue,...`) overrides it per
+            deployment (`inbox_queue`).
+        reconcile_every: with a queue, how often the sensor also lists the inbox, to catch
+            what the queue missed.
     """
 
     name: str
@@ -99,6 +121,8 @@ class Dataset:
     batch_objects: int = 500
     batch_bytes: int = 64 * 2**20
     batch_wait: timedelta = timedelta(0)
+    queue: str = ""
+    reconcile_every: timedelta = timedelta(minutes=10)
 
     CHECKPOINTED: ClassVar[tuple[str, ...]] = ("raw", "processed")
     """The assets whose outputs are chunk checkpoints, under `<name>/<asset>`."""
@@ -115,6 +139,8 @@ class Dataset:
             raise ConfigError(f"{where}: batch_objects and batch_bytes must be at least 1")
         if self.batch_wait.total_seconds() < 0:
             raise ConfigError(f"{where}: batch_wait cannot be negative")
+        if self.reconcile_every.total_seconds() <= 0:
+            raise ConfigError(f"{where}: reconcile_every must be positive")
         self._check_sinks(where)
 
     def _check_sinks(self, where: str) -> None:
@@ -181,6 +207,17 @@ class Dataset:
         }
         return with_hooks(
             self.processor.fn, pre=hooks.get("pre_process"), post=hooks.get("post_process")
+        )
+
+    @property
+    def inbox_queue(self) -> str:
+        """The notification queue of the inbox: this deployment's
+        (`BATCH_ASSETS_INBOX_QUEUES`, `name=queue` pairs separated by commas), else the
+        entry's `queue`; empty for none (and always for a SQL dataset)."""
+        if self.source is not None:
+            return ""
+        return inbox_queues(os.environ.get("BATCH_ASSETS_INBOX_QUEUES", "")).get(
+            self.name, self.queue
         )
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,13 @@ from batch_assets.datasets import Dataset
 from batch_assets.grouping import BatchLimits, batch_id_for, group_objects
 from batch_assets.increments import Increment, Increments
 from batch_assets.ledger import Backlog, ObjectLedger, ObjectVersion, record_backlog
+from batch_assets.notifications import (
+    CREATED,
+    Message,
+    NotificationQueue,
+    Received,
+    current_versions,
+)
 from batch_assets.s3_objects import (
     InboxCursor,
     ObjectInfo,
@@ -52,12 +60,14 @@ def inbox_tick(
     log: Any,
     now: datetime | None = None,
     has_run: HasRun | None = None,
+    queue: NotificationQueue | None = None,
 ) -> SensorResult | SkipReason:
-    """One tick over the dataset's inbox: the new uploads (in the cursor's window and not
-    in the ledger, the oldest `limit`) are grouped into batches (`grouping`, under the
-    dataset's limits), each registered as a queued batch, recorded in the ledger, added as
-    a partition and requested as a run; objects held back for their batch to fill stay new
-    for the next tick.
+    """One tick over the dataset's inbox: the new uploads (`_discover`: notified through
+    `queue`, or listed in the cursor's window; those not in the ledger, the oldest `limit`)
+    are grouped into batches (`grouping`, under the dataset's limits), each registered as a
+    queued batch, recorded in the ledger, added as a partition and requested as a run;
+    objects held back for their batch to fill stay new for the next tick. The queue's
+    messages are deleted once the ledger holds what they announced (`_settle`).
 
     A batch of one object is the object's own (see `grouping.batch_id_for`): an upload of
     content it holds already (the same bytes dropped again) changes nothing and requests
@@ -69,12 +79,12 @@ def inbox_tick(
     that failed after registering) is requested again."""
     now = now or datetime.now(UTC)
     inbox = InboxCursor.parse(cursor, lookback=lookback)
-    candidates = objects_in_window(client, bucket, dataset.prefix, inbox)
+    found = _discover(dataset, client, bucket, inbox, queue, limit, now, log)
     with open_ledger() as ledger:
         _move_legacy(ledger, inbox, bucket, dataset.prefix)
-        versions = {obj: ObjectVersion.of(obj, bucket) for obj in candidates}
+        versions = {obj: ObjectVersion.of(obj, bucket) for obj in found.candidates}
         unseen = ledger.unseen(list(versions.values()))
-        fresh = [obj for obj in candidates if versions[obj] in unseen]
+        fresh = [obj for obj in found.candidates if versions[obj] in unseen]
         with open_store() as store:
             store.ensure()
             queued = store.recent(limit=QUEUED_LOOKUP, status="queued")
@@ -86,24 +96,118 @@ def inbox_tick(
             ledger.take([versions[obj] for obj in group], key)
         taken = [obj for group in groups for obj in group]
         kept = set(taken)
-        backlog = Backlog.of([obj for obj in fresh if obj not in kept], now)
+        waiting = [obj for obj in fresh if obj not in kept]
+        backlog = Backlog.of(waiting, now)
         record_backlog(ledger, backlog)
+    if queue is not None:
+        _settle(queue, found, waiting, log)
     if fresh:
         log.info(backlog_line(dataset.name, backlog, now))
+    advanced = inbox.advanced(taken, listed_at=now if found.listed else None)
     if not groups and not again:
         where = f"s3://{bucket}/{dataset.prefix}"
         reason = f"no new batch under {where}: {len(fresh)} new objects wait for their batch"
         events = [backlog_observation(dataset, backlog, now)] if fresh else []
-        return _skip(reason if fresh else f"no new objects under {where}", inbox, events)
+        moved = found.listed or bool(inbox.legacy_taken)
+        return _skip(reason if fresh else f"no new objects under {where}", moved, advanced, events)
     for request in again:
         log.info(f"batch {request.partition_key} is queued and its run never came: requested")
     added = sorted({*keys, *(str(r.partition_key) for r in again)})
     return SensorResult(
         run_requests=requests + again,
         dynamic_partitions_requests=[partitions.build_add_request(added)],
-        cursor=inbox.advanced(taken).serialize(),
+        cursor=advanced.serialize(),
         asset_events=[backlog_observation(dataset, backlog, now)],
     )
+
+
+RECEIVE_BUDGET = 20.0
+"""Seconds a tick spends at most receiving notifications: well under the 60 s Dagster
+gives a sensor tick, with room for the ledger and the registrations."""
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """What a tick found: the candidates (objects of the inbox, oldest first), whether it
+    listed the inbox, and the queue's messages with the current version of each key they
+    named (None: gone)."""
+
+    candidates: list[ObjectInfo]
+    listed: bool
+    received: Received | None = None
+    notified: dict[str, ObjectInfo | None] = field(default_factory=dict)
+
+
+def _discover(
+    dataset: Dataset,
+    client: Any,
+    bucket: str,
+    inbox: InboxCursor,
+    queue: NotificationQueue | None,
+    limit: int,
+    now: datetime,
+    log: Any,
+) -> Discovered:
+    """The tick's candidates. Without a queue, the listing of the cursor's window. With
+    one, the current versions of the keys its notifications name, and, every
+    `dataset.reconcile_every`, a listing of the window as well, which catches what the
+    queue missed (a lost notification, a queue set up after the upload)."""
+    listing = queue is None or inbox.listing_due(now, dataset.reconcile_every)
+    listed = objects_in_window(client, bucket, dataset.prefix, inbox) if listing else []
+    if queue is None:
+        return Discovered(listed, listed=True)
+    received = queue.receive(budget=RECEIVE_BUDGET, limit=limit)
+    if received.unreadable:
+        _dead_letter(queue, received.unreadable, log)
+    notices = [n for m in received.readable for n in m.notices]
+    ours = [
+        n.key
+        for n in notices
+        if n.kind == CREATED and n.bucket == bucket and n.key.startswith(dataset.prefix)
+    ]
+    outside = sum(1 for n in notices if n.bucket != bucket or not n.key.startswith(dataset.prefix))
+    if outside:
+        log.warning(
+            f"{outside} notifications of {dataset.name}'s queue name objects outside "
+            f"s3://{bucket}/{dataset.prefix}: ignored (the bucket's notification should "
+            "filter on the dataset's prefix)"
+        )
+    notified = current_versions(client, bucket, [k for k in ours if not k.endswith("/")])
+    unique = {(o.key, o.etag, o.last_modified): o for o in listed}
+    for obj in notified.values():
+        if obj is not None:
+            unique[(obj.key, obj.etag, obj.last_modified)] = obj
+    return Discovered(sorted(unique.values()), listing, received, notified)
+
+
+def _dead_letter(queue: NotificationQueue, unreadable: list[Message], log: Any) -> None:
+    """Moves messages that are not S3 notifications to the dead-letter queue, logged."""
+    target = queue.dead_letter(unreadable)
+    for message in unreadable:
+        where = f"moved to {target}" if target else "left in the queue (no dead-letter queue)"
+        log.error(
+            f"message {message.message_id} of {queue.url} cannot be read ({message.error}): {where}"
+        )
+
+
+def _settle(
+    queue: NotificationQueue, found: Discovered, waiting: list[ObjectInfo], log: Any
+) -> None:
+    """Deletes the tick's readable messages, except those naming an object still waiting
+    for a batch (held back, or past the tick's limit): they come back after the queue's
+    visibility timeout. Called once the ledger has committed what the tick took."""
+    if found.received is None:
+        return
+    held = {obj.key for obj in waiting}
+    done = [m for m in found.received.readable if not any(n.key in held for n in m.notices)]
+    queue.delete(done)
+    kept = len(found.received.readable) - len(done)
+    if found.received.messages:
+        log.info(
+            f"{len(found.received.messages)} notifications received in "
+            f"{found.received.seconds:.2f} s ({found.received.calls} calls): {len(done)} "
+            f"done, {kept} kept for objects still waiting"
+        )
 
 
 def backlog_line(name: str, backlog: Backlog, now: datetime) -> str:
@@ -134,14 +238,16 @@ def backlog_observation(dataset: Dataset, backlog: Backlog, now: datetime) -> As
 
 
 def _skip(
-    reason: str, inbox: InboxCursor, events: list[AssetObservation]
+    reason: str, moved: bool, cursor: InboxCursor, events: list[AssetObservation]
 ) -> SkipReason | SensorResult:
     """A tick that requests nothing; it still records `events`, and writes the cursor when
-    an earlier version's taken versions have just moved into the ledger."""
-    if not inbox.legacy_taken and not events:
+    it `moved` (the tick listed the inbox, or an earlier version's taken versions have just
+    moved into the ledger)."""
+    if not moved and not events:
         return SkipReason(reason)
-    cursor = inbox.advanced([]).serialize() if inbox.legacy_taken else None
-    return SensorResult(skip_reason=reason, cursor=cursor, asset_events=events)
+    return SensorResult(
+        skip_reason=reason, cursor=cursor.serialize() if moved else None, asset_events=events
+    )
 
 
 def _move_legacy(ledger: ObjectLedger, inbox: InboxCursor, bucket: str, prefix: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,46 @@ class LocalStack:
             config=config,
         )
 
+    def notify(self, prefix: str, queue: str) -> str:
+        """Sends the bucket's S3 event notifications (writes and deletes) under `prefix`
+        to the SQS queue `queue`, created with a dead-letter queue `<queue>-dead`, as a
+        deployment would on AWS; returns the queue's URL. The bucket's other notifications
+        stay."""
+        sqs = self.client("sqs")
+        dead = sqs.create_queue(QueueName=f"{queue}-dead")["QueueUrl"]
+        dead_arn = _queue_arn(sqs, dead)
+        redrive = {"deadLetterTargetArn": dead_arn, "maxReceiveCount": "10"}
+        url: str = sqs.create_queue(
+            QueueName=queue, Attributes={"RedrivePolicy": json.dumps(redrive)}
+        )["QueueUrl"]
+        s3 = self.s3()
+        bucket = self.env["BATCH_ASSETS_BUCKET"]
+        config = s3.get_bucket_notification_configuration(Bucket=bucket)
+        queues = [q for q in config.get("QueueConfigurations", []) if q["Id"] != queue]
+        queues.append(
+            {
+                "Id": queue,
+                "QueueArn": _queue_arn(sqs, url),
+                "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+            }
+        )
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={"QueueConfigurations": queues}
+        )
+        return url
+
+    def notify_inboxes(self, datasets: Iterable[Any]) -> dict[str, str]:
+        """A notification queue for each file dataset's inbox (`notify`), named in the
+        stack's environment (`BATCH_ASSETS_INBOX_QUEUES`) for the sensors."""
+        queues = {
+            dataset.name: self.notify(dataset.prefix, f"batch-assets-{dataset.name}")
+            for dataset in datasets
+            if dataset.source is None
+        }
+        self.env["BATCH_ASSETS_INBOX_QUEUES"] = ",".join(f"{k}={v}" for k, v in queues.items())
+        return queues
+
     def apply(self) -> None:
         """Points this process (and the processes it starts) at the stack."""
         os.environ.update(self.env)
@@ -125,6 +166,11 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _queue_arn(sqs: Any, url: str) -> str:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return str(attributes["Attributes"]["QueueArn"])
 
 
 def _forget_dead_holders(pgdata: Path) -> None:

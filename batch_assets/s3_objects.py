@@ -69,6 +69,9 @@ class InboxCursor:
     watermark: datetime | None = None
     lookback: timedelta = timedelta(minutes=30)
     legacy_taken: tuple[tuple[str, str, datetime], ...] = ()
+    listed_at: datetime | None = None
+    """When the sensor last listed the inbox (where notifications feed it, the listing
+    only reconciles, at a slower interval)."""
 
     @classmethod
     def parse(cls, text: str | None, *, lookback: timedelta = timedelta(minutes=30)) -> InboxCursor:
@@ -77,18 +80,30 @@ class InboxCursor:
         data = json.loads(text)
         watermark = datetime.fromisoformat(data["watermark"]) if data["watermark"] else None
         legacy = tuple(_legacy_version(version) for version in data.get("taken", {}))
-        return cls(watermark, lookback, legacy)
+        listed = data.get("listed_at")
+        return cls(watermark, lookback, legacy, datetime.fromisoformat(listed) if listed else None)
 
     def serialize(self) -> str:
-        return json.dumps({"watermark": self.watermark.isoformat() if self.watermark else None})
+        data = {"watermark": self.watermark.isoformat() if self.watermark else None}
+        if self.listed_at is not None:
+            data["listed_at"] = self.listed_at.isoformat()
+        return json.dumps(data)
 
     def in_window(self, obj: ObjectInfo) -> bool:
         return self.watermark is None or obj.last_modified >= self.watermark - self.lookback
 
-    def advanced(self, objects: list[ObjectInfo]) -> InboxCursor:
-        """The cursor past `objects` (taken), its legacy versions moved out."""
+    def advanced(
+        self, objects: list[ObjectInfo], *, listed_at: datetime | None = None
+    ) -> InboxCursor:
+        """The cursor past `objects` (taken), its legacy versions moved out; `listed_at`
+        when this tick listed the inbox."""
         times = [o.last_modified for o in objects] + ([self.watermark] if self.watermark else [])
-        return InboxCursor(max(times) if times else None, self.lookback)
+        listed = listed_at or self.listed_at
+        return InboxCursor(max(times) if times else None, self.lookback, listed_at=listed)
+
+    def listing_due(self, now: datetime, every: timedelta) -> bool:
+        """Whether a reconciling listing is due: never listed, or `every` ago."""
+        return self.listed_at is None or now - self.listed_at >= every
 
 
 def _legacy_version(version: str) -> tuple[str, str, datetime]:

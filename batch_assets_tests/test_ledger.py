@@ -21,6 +21,7 @@ from batch_assets.ledger import (
     object_history,
     open_ledger,
 )
+from batch_assets.notifications import NotificationQueue
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.tracking import BatchJobs, ObjectOutcome, Source
@@ -100,8 +101,19 @@ def test_history_says_what_became_of_each_object(pg_url: str) -> None:
 
 
 class Log:
+    """A sensor's log, kept."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
     def info(self, line: str) -> None:
-        pass
+        self.lines.append(("info", line))
+
+    def warning(self, line: str) -> None:
+        self.lines.append(("warning", line))
+
+    def error(self, line: str) -> None:
+        self.lines.append(("error", line))
 
 
 def sensor_tick(
@@ -111,6 +123,9 @@ def sensor_tick(
     pg_url: str,
     cursor: str | None,
     now: datetime | None = None,
+    *,
+    queue: NotificationQueue | None = None,
+    log: Log | None = None,
 ) -> Any:
     """One tick of the dataset's inbox sensor, its batches and ledger in `pg_url`."""
     postgres = PostgresResource(url=pg_url)
@@ -125,8 +140,9 @@ def sensor_tick(
         limit=100,
         open_store=lambda: jobs.open(dataset.name),
         open_ledger=lambda: open_ledger(postgres.connect, dataset.name),
-        log=Log(),
+        log=log or Log(),
         now=now,
+        queue=queue,
     )
 
 

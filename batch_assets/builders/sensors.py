@@ -23,11 +23,16 @@ from dagster_aws.s3 import S3Resource
 from batch_assets.datasets import Dataset
 from batch_assets.discovery import inbox_tick, increment_tick
 from batch_assets.ledger import open_ledger
+from batch_assets.notifications import NotificationQueue
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
+from batch_assets.resources.s3 import sqs_client
 from batch_assets.resources.settings import BatchSettings
 
 INTERVAL_SECONDS = 15
+QUEUE_INTERVAL_SECONDS = 5
+"""A sensor fed by a notification queue ticks as often as the sensor daemon loops: a tick
+of an empty queue is one receive call."""
 
 
 def has_run(instance: DagsterInstance, job: str, partition: str, since: datetime) -> bool:
@@ -71,12 +76,16 @@ def dataset_sensor(
 
         return increment_sensor
 
+    queue_url = dataset.inbox_queue
+    how = f"notified through {queue_url}, " if queue_url else ""
+
     @sensor(
         name=dataset.sensor_name,
         job=job,
-        minimum_interval_seconds=INTERVAL_SECONDS,
+        minimum_interval_seconds=QUEUE_INTERVAL_SECONDS if queue_url else INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
-        description=f"Turns each new object under the {name} inbox into a partition and a run.",
+        description=f"Groups the new objects under the {name} inbox ({how}listed to check) "
+        "into batches, each a partition and a run.",
     )
     def inbox_sensor(
         context: SensorEvaluationContext,
@@ -96,6 +105,7 @@ def dataset_sensor(
             open_ledger=lambda: open_ledger(jobs.postgres.connect, name),
             log=context.log,
             has_run=lambda partition, since: has_run(context.instance, job.name, partition, since),
+            queue=NotificationQueue(sqs_client(), queue_url) if queue_url else None,
         )
 
     return inbox_sensor

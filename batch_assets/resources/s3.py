@@ -1,4 +1,4 @@
-"""S3 clients built once per process: dagster_aws's S3 resource with a shared client."""
+"""S3 and SQS clients built once per process: dagster_aws's S3 resource with a shared client."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import boto3
 from dagster_aws.s3 import S3Resource
 
 _clients: dict[tuple[Any, ...], Any] = {}
@@ -25,6 +26,11 @@ def shared_client(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         if client is None:
             client = _clients[full] = build()
         return client
+
+
+def sqs_client() -> Any:
+    """An SQS client on boto3's environment (the notification queues), one per process."""
+    return shared_client(("sqs",), lambda: boto3.client("sqs"))
 
 
 class S3(S3Resource):
