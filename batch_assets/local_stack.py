@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class LocalStack:
                 if name not in existing:
                     conn.execute(f'CREATE DATABASE "{name}"')
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        _quicker_moto_queues()
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         moto.start()
         moto_host, moto_port = moto.get_host_and_port()
@@ -166,6 +168,39 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _quicker_moto_queues() -> None:
+    """Makes moto's SQS keep up with an inbox's notifications: moto 5.2 reads its clock
+    through two datetime conversions (5.5 us) for each message of the queue on every send
+    and receive, and recounts every queue attribute for each message it hands out, so a
+    queue of 3,000 messages took 1.6 s per receive of 10. The same clock, read directly,
+    and the retention check reading the one attribute it needs: same answers, a receive of
+    10 from 10,000 messages in milliseconds."""
+    from moto.sqs import models
+
+    if getattr(models, "_batch_assets_quicker", False):
+        return
+
+    def unix_time(dt: Any = None) -> float:
+        return time.time() if dt is None else _moto_unix_time(dt)
+
+    def unix_time_millis(dt: Any = None) -> float:
+        return unix_time(dt) * 1000.0
+
+    def is_message_valid_based_on_retention_period(
+        self: Any, queue_name: str, message: Any
+    ) -> bool:
+        retention = int(self.get_queue(queue_name).message_retention_period)
+        return bool(retention + message.sent_timestamp / 1000 > time.time())
+
+    _moto_unix_time = models.unix_time
+    models.unix_time = unix_time
+    models.unix_time_millis = unix_time_millis
+    models.SQSBackend.is_message_valid_based_on_retention_period = (  # type: ignore[method-assign]
+        is_message_valid_based_on_retention_period
+    )
+    models._batch_assets_quicker = True  # type: ignore[attr-defined]
 
 
 def _queue_arn(sqs: Any, url: str) -> str:

@@ -101,7 +101,7 @@ def listed_now(at: datetime | None = None) -> str:
 def test_objects_notified_through_sqs_load_end_to_end(stack: LocalStack, instance: Any) -> None:
     dataset, queue = notified_dataset(stack)
     defs = build_definitions((dataset,))
-    assert defs.resolve_sensor_def(dataset.sensor_name).minimum_interval_seconds == 5
+    assert defs.resolve_sensor_def(dataset.sensor_name).minimum_interval_seconds == 1
     s3, bucket = stack.s3(), stack.env["BATCH_ASSETS_BUCKET"]
     keys = [f"{dataset.prefix}a b+c.csv", f"{dataset.prefix}two.csv"]
     for n, key in enumerate(keys):

@@ -4,7 +4,8 @@ per object.
 For each mode, on a fresh embedded stack (pgserver and moto's S3 server, in a temporary
 folder, `dagster.yaml` installed in its DAGSTER_HOME), `python -m dagster dev` starts as
 `batch-assets dev` starts it (`bench_daemon.start_dagster_dev`: its own process group, stopped
-at the end whatever happens). Once `reviews_inbox_sensor` has finished a first tick, the
+at the end whatever happens), with each file dataset's inbox sending S3 event notifications
+to an SQS queue of its own, as `batch-assets dev` sets them up. Once `reviews_inbox_sensor` has finished a first tick, the
 script uploads the mode's objects into `inbox/reviews/` from a pool of `--threads` threads
 sharing one boto3 client, as fast as S3 takes them: each a reviews CSV of
 `--rows-per-object` rows whose ids (`<tag>-<object>-<row>`) are unique across objects. It then
@@ -17,6 +18,11 @@ that every row landed exactly once.
 2. **Batched** (`--objects`, default 10,000): dagster dev loads the repository's
    `workspace.yaml`, as under `batch-assets dev`: a tick takes up to 5,000 new objects and
    groups them into batches of up to 500 objects.
+3. **Latency** (`--latency-objects`, default 20): as batched, but the ledger first holds
+   `--ledger-objects` (100,000) earlier versions, and the objects are uploaded one at a
+   time, 4 to 8 s apart: each is a run of its own, and the figures are the median and the
+   worst of upload to run STARTED (targets 10 s and 20 s) and the slowest sensor tick that
+   requested runs (target 2 s).
 
 The figure is objects/s from the first upload to the poll that finds the last object
 `loaded` (its rows are committed with that state): batched target **>= 25**, goal 50, on 2
@@ -28,7 +34,7 @@ sensors and launches runs, the webserver, and each run: `dagster api execute_run
 scoring workers and compute-log processes).
 
     python benchmarks/bench_many_files.py [--objects 10000] [--baseline-objects 300]
-        [--rows-per-object 100] [--threads 16] [--timeout 3600] [--json out.json]
+        [--latency-objects 20] [--ledger-objects 100000] [--rows-per-object 100] [--threads 16] [--timeout 3600] [--json out.json]
 
 Exactly once: for the mode's objects, `reviews_results` must hold objects x rows rows, every
 `(source_uri, line)` and every id once, each row under the object its id names, all
@@ -81,6 +87,11 @@ POLL_SECONDS = 0.25
 TEXTS = 1000
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TARGET_OBJECTS_PER_SECOND = 25.0
+LATENCY_MEDIAN_TARGET_S = 10.0
+LATENCY_WORST_TARGET_S = 20.0
+LATENCY_SPACING_S = (4.0, 8.0)
+"""Seconds between two uploads of the latency mode (uniform)."""
+TICK_TARGET_S = 2.0
 GOAL_OBJECTS_PER_SECOND = 50.0
 # A process's role in dagster dev's tree, from its command line (the first match wins); a
 # run is a spawned child of a code server; a process matching none (a scoring worker,
@@ -107,12 +118,14 @@ class Mode:
 
 
 def modes(args: argparse.Namespace) -> list[Mode]:
-    """The per-object mode, then the batched one; a mode of 0 objects is left out."""
+    """The per-object mode, the batched one, then the latency one; a mode of 0 objects is
+    left out."""
     per_object = Mode(
         "per-object", args.baseline_objects, ("-f", str(LOCATION_FILE), "-d", str(REPO))
     )
     batched = Mode("batched", args.objects)
-    return [mode for mode in (per_object, batched) if mode.objects > 0]
+    latency = Mode("latency", args.latency_objects)
+    return [mode for mode in (per_object, batched, latency) if mode.objects > 0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,6 +195,47 @@ def upload_objects(s3: Any, bucket: str, objects: Objects, threads: int) -> Uplo
     with ThreadPoolExecutor(threads, thread_name_prefix="upload") as pool:
         list(pool.map(put, range(objects.count)))
     return Upload(first, time.time(), done_at)
+
+
+def upload_spaced(s3: Any, bucket: str, objects: Objects, spacing: tuple[float, float]) -> Upload:
+    """Puts the objects one at a time, a random `spacing` seconds apart (so that each lands
+    at a random moment of the sensor's and the run coordinator's loops)."""
+    rng = random.Random(11)
+    done_at: dict[str, float] = {}
+    first = time.time()
+    for n in range(objects.count):
+        if n:
+            time.sleep(rng.uniform(*spacing))
+        key = objects.key(n)
+        s3.put_object(Bucket=bucket, Key=key, Body=objects.body(n))
+        done_at[key] = time.time()
+    return Upload(first, time.time(), done_at)
+
+
+def fill_ledger(pg_url: str, bucket: str, count: int) -> None:
+    """`count` versions of objects taken before (their batch long gone) in the reviews
+    ledger, as months of an inbox's history leave it."""
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    from batch_assets.ledger import ObjectLedger, ObjectVersion
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with psycopg.connect(pg_url) as conn:
+        ledger = ObjectLedger(conn, "reviews")
+        ledger.ensure()
+        for first in range(0, count, 10_000):
+            versions = [
+                ObjectVersion(
+                    f"s3://{bucket}/{PREFIX}history/{n:07d}.csv",
+                    uuid.UUID(int=n).hex,
+                    start + timedelta(seconds=n),
+                    2_000,
+                )
+                for n in range(first, min(count, first + 10_000))
+            ]
+            ledger.take(versions, "history")
 
 
 # ---------------------------------------------------------------------------------------
@@ -565,7 +619,11 @@ def sensor_figures(instance: Any) -> dict[str, Any]:
             {"runs": len(t.run_ids), "seconds": (t.end_timestamp or t.timestamp) - t.timestamp}
             for t in with_runs
         ],
+        "median_tick_s": _median(seconds),
         "max_tick_s": max(seconds, default=None),
+        "max_tick_with_runs_s": max(
+            ((t.end_timestamp or t.timestamp) - t.timestamp for t in with_runs), default=None
+        ),
         "tick_cursor_bytes_stored": sum(len((t.cursor or "").encode()) for t in ticks),
     }
 
@@ -611,7 +669,10 @@ def drive(
     s3 = stack.client("s3", config=Config(max_pool_connections=args.threads))
     say(f"{mode.name}: uploading {objects.count:,} objects of {objects.rows} rows")
     deadline = time.monotonic() + args.timeout
-    upload = upload_objects(s3, bucket, objects, args.threads)
+    if mode.name == "latency":
+        upload = upload_spaced(s3, bucket, objects, LATENCY_SPACING_S)
+    else:
+        upload = upload_objects(s3, bucket, objects, args.threads)
     say(
         f"{mode.name}: uploaded in {upload.seconds:.1f} s "
         f"({objects.count / upload.seconds:.0f} objects/s); waiting for the rows"
@@ -647,6 +708,7 @@ def drive(
         "runs": run_figures(instance, upload),
         "sensor": sensor_figures(instance),
         "verification": verification,
+        "ledger_before": args.ledger_objects if mode.name == "latency" else 0,
     }
 
 
@@ -657,13 +719,23 @@ def measure_mode(mode: Mode, args: argparse.Namespace, workdir: Path) -> dict[st
     from dagster import DagsterInstance
 
     from batch_assets.cli import _stop_group
+    from batch_assets.datasets import DATASETS
     from batch_assets.local_stack import LocalStack
 
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"{mode.name}: starting the embedded stack under {workdir}")
     # moto's state is this process's: a bucket per mode keeps the modes' objects apart
     with LocalStack.start(workdir / "stack", bucket=f"bench-{mode.name}") as stack:
+        # each file dataset's inbox notifies its queue, as under batch-assets dev
+        stack.notify_inboxes(DATASETS)
         stack.apply()  # DagsterInstance.get() in this process reads DAGSTER_HOME
+        if mode.name == "latency" and args.ledger_objects:
+            say(f"{mode.name}: {args.ledger_objects:,} earlier versions into the ledger")
+            fill_ledger(
+                stack.env["BATCH_ASSETS_PG_URL"],
+                stack.env["BATCH_ASSETS_BUCKET"],
+                args.ledger_objects,
+            )
         home = Path(stack.env["DAGSTER_HOME"])
         (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
         env = child_env(REPO, stack.env)
@@ -728,6 +800,16 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
     if batched is not None and per_object is not None:
         summary["batched_vs_per_object"] = batched["objects_per_s"] / per_object["objects_per_s"]
+    latency = results.get("latency")
+    if latency is not None:
+        runs = latency["runs"]
+        summary["latency"] = {
+            "objects": latency["objects"],
+            "median_s": runs["median_upload_to_started_s"],
+            "worst_s": runs["max_upload_to_started_s"],
+            "max_tick_s": latency["sensor"]["max_tick_with_runs_s"],
+            "ledger": latency["ledger_before"],
+        }
     return summary
 
 
@@ -770,6 +852,12 @@ def _table_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             "sensor ticks with runs (max tick s)",
             f"{len(sensor['ticks_with_runs'])} ({_cell(sensor['max_tick_s'], '.2f')})",
         ),
+        (
+            "tick s, median (max of ticks with runs)",
+            f"{_cell(sensor['median_tick_s'], '.2f')} "
+            f"({_cell(sensor['max_tick_with_runs_s'], '.2f')})",
+        ),
+        ("ledger versions before", f"{result['ledger_before']:,}"),
         (
             "cursor bytes (uploads in it)",
             f"{sensor['cursor_bytes']:,} ({sensor['cursor_uploads']:,})",
@@ -821,6 +909,15 @@ def report(results: dict[str, dict[str, Any]], summary: dict[str, Any]) -> str:
         )
     if "batched_vs_per_object" in summary:
         lines.append(f"batched / per-object objects/s: {summary['batched_vs_per_object']:.1f}x")
+    latency = summary.get("latency")
+    if latency is not None:
+        lines.append(
+            f"latency: upload -> run STARTED median {_cell(latency['median_s'])} s (target <= "
+            f"{LATENCY_MEDIAN_TARGET_S:g}), worst {_cell(latency['worst_s'])} s (target <= "
+            f"{LATENCY_WORST_TARGET_S:g}) of {latency['objects']} objects; slowest tick with "
+            f"runs {_cell(latency['max_tick_s'], '.2f')} s with {latency['ledger']:,} versions "
+            f"in the ledger (target <= {TICK_TARGET_S:g})"
+        )
     return "\n".join(lines)
 
 
@@ -841,6 +938,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="objects of the per-object mode (300; 0 leaves it out)",
     )
     parser.add_argument(
+        "--latency-objects",
+        type=int,
+        default=20,
+        help="objects of the latency mode, uploaded one at a time 4-8 s apart (20; 0 "
+        "leaves it out)",
+    )
+    parser.add_argument(
+        "--ledger-objects",
+        type=int,
+        default=100_000,
+        help="earlier versions in the ledger before the latency mode starts (100,000)",
+    )
+    parser.add_argument(
         "--rows-per-object", type=int, default=100, help="rows of each object (100)"
     )
     parser.add_argument("--threads", type=int, default=16, help="upload threads (16)")
@@ -859,8 +969,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--workdir", type=Path, help="where the stacks live (default: temp)")
     args = parser.parse_args(argv)
-    if args.objects < 0 or args.baseline_objects < 0 or not args.objects + args.baseline_objects:
-        parser.error("--objects and --baseline-objects cannot be negative, nor both 0")
+    counts = (args.objects, args.baseline_objects, args.latency_objects, args.ledger_objects)
+    if min(counts) < 0 or not sum(counts[:3]):
+        parser.error("the object counts cannot be negative, nor all 0")
     if args.rows_per_object <= 0 or args.threads <= 0:
         parser.error("--rows-per-object and --threads must be positive")
     return args

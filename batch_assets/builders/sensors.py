@@ -30,9 +30,10 @@ from batch_assets.resources.s3 import sqs_client
 from batch_assets.resources.settings import BatchSettings
 
 INTERVAL_SECONDS = 15
-QUEUE_INTERVAL_SECONDS = 5
-"""A sensor fed by a notification queue ticks as often as the sensor daemon loops: a tick
-of an empty queue is one receive call."""
+QUEUE_INTERVAL_SECONDS = 1
+"""A sensor fed by a notification queue ticks at every loop of the sensor daemon (5 s at
+best): a tick of an empty queue is one receive call. An interval of 5 s would let ticks
+slip to every other loop."""
 
 
 def has_run(instance: DagsterInstance, job: str, partition: str, since: datetime) -> bool:
