@@ -226,9 +226,13 @@ class CheckpointStore:
         data = self.storage.get(f"{self._dir(asset, partition)}/latest.json")
         return str(json.loads(data)["lineage"]) if data else None
 
-    def discard(self, asset: str, partition: str) -> None:
-        """Drops every checkpoint of (asset, partition), so the next run starts over."""
-        self.storage.delete_tree(self._dir(asset, partition))
+    def discard(self, asset: str, partition: str) -> bool:
+        """Drops every checkpoint of (asset, partition), so the next run starts over;
+        whether there was any."""
+        folder = self._dir(asset, partition)
+        held = bool(self.storage.children(folder))
+        self.storage.delete_tree(folder)
+        return held
 
 
 def frontier_report(

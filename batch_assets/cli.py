@@ -300,9 +300,11 @@ def run_dev(args: argparse.Namespace) -> int:
             env=env,
             start_new_session=True,
         )
+        # the API requests an upload's run from the webserver at once
+        api_env = {**env, "BATCH_ASSETS_DAGSTER_URL": f"http://127.0.0.1:{args.port}"}
         api = subprocess.Popen(
             [sys.executable, "-m", "batch_assets.cli", "serve", "--port", str(args.api_port)],
-            env=env,
+            env=api_env,
             start_new_session=True,
         )
         try:

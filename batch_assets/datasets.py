@@ -99,6 +99,14 @@ class Dataset:
             deployment (`inbox_queue`).
         reconcile_every: with a queue, how often the sensor also lists the inbox, to catch
             what the queue missed.
+        retention: the partitions and checkpoints of batches completed or failed longer
+            ago than this are deleted (their batch records and results stay). None: kept.
+        processed_objects: for files, what becomes of inbox objects a completed batch
+            loaded, `processed_objects_after` after they were taken: `keep`, `archive`
+            (moved under `archive`) or `delete`.
+        processed_objects_after: how long processed objects stay in the inbox.
+        archive: where `archive` moves processed objects (the key under the inbox is kept
+            under it): a prefix outside the inbox; empty: `archive/<name>/`.
     """
 
     name: str
@@ -123,6 +131,10 @@ class Dataset:
     batch_wait: timedelta = timedelta(0)
     queue: str = ""
     reconcile_every: timedelta = timedelta(minutes=10)
+    retention: timedelta | None = None
+    processed_objects: Literal["keep", "archive", "delete"] = "keep"
+    processed_objects_after: timedelta = timedelta(days=7)
+    archive: str = ""
 
     CHECKPOINTED: ClassVar[tuple[str, ...]] = ("raw", "processed")
     """The assets whose outputs are chunk checkpoints, under `<name>/<asset>`."""
@@ -141,7 +153,30 @@ class Dataset:
             raise ConfigError(f"{where}: batch_wait cannot be negative")
         if self.reconcile_every.total_seconds() <= 0:
             raise ConfigError(f"{where}: reconcile_every must be positive")
+        self._check_retention(where)
         self._check_sinks(where)
+
+    def _check_retention(self, where: str) -> None:
+        if self.retention is not None and self.retention.total_seconds() < 0:
+            raise ConfigError(f"{where}: retention cannot be negative")
+        if self.processed_objects not in ("keep", "archive", "delete"):
+            raise ConfigError(
+                f"{where}: processed_objects must be keep, archive or delete, "
+                f"found {self.processed_objects!r}"
+            )
+        if self.processed_objects_after.total_seconds() < 0:
+            raise ConfigError(f"{where}: processed_objects_after cannot be negative")
+        if self.archive_prefix.startswith(self.prefix) or self.prefix.startswith(
+            self.archive_prefix
+        ):
+            raise ConfigError(
+                f"{where}: archive {self.archive_prefix!r} must be outside the inbox "
+                f"{self.prefix!r} (an archived object would be taken again)"
+            )
+
+    @property
+    def archive_prefix(self) -> str:
+        return self.archive or f"archive/{self.name}/"
 
     def _check_sinks(self, where: str) -> None:
         unknown = [s for s in self.sinks if s not in SINKS]

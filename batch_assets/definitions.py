@@ -19,6 +19,7 @@ import os
 
 from dagster import Definitions, EnvVar
 
+from batch_assets.builders.retention_job import retention_job, retention_schedule
 from batch_assets.datasets import DATASETS, Dataset
 from batch_assets.factory import CHECKPOINTS, build_dataset
 from batch_assets.failures import batch_run_failure_sensor
@@ -37,9 +38,12 @@ def build_definitions(datasets: tuple[Dataset, ...] = DATASETS) -> Definitions:
     s3 = S3()
     postgres = PostgresResource(url=EnvVar("BATCH_ASSETS_PG_URL"))
     checkpoints = CheckpointsResource(base=EnvVar("BATCH_ASSETS_CHECKPOINT_BASE"), s3=s3)
+    retention = retention_job(datasets)
     return Definitions.merge(
         *(build_dataset(dataset) for dataset in datasets),
         Definitions(
+            jobs=[retention],
+            schedules=[retention_schedule(retention)],
             sensors=[batch_run_failure_sensor],
             resources={
                 "s3": s3,

@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS inbox_backlog (
     oldest timestamptz,
     measured_at timestamptz NOT NULL
 );
+ALTER TABLE inbox_objects ADD COLUMN IF NOT EXISTS disposed text;
+ALTER TABLE inbox_objects ADD COLUMN IF NOT EXISTS disposed_at timestamptz;
+CREATE TABLE IF NOT EXISTS retention_marks (
+    dataset text NOT NULL,
+    kind text NOT NULL,
+    through timestamptz NOT NULL,
+    PRIMARY KEY (dataset, kind)
+);
 """
 
 HISTORY_PAGE = 500
@@ -115,6 +123,45 @@ class ObjectLedger:
                     [batch_id] * len(versions),
                 ),
             )
+
+    def taken_between(
+        self, after: datetime | None, before: datetime, *, limit: int
+    ) -> list[dict[str, Any]]:
+        """The versions taken after `after` (None: any) and before `before` and not
+        disposed of yet, the oldest taken first: URI, ETag, LastModified, batch, when
+        taken."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT uri, etag, last_modified, batch_id, taken_at FROM inbox_objects "
+                "WHERE dataset = %s AND disposed IS NULL "
+                "AND (%s::timestamptz IS NULL OR taken_at > %s) AND taken_at < %s "
+                "ORDER BY taken_at, uri LIMIT %s",
+                (self.dataset, after, after, before, limit),
+            )
+            return cur.fetchall()
+
+    def mark_disposed(self, uri: str, etag: str, last_modified: datetime, how: str) -> None:
+        """Records what retention did with the version (`archived`, `deleted`, ...)."""
+        self.conn.execute(
+            "UPDATE inbox_objects SET disposed = %s, disposed_at = now() WHERE dataset = %s "
+            "AND uri = %s AND etag = %s AND last_modified = %s",
+            (how, self.dataset, uri, etag, last_modified),
+        )
+
+    def retention_mark(self, kind: str) -> datetime | None:
+        """How far retention's `kind` (`batches`, `objects`) has gone; None: not begun."""
+        found = self.conn.execute(
+            "SELECT through FROM retention_marks WHERE dataset = %s AND kind = %s",
+            (self.dataset, kind),
+        ).fetchone()
+        return None if found is None else found[0]
+
+    def set_retention_mark(self, kind: str, through: datetime) -> None:
+        self.conn.execute(
+            "INSERT INTO retention_marks (dataset, kind, through) VALUES (%s, %s, %s) "
+            "ON CONFLICT (dataset, kind) DO UPDATE SET through = EXCLUDED.through",
+            (self.dataset, kind, through),
+        )
 
     def recent(
         self, *, uri_prefix: str = "", before: datetime | None = None, limit: int = 100

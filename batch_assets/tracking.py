@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
     PRIMARY KEY (dataset, batch_id)
 );
 CREATE INDEX IF NOT EXISTS batch_jobs_recent ON batch_jobs (dataset, created_at DESC);
+CREATE INDEX IF NOT EXISTS batch_jobs_updated ON batch_jobs (dataset, updated_at);
 ALTER TABLE batch_jobs ADD COLUMN IF NOT EXISTS sink_stats jsonb;
 ALTER TABLE batch_jobs ADD COLUMN IF NOT EXISTS source_stats jsonb;
 CREATE TABLE IF NOT EXISTS batch_sources (
@@ -283,6 +284,12 @@ class BatchStore(Protocol):
     def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[BatchRecord]:
         """The dataset's newest batches first, optionally only those in one status."""
 
+    def finished_between(
+        self, after: datetime | None, before: datetime, *, limit: int
+    ) -> list[BatchRecord]:
+        """The batches completed or failed whose last change is after `after` (None: any)
+        and before `before`, the oldest change first."""
+
     def get(self, batch_id: str) -> BatchRecord | None:
         """The batch; None when the dataset has no such batch."""
 
@@ -505,6 +512,19 @@ class BatchJobs:
                 "WHERE dataset = %s AND (%s::text IS NULL OR status = %s) "
                 "ORDER BY created_at DESC, batch_id LIMIT %s",
                 (self.dataset, status, status, limit),
+            )
+            return cur.fetchall()
+
+    def finished_between(
+        self, after: datetime | None, before: datetime, *, limit: int
+    ) -> list[BatchRecord]:
+        with self.conn.cursor(row_factory=class_row(BatchRecord)) as cur:
+            cur.execute(
+                f"SELECT {_SELECTED} FROM batch_jobs WHERE dataset = %s "
+                "AND status IN ('completed', 'failed') "
+                "AND (%s::timestamptz IS NULL OR updated_at > %s) AND updated_at < %s "
+                "ORDER BY updated_at, batch_id LIMIT %s",
+                (self.dataset, after, after, before, limit),
             )
             return cur.fetchall()
 

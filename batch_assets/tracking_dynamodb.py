@@ -266,6 +266,19 @@ class DynamoBatchJobs:
                     return rows
         return rows
 
+    def finished_between(
+        self, after: datetime | None, before: datetime, *, limit: int
+    ) -> list[BatchRecord]:
+        # the table's index orders by creation: every batch of the dataset is read
+        rows = [
+            row
+            for row in self.recent(limit=2**31)
+            if row.status in ("completed", "failed")
+            and (after is None or row.updated_at > after)
+            and row.updated_at < before
+        ]
+        return sorted(rows, key=lambda row: (row.updated_at, row.batch_id))[:limit]
+
     def get(self, batch_id: str) -> BatchRecord | None:
         raw = self._raw(batch_id)
         return None if raw is None else self._row(raw)

@@ -3,7 +3,12 @@ moto's S3 server: upload, progress while the batch runs, summary, results, error
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -11,9 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dagster import DagsterInstance, DagsterRunStatus
 
 from batch_assets.api.app import ApiConfig
+from batch_assets.cli import _stop_group
 from batch_assets.generate import reviews_csv
+from batch_assets.launch import REQUESTED_BY
 from batch_assets.local_stack import LocalStack
 from batch_assets_tests.api_helpers import serving
 from batch_assets_tests.pipeline_helpers import Inbox, batch_row
@@ -305,3 +313,87 @@ def test_objects_of_a_batch_and_rejected_rows_paged_across_them(
 def test_a_prefix_postgres_cannot_hold_is_refused(api: httpx.Client) -> None:
     answer = api.get("/objects", params={"prefix": "a\x00b"})
     assert answer.status_code == 422, answer.text
+
+
+@contextlib.contextmanager
+def dagster_webserver(workspace: Path) -> Iterator[str]:
+    """Dagster's webserver on `workspace` on a free loopback port, in its own process
+    group (stopped after), once its code location has loaded; yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "dagster_webserver", "-w", str(workspace)]
+    server = subprocess.Popen(
+        [*command, "-h", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    query = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, "the webserver exited"
+            assert time.monotonic() < deadline, "the webserver did not load its code location"
+            try:
+                answer = httpx.post(f"{url}/graphql", json={"query": query}, timeout=5).json()
+                entries = answer["data"]["workspaceOrError"]["locationEntries"]
+                if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                    break
+            except (httpx.HTTPError, KeyError, TypeError):
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop_group(server)
+
+
+def test_an_upload_requests_its_run_at_once_and_the_sensor_does_not_run_it_again(
+    stack: LocalStack, inbox: Inbox, instance: DagsterInstance, pg_url: str
+) -> None:
+    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    with dagster_webserver(workspace) as dagster_url:
+        config = ApiConfig(
+            pg_url=pg_url,
+            bucket=stack.env["BATCH_ASSETS_BUCKET"],
+            dagster_url=dagster_url,
+        )
+        with serving(config) as base, httpx.Client(base_url=base, timeout=60) as client:
+            name = f"{inbox.tag}-at-once-{uuid.uuid4().hex[:6]}.csv"
+            accepted = upload(client, name, b"id,text\n1,Great\n2,Awful\n")
+    assert accepted.status_code == 202, accepted.text
+    body = accepted.json()
+    run = instance.get_run_by_id(body["run_id"])
+    assert run is not None
+    try:
+        # no daemon here: the run waits in the queue the coordinator starts runs from
+        assert run.status == DagsterRunStatus.QUEUED
+        assert run.tags["dagster/partition"] == body["batch_id"]
+        assert run.tags[REQUESTED_BY] == "api"
+        assert body["batch_id"] in instance.get_dynamic_partitions("reviews")
+        # the sensor's next tick finds the object, registered and with its run: no second run
+        tick = inbox.tick()
+        assert body["batch_id"] not in [str(r.partition_key) for r in tick.run_requests]
+    finally:
+        instance.delete_run(run.run_id)
+
+
+def test_an_upload_without_a_webserver_to_ask_is_left_to_the_sensor(
+    stack: LocalStack, inbox: Inbox, pg_url: str
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    config = ApiConfig(
+        pg_url=pg_url,
+        bucket=stack.env["BATCH_ASSETS_BUCKET"],
+        dagster_url=closed,
+    )
+    with serving(config) as base, httpx.Client(base_url=base, timeout=60) as client:
+        name = f"{inbox.tag}-later-{uuid.uuid4().hex[:6]}.csv"
+        accepted = upload(client, name, b"id,text\n1,a\n")
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["run_id"] is None
+    tick = inbox.tick()
+    assert [str(r.partition_key) for r in tick.run_requests] == [accepted.json()["batch_id"]]

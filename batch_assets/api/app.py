@@ -41,6 +41,7 @@ from batch_assets.api.upload import (
 )
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.errors import BatchInputError, ConfigError
+from batch_assets.launch import REQUESTED_BY, LaunchFailed, RunRequester
 from batch_assets.ledger import ObjectLedger, latest_backlog, object_history
 from batch_assets.readers import CsvLayout
 from batch_assets.resources.jobs import JobsResource, StoreName, store_named
@@ -90,6 +91,10 @@ class ApiConfig:
         jobs_store: where batches are tracked, `postgres` or `dynamodb`
             (`BATCH_ASSETS_JOBS_STORE`), and `jobs_table` the DynamoDB table
             (`BATCH_ASSETS_JOBS_TABLE`).
+        dagster_url: Dagster's webserver (`BATCH_ASSETS_DAGSTER_URL`, `batch-assets dev`
+            sets it): an upload's run is requested from it at once. None: the inbox sensor
+            starts it at its next tick.
+        dagster_location: the code location's name there (`BATCH_ASSETS_DAGSTER_LOCATION`).
     """
 
     pg_url: str
@@ -98,6 +103,8 @@ class ApiConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     jobs_store: StoreName = "postgres"
     jobs_table: str = JOBS_TABLE
+    dagster_url: str | None = None
+    dagster_location: str = "batch_assets"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ApiConfig:
@@ -122,6 +129,8 @@ class ApiConfig:
             max_upload_bytes=max_upload_bytes,
             jobs_store=store_named(env.get("BATCH_ASSETS_JOBS_STORE", "postgres")),
             jobs_table=env.get("BATCH_ASSETS_JOBS_TABLE", JOBS_TABLE),
+            dagster_url=env.get("BATCH_ASSETS_DAGSTER_URL") or None,
+            dagster_location=env.get("BATCH_ASSETS_DAGSTER_LOCATION", "batch_assets"),
         )
 
 
@@ -291,6 +300,12 @@ class UploadAccepted(BaseModel):
     processed_count: int
     dataset: str
     source_uri: str = Field(description="Where the file was stored, in the dataset's inbox.")
+    run_id: str | None = Field(
+        default=None,
+        description="The Dagster run requested for the batch at once; null when the API "
+        "has no Dagster webserver to ask, or it did not answer: the inbox sensor then "
+        "starts the run at its next tick.",
+    )
 
 
 class ResultsPage(BaseModel):
@@ -449,7 +464,8 @@ async def upload(
     The header is checked as soon as it has arrived and the records are counted on the
     way; nothing is kept in memory. 400 names the problem (no header, a missing column,
     not UTF-8, empty, a quote never closed), 413 when the file is over the size limit.
-    The inbox sensor starts the batch's run within its interval (15 s by default).
+    The batch's run is requested from Dagster at once (`run_id`) when the API knows its
+    webserver; otherwise, or if that fails, the inbox sensor starts it at its next tick.
     """
     config = backend.config
     entry = dataset_named(dataset.value)
@@ -466,8 +482,10 @@ async def upload(
             backend.jobs(conn, entry.name).register(batch_id, [source], total=total)
 
     await run_in_threadpool(register)
-    log.info("upload %s: %s records, batch %s", uri, total, batch_id)
+    run_id = await run_in_threadpool(_request_run, config, entry, batch_id, source)
+    log.info("upload %s: %s records, batch %s, run %s", uri, total, batch_id, run_id)
     return UploadAccepted(
+        run_id=run_id,
         batch_id=batch_id,
         status="queued",
         total_count=total,
@@ -475,6 +493,24 @@ async def upload(
         dataset=entry.name,
         source_uri=uri,
     )
+
+
+def _request_run(config: ApiConfig, entry: Dataset, batch_id: str, source: Source) -> str | None:
+    """Requests the uploaded batch's run from Dagster's webserver; None (logged) when there
+    is none to ask or it fails: the sensor starts the run at its next tick."""
+    if config.dagster_url is None:
+        return None
+    requester = RunRequester(config.dagster_url, config.dagster_location)
+    tags = {
+        "batch_assets/source": source.uri,
+        "batch_assets/etag": source.etag,
+        REQUESTED_BY: "api",
+    }
+    try:
+        return requester.request(entry, batch_id, tags)
+    except LaunchFailed as exc:
+        log.warning("upload %s: run not requested (%s); the sensor starts it", batch_id, exc)
+        return None
 
 
 async def _stream_to_inbox(
