@@ -99,6 +99,11 @@ class Dataset:
             deployment (`inbox_queue`).
         reconcile_every: with a queue, how often the sensor also lists the inbox, to catch
             what the queue missed.
+        incremental_listing: for files whose keys sort in upload order (a date and time
+            first, as Firehose and most exporters write them), the sensor lists the inbox
+            from the greatest key it has listed on, so a listing reads only new keys; a key
+            written again, or written later but sorting before it, is then found by its
+            notification only.
         retention: the partitions and checkpoints of batches completed or failed longer
             ago than this are deleted (their batch records and results stay). None: kept.
         processed_objects: for files, what becomes of inbox objects a completed batch
@@ -131,6 +136,7 @@ class Dataset:
     batch_wait: timedelta = timedelta(0)
     queue: str = ""
     reconcile_every: timedelta = timedelta(minutes=10)
+    incremental_listing: bool = False
     retention: timedelta | None = None
     processed_objects: Literal["keep", "archive", "delete"] = "keep"
     processed_objects_after: timedelta = timedelta(days=7)

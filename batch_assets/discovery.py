@@ -103,7 +103,10 @@ def inbox_tick(
         _settle(queue, found, waiting, log)
     if fresh:
         log.info(backlog_line(dataset.name, backlog, now))
-    advanced = inbox.advanced(taken, listed_at=now if found.listed else None)
+    # an incremental listing goes on after the keys it listed, but not past one left waiting
+    first_waiting = min((obj.key for obj in waiting), default=None)
+    read = [o for o in found.listing if first_waiting is None or o.key < first_waiting]
+    advanced = inbox.advanced(taken, listed_at=now if found.listed else None, listed=read)
     if not groups and not again:
         where = f"s3://{bucket}/{dataset.prefix}"
         reason = f"no new batch under {where}: {len(fresh)} new objects wait for their batch"
@@ -141,6 +144,9 @@ class Discovered:
     listed: bool
     received: Received | None = None
     notified: dict[str, ObjectInfo | None] = field(default_factory=dict)
+    listing: list[ObjectInfo] = field(default_factory=list)
+    """What the listing found (not the notifications: the greatest key listed says how far
+    an incremental listing has read)."""
 
 
 def _discover(
@@ -158,9 +164,15 @@ def _discover(
     `dataset.reconcile_every`, a listing of the window as well, which catches what the
     queue missed (a lost notification, a queue set up after the upload)."""
     listing = queue is None or inbox.listing_due(now, dataset.reconcile_every)
-    listed = objects_in_window(client, bucket, dataset.prefix, inbox) if listing else []
+    listed = (
+        objects_in_window(
+            client, bucket, dataset.prefix, inbox, incremental=dataset.incremental_listing
+        )
+        if listing
+        else []
+    )
     if queue is None:
-        return Discovered(listed, listed=True)
+        return Discovered(listed, listed=True, listing=listed)
     received = queue.receive(budget=RECEIVE_BUDGET, limit=min(limit, MESSAGES_PER_TICK))
     if received.unreadable:
         _dead_letter(queue, received.unreadable, log)
@@ -182,7 +194,7 @@ def _discover(
     for obj in notified.values():
         if obj is not None:
             unique[(obj.key, obj.etag, obj.last_modified)] = obj
-    return Discovered(sorted(unique.values()), listing, received, notified)
+    return Discovered(sorted(unique.values()), listing, received, notified, listed)
 
 
 def _dead_letter(queue: NotificationQueue, unreadable: list[Message], log: Any) -> None:

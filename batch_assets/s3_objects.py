@@ -72,6 +72,9 @@ class InboxCursor:
     listed_at: datetime | None = None
     """When the sensor last listed the inbox (where notifications feed it, the listing
     only reconciles, at a slower interval)."""
+    listed_after: str | None = None
+    """The greatest key listed: an inbox whose keys sort in upload order is listed from
+    there on (`Dataset.incremental_listing`)."""
 
     @classmethod
     def parse(cls, text: str | None, *, lookback: timedelta = timedelta(minutes=30)) -> InboxCursor:
@@ -81,25 +84,37 @@ class InboxCursor:
         watermark = datetime.fromisoformat(data["watermark"]) if data["watermark"] else None
         legacy = tuple(_legacy_version(version) for version in data.get("taken", {}))
         listed = data.get("listed_at")
-        return cls(watermark, lookback, legacy, datetime.fromisoformat(listed) if listed else None)
+        listed_at = datetime.fromisoformat(listed) if listed else None
+        return cls(watermark, lookback, legacy, listed_at, data.get("listed_after"))
 
     def serialize(self) -> str:
         data = {"watermark": self.watermark.isoformat() if self.watermark else None}
         if self.listed_at is not None:
             data["listed_at"] = self.listed_at.isoformat()
+        if self.listed_after is not None:
+            data["listed_after"] = self.listed_after
         return json.dumps(data)
 
     def in_window(self, obj: ObjectInfo) -> bool:
         return self.watermark is None or obj.last_modified >= self.watermark - self.lookback
 
     def advanced(
-        self, objects: list[ObjectInfo], *, listed_at: datetime | None = None
+        self,
+        objects: list[ObjectInfo],
+        *,
+        listed_at: datetime | None = None,
+        listed: list[ObjectInfo] | None = None,
     ) -> InboxCursor:
         """The cursor past `objects` (taken), its legacy versions moved out; `listed_at`
-        when this tick listed the inbox."""
+        when this tick listed the inbox, `listed` what it listed."""
         times = [o.last_modified for o in objects] + ([self.watermark] if self.watermark else [])
-        listed = listed_at or self.listed_at
-        return InboxCursor(max(times) if times else None, self.lookback, listed_at=listed)
+        keys = [o.key for o in listed or []] + ([self.listed_after] if self.listed_after else [])
+        return InboxCursor(
+            max(times) if times else None,
+            self.lookback,
+            listed_at=listed_at or self.listed_at,
+            listed_after=max(keys) if keys else None,
+        )
 
     def listing_due(self, now: datetime, every: timedelta) -> bool:
         """Whether a reconciling listing is due: never listed, or `every` ago."""
@@ -129,10 +144,14 @@ class ObjectInfo:
         return Source(s3_uri(bucket, self.key), self.etag, self.size, self.last_modified)
 
 
-def list_objects(client: Any, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
-    """Every object under `prefix`, all pages; folder placeholders are skipped."""
+def list_objects(
+    client: Any, bucket: str, prefix: str, *, start_after: str | None = None
+) -> Iterator[ObjectInfo]:
+    """Every object under `prefix` (whose key sorts after `start_after`, when given), all
+    pages; folder placeholders are skipped."""
     paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+    after = {"StartAfter": start_after} if start_after else {}
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **after):
         for item in page.get("Contents", []):
             if item["Key"].endswith("/"):
                 continue
@@ -142,11 +161,14 @@ def list_objects(client: Any, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
 
 
 def objects_in_window(
-    client: Any, bucket: str, prefix: str, cursor: InboxCursor
+    client: Any, bucket: str, prefix: str, cursor: InboxCursor, *, incremental: bool = False
 ) -> list[ObjectInfo]:
     """The objects under `prefix` in the cursor's window, oldest first (`(last_modified,
-    key)` order)."""
-    return sorted(obj for obj in list_objects(client, bucket, prefix) if cursor.in_window(obj))
+    key)` order); `incremental`: only those whose key sorts after the greatest key listed
+    before (the LIST calls then read only new keys)."""
+    start = cursor.listed_after if incremental else None
+    listed = list_objects(client, bucket, prefix, start_after=start)
+    return sorted(obj for obj in listed if cursor.in_window(obj))
 
 
 def head(client: Any, uri: str) -> Source:

@@ -126,6 +126,7 @@ def sensor_tick(
     *,
     queue: NotificationQueue | None = None,
     log: Log | None = None,
+    limit: int = 100,
 ) -> Any:
     """One tick of the dataset's inbox sensor, its batches and ledger in `pg_url`."""
     postgres = PostgresResource(url=pg_url)
@@ -137,7 +138,7 @@ def sensor_tick(
         bucket=bucket,
         cursor=cursor,
         lookback=timedelta(minutes=30),
-        limit=100,
+        limit=limit,
         open_store=lambda: jobs.open(dataset.name),
         open_ledger=lambda: open_ledger(postgres.connect, dataset.name),
         log=log or Log(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -128,7 +129,10 @@ def test_reupload_with_new_content_replaces_the_batch(inbox: Inbox, pg_url: str)
     row = batch_row(pg_url, batch_id)
     assert (row.status, row.total_count, row.processed_count) == ("completed", 2, 2)
 
-    # the first content again (A, B, A): it runs again and replaces B's rows
+    # the first content again (A, B, A): it runs again and replaces B's rows. S3 stamps
+    # objects to the second, and a version is its key, ETag and time: the same bytes written
+    # again within the second of the first write would be that version
+    time.sleep(1.1)
     inbox.drop("again.csv", b"id,text\n1,good\n2,bad\n3,fine\n")
     tick = inbox.tick()
     assert [r.partition_key for r in tick.run_requests] == [batch_id]

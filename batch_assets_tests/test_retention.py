@@ -44,8 +44,9 @@ def load(
         s3.put_object(Bucket=bucket, Key=f"{dataset.prefix}{name}", Body=body)
     defs = build_definitions((dataset,))
     tick = evaluate_inbox_sensor(defs, instance, dataset)
-    assert len(tick.run_requests) == 1, tick
-    batch_id = str(tick.run_requests[0].partition_key)
+    # batches other tests left queued (never run here) are requested again: left out
+    (request,) = [r for r in tick.run_requests if "batch_assets/requeued" not in r.tags]
+    batch_id = str(request.partition_key)
     assert run_partition(defs, instance, dataset, batch_id).success
     return batch_id
 
