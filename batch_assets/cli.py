@@ -622,7 +622,6 @@ def replay_objects(args: argparse.Namespace) -> int:
     """Registers the selected inbox objects as new batches; the sensor starts their runs."""
     import boto3
 
-    from batch_assets.ledger import open_ledger
     from batch_assets.replay import Selection, replay
 
     url, bucket = _setting("BATCH_ASSETS_PG_URL"), _setting("BATCH_ASSETS_BUCKET")
@@ -632,7 +631,7 @@ def replay_objects(args: argparse.Namespace) -> int:
     selection = Selection(args.prefix, args.key, args.since, args.until)
     resource = _jobs_resource(url)
     with (
-        open_ledger(resource.postgres.connect, dataset.name) as ledger,
+        resource.open_ledger(dataset.name) as ledger,
         resource.open(dataset.name) as jobs,
     ):
         jobs.ensure()
@@ -660,7 +659,7 @@ def replay_objects(args: argparse.Namespace) -> int:
 def print_objects(dataset_name: str, prefix: str, state: str | None, limit: int) -> int:
     """The inbox objects the dataset's sensor has taken under `prefix` (a key prefix inside
     the inbox), newest first, as JSON lines: the version, its batch and what became of it."""
-    from batch_assets.ledger import object_history, open_ledger
+    from batch_assets.ledger import object_history
 
     url, bucket = _setting("BATCH_ASSETS_PG_URL"), _setting("BATCH_ASSETS_BUCKET")
     if not url or not bucket:
@@ -669,7 +668,7 @@ def print_objects(dataset_name: str, prefix: str, state: str | None, limit: int)
     resource = _jobs_resource(url)
     uri_prefix = f"s3://{bucket}/{dataset.prefix}{prefix}"
     with (
-        open_ledger(resource.postgres.connect, dataset.name) as ledger,
+        resource.open_ledger(dataset.name) as ledger,
         resource.open(dataset.name) as jobs,
     ):
         jobs.ensure()

@@ -22,7 +22,7 @@ from dagster import (
 from batch_assets.datasets import Dataset
 from batch_assets.grouping import BatchLimits, batch_id_for, group_objects
 from batch_assets.increments import Increment, Increments
-from batch_assets.ledger import Backlog, ObjectLedger, ObjectVersion, record_backlog
+from batch_assets.ledger import Backlog, Ledger, ObjectVersion, record_backlog
 from batch_assets.notifications import (
     CREATED,
     Message,
@@ -41,7 +41,7 @@ from batch_assets.sql_source import SourceMissing, check_table, encode_mark
 from batch_assets.tracking import BatchRecord, BatchStore, Source
 
 OpenStore = Callable[[], AbstractContextManager[BatchStore]]
-OpenLedger = Callable[[], AbstractContextManager[ObjectLedger]]
+OpenLedger = Callable[[], AbstractContextManager[Ledger]]
 HasRun = Callable[[str, datetime], bool]
 """Whether a batch (a partition) has had a run created after a moment."""
 
@@ -267,7 +267,7 @@ def _skip(
     )
 
 
-def _move_legacy(ledger: ObjectLedger, inbox: InboxCursor, bucket: str, prefix: str) -> None:
+def _move_legacy(ledger: Ledger, inbox: InboxCursor, bucket: str, prefix: str) -> None:
     """Moves the versions a cursor of an earlier version lists into the ledger (each was
     then a batch of its own, named after its key)."""
     for key, etag, at in inbox.legacy_taken:

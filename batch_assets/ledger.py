@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
@@ -72,6 +72,47 @@ class ObjectVersion:
     @classmethod
     def of(cls, obj: ObjectInfo, bucket: str) -> ObjectVersion:
         return cls(s3_uri(bucket, obj.key), obj.etag, obj.last_modified, obj.size)
+
+
+class Ledger(Protocol):
+    """Which object versions a dataset's sensor has taken, and into which batch:
+    `ObjectLedger` (Postgres) or `ledger_dynamodb.DynamoLedger`."""
+
+    dataset: str
+
+    def ensure(self) -> None:
+        """Creates what the ledger keeps versions in, when missing; idempotent."""
+
+    def unseen(self, versions: list[ObjectVersion]) -> set[ObjectVersion]:
+        """Those of `versions` the ledger does not hold."""
+
+    def take(self, versions: list[ObjectVersion], batch_id: str | None) -> None:
+        """Records `versions` as taken into `batch_id`; a version held keeps its batch."""
+
+    def recent(
+        self, *, uri_prefix: str = "", before: datetime | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The versions taken under `uri_prefix`, newest first (taken before `before`)."""
+
+    def taken_between(
+        self, after: datetime | None, before: datetime, *, limit: int
+    ) -> list[dict[str, Any]]:
+        """Versions taken after `after` and before `before`, not disposed of, oldest first."""
+
+    def mark_disposed(self, uri: str, etag: str, last_modified: datetime, how: str) -> None:
+        """Records what retention did with the version."""
+
+    def retention_mark(self, kind: str) -> datetime | None:
+        """How far retention's `kind` has gone."""
+
+    def set_retention_mark(self, kind: str, through: datetime) -> None:
+        """Moves retention's `kind` mark."""
+
+    def record_backlog(self, backlog: Backlog) -> None:
+        """Keeps the dataset's latest backlog."""
+
+    def latest_backlog(self) -> Backlog | None:
+        """The backlog the last tick recorded; None before any."""
 
 
 class ObjectLedger:
@@ -163,6 +204,22 @@ class ObjectLedger:
             (self.dataset, kind, through),
         )
 
+    def record_backlog(self, backlog: Backlog) -> None:
+        self.conn.execute(
+            "INSERT INTO inbox_backlog (dataset, objects, bytes, oldest, measured_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (dataset) DO UPDATE SET "
+            "objects = EXCLUDED.objects, bytes = EXCLUDED.bytes, oldest = EXCLUDED.oldest, "
+            "measured_at = EXCLUDED.measured_at",
+            (self.dataset, backlog.objects, backlog.bytes, backlog.oldest, backlog.measured_at),
+        )
+
+    def latest_backlog(self) -> Backlog | None:
+        found = self.conn.execute(
+            "SELECT objects, bytes, oldest, measured_at FROM inbox_backlog WHERE dataset = %s",
+            (self.dataset,),
+        ).fetchone()
+        return None if found is None else Backlog(int(found[0]), int(found[1]), found[2], found[3])
+
     def recent(
         self, *, uri_prefix: str = "", before: datetime | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
@@ -199,31 +256,18 @@ class Backlog:
         return None if self.oldest is None else max((now - self.oldest).total_seconds(), 0.0)
 
 
-def record_backlog(ledger: ObjectLedger, backlog: Backlog) -> None:
-    """Keeps the dataset's latest backlog (one row per dataset)."""
-    with ledger.conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO inbox_backlog (dataset, objects, bytes, oldest, measured_at) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (dataset) DO UPDATE SET "
-            "objects = EXCLUDED.objects, bytes = EXCLUDED.bytes, oldest = EXCLUDED.oldest, "
-            "measured_at = EXCLUDED.measured_at",
-            (ledger.dataset, backlog.objects, backlog.bytes, backlog.oldest, backlog.measured_at),
-        )
+def record_backlog(ledger: Ledger, backlog: Backlog) -> None:
+    """Keeps the dataset's latest backlog (one per dataset)."""
+    ledger.record_backlog(backlog)
 
 
-def latest_backlog(ledger: ObjectLedger) -> Backlog | None:
+def latest_backlog(ledger: Ledger) -> Backlog | None:
     """The dataset's backlog as its sensor's last tick left it; None before any tick."""
-    with ledger.conn.cursor() as cur:
-        cur.execute(
-            "SELECT objects, bytes, oldest, measured_at FROM inbox_backlog WHERE dataset = %s",
-            (ledger.dataset,),
-        )
-        found = cur.fetchone()
-    return None if found is None else Backlog(int(found[0]), int(found[1]), found[2], found[3])
+    return ledger.latest_backlog()
 
 
 def object_history(
-    ledger: ObjectLedger,
+    ledger: Ledger,
     store: BatchStore,
     *,
     uri_prefix: str = "",

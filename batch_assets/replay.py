@@ -8,7 +8,7 @@ from typing import Any
 
 from batch_assets.datasets import Dataset
 from batch_assets.grouping import BatchLimits, batch_id_for, group_objects
-from batch_assets.ledger import ObjectLedger, ObjectVersion
+from batch_assets.ledger import Ledger, ObjectVersion
 from batch_assets.s3_objects import ObjectInfo, list_objects
 from batch_assets.tracking import BatchStore
 
@@ -38,7 +38,7 @@ def replay(
     selection: Selection,
     *,
     store: BatchStore,
-    ledger: ObjectLedger,
+    ledger: Ledger,
     now: datetime,
 ) -> list[tuple[str, int]]:
     """Registers the selected objects (as they are now) as new queued batches, grouped under

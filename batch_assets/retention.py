@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from batch_assets.checkpoints import CheckpointStore
 from batch_assets.datasets import Dataset
-from batch_assets.ledger import ObjectLedger
+from batch_assets.ledger import Ledger
 from batch_assets.s3_objects import split_uri
 from batch_assets.tracking import BatchStore
 
@@ -80,7 +80,7 @@ def retire_batches(
     *,
     now: datetime,
     store: BatchStore,
-    ledger: ObjectLedger,
+    ledger: Ledger,
     checkpoints: CheckpointStore,
     partitions: Partitions,
 ) -> None:
@@ -98,8 +98,7 @@ def retire_batches(
             partitions.delete(record.batch_id)
             report.partitions_deleted += 1
         report.batches_retired += 1
-    if old:
-        ledger.set_retention_mark("batches", old[-1].updated_at)
+    _move_mark(ledger, "batches", [record.updated_at for record in old])
 
 
 def dispose_objects(
@@ -108,7 +107,7 @@ def dispose_objects(
     *,
     now: datetime,
     store: BatchStore,
-    ledger: ObjectLedger,
+    ledger: Ledger,
     client: Any,
 ) -> None:
     """Archives or deletes the inbox objects loaded by completed batches and taken before
@@ -125,8 +124,19 @@ def dispose_objects(
         how = _dispose(dataset, client, row["uri"], row["etag"])
         ledger.mark_disposed(row["uri"], row["etag"], row["last_modified"], how)
         report.objects[how] += 1
-    if rows:
-        ledger.set_retention_mark("objects", rows[-1]["taken_at"])
+    _move_mark(ledger, "objects", [row["taken_at"] for row in rows])
+
+
+def _move_mark(ledger: Ledger, kind: str, times: list[datetime]) -> None:
+    """Moves the mark past what the pass read (`times`, in order): to its last time, or,
+    when the pass stopped at `PASS_LIMIT`, to the last time before that one (the versions a
+    tick takes share one time, and the pass may have read only some of them)."""
+    if len(times) < PASS_LIMIT:
+        through = times[-1] if times else None
+    else:
+        through = next((t for t in reversed(times) if t < times[-1]), None)
+    if through is not None:
+        ledger.set_retention_mark(kind, through)
 
 
 def _loaded_versions(store: BatchStore, batches: set[str]) -> set[tuple[str, str]]:
@@ -182,7 +192,7 @@ def apply_retention(
     *,
     now: datetime,
     store: BatchStore,
-    ledger: ObjectLedger,
+    ledger: Ledger,
     checkpoints: CheckpointStore,
     partitions: Partitions,
     client: Any,

@@ -25,6 +25,11 @@ that every row landed exactly once.
    worst of upload to run STARTED (targets 10 s and 20 s) and the slowest sensor tick that
    requested runs (target 2 s).
 
+After the batched mode (unless `--no-backfill`), its partitions are backfilled from the UI's
+GraphQL API (`launchPartitionBackfill` of the reviews assets), as a user re-running batches
+would: the backfill daemon must launch one run per partition, under the run coordinator's
+limits, and the rows must still be there exactly once afterwards.
+
 The figure is objects/s from the first upload to the poll that finds the last object
 `loaded` (its rows are committed with that state): batched target **>= 25**, goal 50, on 2
 cores; and batched over per object. Beside it: the runs launched, their median duration
@@ -576,6 +581,65 @@ def object_latency(instance: Any, pg_url: str, like: str, upload: Upload) -> lis
     return latency
 
 
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+REVIEWS_ASSETS = (["reviews", "raw"], ["reviews", "processed"], ["reviews", "postgres"])
+
+
+def backfill_check(
+    instance: Any, dagster: Any, partitions: list[str], *, log_path: Path, deadline: float
+) -> dict[str, Any]:
+    """Backfills the reviews assets over `partitions` from the UI's GraphQL API, as a user
+    re-running batches would, and waits for its runs to end: how many runs, of how many
+    distinct partitions, the most at once, their statuses and the seconds it took."""
+    import httpx
+    from dagster import RunsFilter
+
+    port = dagster.args[dagster.args.index("-p") + 1]
+    params = {
+        "assetSelection": [{"path": path} for path in REVIEWS_ASSETS],
+        "partitionNames": partitions,
+        "fromFailure": False,
+    }
+    started = time.monotonic()
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/graphql",
+        json={"query": BACKFILL, "variables": {"params": params}},
+        timeout=60,
+    ).json()
+    launched = answer["data"]["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(f"the backfill was refused: {launched}")
+    backfill_id = launched["backfillId"]
+    say(f"backfill {backfill_id} of {len(partitions)} partitions launched")
+    tags = {"dagster/backfill": backfill_id}
+    while True:
+        records = instance.get_run_records(filters=RunsFilter(tags=tags))
+        ended = [r for r in records if r.dagster_run.is_finished]
+        if len(ended) >= len(partitions) and len(ended) == len(records):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"backfill {backfill_id}: {len(ended)} of {len(partitions)} ended")
+        _check_alive(dagster, log_path)
+        time.sleep(1.0)
+    spans = [(r.start_time, r.end_time) for r in records if r.start_time and r.end_time]
+    return {
+        "partitions": len(partitions),
+        "runs": len(records),
+        "distinct_partitions": len({r.dagster_run.tags.get("dagster/partition") for r in records}),
+        "most_runs_at_once": _most_at_once(spans),
+        "statuses": dict(Counter(r.dagster_run.status.value for r in records)),
+        "seconds": time.monotonic() - started,
+    }
+
+
 def _most_at_once(spans: list[tuple[float, float]]) -> int:
     """The most of these (start, end) intervals open at one moment."""
     edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
@@ -722,8 +786,17 @@ def drive(
     await_runs_done(instance, dagster=dagster, log_path=log_path, deadline=deadline)
     verification = verify(pg_url, like, objects)
     latency = object_latency(instance, pg_url, like, upload) if mode.name == "latency" else []
+    backfill = None
+    if mode.name == "batched" and args.backfill:
+        partitions = sorted(instance.get_dynamic_partitions("reviews"))
+        backfill = backfill_check(
+            instance, dagster, partitions, log_path=log_path, deadline=deadline
+        )
+        say(f"{mode.name}: backfill {backfill}; checking the rows again")
+        verification["after_backfill"] = verify(pg_url, like, objects)["problems"]
     return {
         "object_upload_to_started_s": sorted(latency),
+        "backfill": backfill,
         "objects": objects.count,
         "rows_per_object": objects.rows,
         "tag": objects.tag,
@@ -814,7 +887,10 @@ def measure_mode(mode: Mode, args: argparse.Namespace, workdir: Path) -> dict[st
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Batched over per object, the target's verdict, and whether every check passed."""
     summary: dict[str, Any] = {
-        "exactly_once": {name: not r["verification"]["problems"] for name, r in results.items()},
+        "exactly_once": {
+            name: not r["verification"]["problems"] and not r["verification"].get("after_backfill")
+            for name, r in results.items()
+        },
     }
     batched, per_object = results.get("batched"), results.get("per-object")
     if batched is not None:
@@ -937,6 +1013,16 @@ def report(results: dict[str, dict[str, Any]], summary: dict[str, Any]) -> str:
         )
     if "batched_vs_per_object" in summary:
         lines.append(f"batched / per-object objects/s: {summary['batched_vs_per_object']:.1f}x")
+    backfill = results.get("batched", {}).get("backfill")
+    if backfill:
+        after = results["batched"]["verification"].get("after_backfill")
+        lines.append(
+            f"backfill of {backfill['partitions']} partitions: {backfill['runs']} runs of "
+            f"{backfill['distinct_partitions']} distinct partitions, at most "
+            f"{backfill['most_runs_at_once']} at once, {backfill['statuses']}, "
+            f"{backfill['seconds']:.0f} s; rows exactly once after it: "
+            f"{'ok' if after == [] else after}"
+        )
     latency = summary.get("latency")
     if latency is not None:
         lines.append(
@@ -980,6 +1066,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rows-per-object", type=int, default=100, help="rows of each object (100)"
+    )
+    parser.add_argument(
+        "--backfill",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the batched mode, backfill its partitions from the UI's API and check "
+        "one run per partition and the rows still exactly once (on)",
     )
     parser.add_argument("--threads", type=int, default=16, help="upload threads (16)")
     parser.add_argument(

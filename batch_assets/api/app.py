@@ -42,7 +42,8 @@ from batch_assets.api.upload import (
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.errors import BatchInputError, ConfigError
 from batch_assets.launch import REQUESTED_BY, LaunchFailed, RunRequester
-from batch_assets.ledger import ObjectLedger, latest_backlog, object_history
+from batch_assets.ledger import Ledger, latest_backlog, object_history
+from batch_assets.ledger_dynamodb import LEDGER_TABLE
 from batch_assets.readers import CsvLayout
 from batch_assets.resources.jobs import JobsResource, StoreName, store_named
 from batch_assets.resources.postgres import PostgresResource
@@ -90,7 +91,8 @@ class ApiConfig:
         max_upload_bytes: the largest file accepted (`BATCH_ASSETS_API_MAX_UPLOAD_BYTES`).
         jobs_store: where batches are tracked, `postgres` or `dynamodb`
             (`BATCH_ASSETS_JOBS_STORE`), and `jobs_table` the DynamoDB table
-            (`BATCH_ASSETS_JOBS_TABLE`).
+            (`BATCH_ASSETS_JOBS_TABLE`), `ledger_table` the DynamoDB object ledger
+            (`BATCH_ASSETS_LEDGER_TABLE`).
         dagster_url: Dagster's webserver (`BATCH_ASSETS_DAGSTER_URL`, `batch-assets dev`
             sets it): an upload's run is requested from it at once. None: the inbox sensor
             starts it at its next tick.
@@ -103,6 +105,7 @@ class ApiConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     jobs_store: StoreName = "postgres"
     jobs_table: str = JOBS_TABLE
+    ledger_table: str = LEDGER_TABLE
     dagster_url: str | None = None
     dagster_location: str = "batch_assets"
 
@@ -129,6 +132,7 @@ class ApiConfig:
             max_upload_bytes=max_upload_bytes,
             jobs_store=store_named(env.get("BATCH_ASSETS_JOBS_STORE", "postgres")),
             jobs_table=env.get("BATCH_ASSETS_JOBS_TABLE", JOBS_TABLE),
+            ledger_table=env.get("BATCH_ASSETS_LEDGER_TABLE", LEDGER_TABLE),
             dagster_url=env.get("BATCH_ASSETS_DAGSTER_URL") or None,
             dagster_location=env.get("BATCH_ASSETS_DAGSTER_LOCATION", "batch_assets"),
         )
@@ -151,8 +155,13 @@ class Backend:
             postgres=PostgresResource(url=config.pg_url),
             store=config.jobs_store,
             dynamodb_table=config.jobs_table,
+            ledger_table=config.ledger_table,
         )
         self._schema_ready = False
+
+    def ledger(self, conn: psycopg.Connection, dataset: str) -> Ledger:
+        """The dataset's object ledger: `conn`'s, or DynamoDB's beside the batches."""
+        return self.tracking.ledger_within(conn, dataset)
 
     def jobs(self, conn: psycopg.Connection, dataset: str) -> BatchStore:
         """Where the dataset's batches are tracked: `conn`'s `batch_jobs`, or DynamoDB's."""
@@ -166,7 +175,7 @@ class Backend:
             with self.pool.connection() as conn:
                 if not self._schema_ready:
                     self.jobs(conn, DATASETS[0].name).ensure()
-                    ObjectLedger(conn, DATASETS[0].name).ensure()
+                    self.ledger(conn, DATASETS[0].name).ensure()
                     for dataset in DATASETS:
                         dataset.tables.ensure(conn)
                     conn.commit()
@@ -625,7 +634,7 @@ def backlog(backend: BackendDep) -> BacklogReport:
         for entry in DATASETS:
             if entry.source is not None:
                 continue
-            found = latest_backlog(ObjectLedger(conn, entry.name))
+            found = latest_backlog(backend.ledger(conn, entry.name))
             jobs = backend.jobs(conn, entry.name)
             report.append(
                 DatasetBacklog(
@@ -655,7 +664,7 @@ def objects(
     uri_prefix = s3_uri(backend.config.bucket, entry.prefix + prefix)
     with backend.connection() as conn:
         rows = object_history(
-            ObjectLedger(conn, entry.name),
+            backend.ledger(conn, entry.name),
             backend.jobs(conn, entry.name),
             uri_prefix=uri_prefix,
             state=state,

@@ -16,7 +16,6 @@ from dagster_aws.s3 import S3Resource
 
 from batch_assets.datasets import Dataset
 from batch_assets.io_managers.checkpoint import CheckpointsResource
-from batch_assets.ledger import open_ledger
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.retention import DagsterPartitions, apply_retention
 
@@ -43,7 +42,7 @@ def retention_job(datasets: tuple[Dataset, ...]) -> JobDefinition:
         for dataset in governed:
             with (
                 jobs.open(dataset.name) as store,
-                open_ledger(jobs.postgres.connect, dataset.name) as ledger,
+                jobs.open_ledger(dataset.name) as ledger,
             ):
                 report = apply_retention(
                     dataset,

@@ -22,7 +22,6 @@ from dagster_aws.s3 import S3Resource
 
 from batch_assets.datasets import Dataset
 from batch_assets.discovery import inbox_tick, increment_tick
-from batch_assets.ledger import open_ledger
 from batch_assets.notifications import NotificationQueue
 from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
@@ -103,7 +102,7 @@ def dataset_sensor(
             lookback=timedelta(minutes=settings.inbox_lookback_minutes),
             limit=settings.max_objects_per_tick,
             open_store=lambda: jobs.open(name),
-            open_ledger=lambda: open_ledger(jobs.postgres.connect, name),
+            open_ledger=lambda: jobs.open_ledger(name),
             log=context.log,
             has_run=lambda partition, since: has_run(context.instance, job.name, partition, since),
             queue=NotificationQueue(sqs_client(), queue_url) if queue_url else None,

@@ -16,6 +16,8 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from batch_assets.errors import ConfigError
+from batch_assets.ledger import Ledger, ObjectLedger, open_ledger
+from batch_assets.ledger_dynamodb import LEDGER_TABLE, DynamoLedger
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.tracking import BatchJobs, BatchStore
 from batch_assets.tracking_dynamodb import JOBS_TABLE, DynamoBatchJobs, ensure_jobs_table
@@ -51,15 +53,21 @@ class JobsResource(ConfigurableResource):
     dynamodb_table: str = Field(
         default=JOBS_TABLE, description="The DynamoDB jobs table, when the store is dynamodb."
     )
+    ledger_table: str = Field(
+        default=LEDGER_TABLE,
+        description="The DynamoDB object ledger table, when the store is dynamodb.",
+    )
     _dynamodb: Any = PrivateAttr(default=None)
+    _ledger_ready: bool = PrivateAttr(default=False)
     _dynamodb_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
     def from_env(
         cls, postgres: PostgresResource, environ: Mapping[str, str] | None = None
     ) -> JobsResource:
-        """The store `BATCH_ASSETS_JOBS_STORE` names (postgres unless set), the DynamoDB table
-        `BATCH_ASSETS_JOBS_TABLE` (batch_jobs unless set).
+        """The store `BATCH_ASSETS_JOBS_STORE` names (postgres unless set), the DynamoDB tables
+        `BATCH_ASSETS_JOBS_TABLE` (batch_jobs unless set) and `BATCH_ASSETS_LEDGER_TABLE`
+        (inbox_objects unless set).
 
         Args:
             postgres: the Postgres of the results.
@@ -70,6 +78,7 @@ class JobsResource(ConfigurableResource):
             postgres=postgres,
             store=store_named(env.get("BATCH_ASSETS_JOBS_STORE", "postgres")),
             dynamodb_table=env.get("BATCH_ASSETS_JOBS_TABLE", JOBS_TABLE),
+            ledger_table=env.get("BATCH_ASSETS_LEDGER_TABLE", LEDGER_TABLE),
         )
 
     @contextmanager
@@ -81,6 +90,32 @@ class JobsResource(ConfigurableResource):
             return
         with self.postgres.connect() as conn:
             yield BatchJobs(conn, dataset)
+
+    @contextmanager
+    def open_ledger(self, dataset: str) -> Iterator[Ledger]:
+        """The dataset's object ledger, in the same store as its batches: Postgres (on a
+        connection committed when the block ends) or DynamoDB (`ledger_table`)."""
+        if self.store == "dynamodb":
+            yield self._dynamodb_ledger(dataset)
+            return
+        with open_ledger(self.postgres.connect, dataset) as found:
+            yield found
+
+    def ledger_within(self, conn: psycopg.Connection, dataset: str) -> Ledger:
+        """The dataset's ledger inside an open Postgres transaction (its writes commit with
+        it), or DynamoDB's."""
+        if self.store == "dynamodb":
+            return self._dynamodb_ledger(dataset)
+        return ObjectLedger(conn, dataset)
+
+    def _dynamodb_ledger(self, dataset: str) -> DynamoLedger:
+        client = self._dynamodb_jobs(dataset).client  # the client, made once
+        ledger = DynamoLedger(client, dataset, table=self.ledger_table)
+        with self._dynamodb_lock:
+            if not self._ledger_ready:
+                ledger.ensure()
+                self._ledger_ready = True
+        return ledger
 
     def within(self, conn: psycopg.Connection, dataset: str) -> BatchStore:
         """The dataset's jobs inside an open Postgres transaction, whose commit then carries
