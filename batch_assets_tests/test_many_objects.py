@@ -129,3 +129,25 @@ def test_replay_puts_objects_in_a_new_batch_whose_run_the_sensor_requests(
     # ran: not requested again
     tick = evaluate_inbox_sensor(inbox.defs, inbox.instance, inbox.dataset, inbox.cursor)
     assert not [r for r in tick.run_requests if r.partition_key == made["batch_id"]]
+
+
+def test_fifty_objects_in_one_batch_where_one_is_corrupt(inbox: Inbox, pg_url: str) -> None:
+    keys = [
+        inbox.drop(f"fifty-{n:02d}.csv", f"id,text\n{n}a,Great stuff\n{n}b,Awful\n".encode())
+        for n in range(49)
+    ]
+    corrupt = inbox.drop("fifty-49.csv", b"id,text\n1,caf\xe9\n")
+    tick = inbox.tick()
+    (request,) = tick.run_requests
+    assert request.tags["batch_assets/objects"] == "50"
+    batch_id = str(request.partition_key)
+    assert inbox.run(batch_id).success
+    row = batch_row(pg_url, batch_id)
+    assert (row.status, row.processed_count) == ("completed", 98)
+    with psycopg.connect(pg_url) as conn:
+        objects = {o.uri: o for o in BatchJobs(conn, "reviews").objects(batch_id)}
+    bucket = inbox.bucket
+    assert {objects[f"s3://{bucket}/{key}"].state for key in keys} == {"loaded"}
+    failed = objects[f"s3://{bucket}/{corrupt}"]
+    assert failed.state == "failed"
+    assert "not valid UTF-8" in str(failed.error)
