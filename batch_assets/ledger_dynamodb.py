@@ -11,11 +11,11 @@ their own (`<dataset>#backlog`, `<dataset>#mark`), outside the index.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
 from batch_assets.ledger import Backlog, ObjectVersion
+from batch_assets.tracking_dynamodb import ensure_table
 
 LEDGER_TABLE = "inbox_objects"
 TAKEN_INDEX = "dataset_taken_index"
@@ -23,36 +23,7 @@ TAKEN_INDEX = "dataset_taken_index"
 
 def ensure_ledger_table(client: Any, table: str = LEDGER_TABLE) -> bool:
     """Creates the ledger table (on-demand) with its index when missing; True if created."""
-    try:
-        client.describe_table(TableName=table)
-        return False
-    except client.exceptions.ResourceNotFoundException:
-        pass
-    with contextlib.suppress(client.exceptions.ResourceInUseException):
-        client.create_table(
-            TableName=table,
-            AttributeDefinitions=[
-                {"AttributeName": name, "AttributeType": "S"}
-                for name in ("pk", "sk", "dataset", "taken_at")
-            ],
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": TAKEN_INDEX,
-                    "KeySchema": [
-                        {"AttributeName": "dataset", "KeyType": "HASH"},
-                        {"AttributeName": "taken_at", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-    client.get_waiter("table_exists").wait(TableName=table)
-    return True
+    return ensure_table(client, table, ("pk", "sk"), (TAKEN_INDEX, "dataset", "taken_at"))
 
 
 def _stamp(at: datetime) -> str:

@@ -39,29 +39,37 @@ _deserializer = TypeDeserializer()
 
 def ensure_jobs_table(client: Any, table: str = JOBS_TABLE) -> bool:
     """Creates the jobs table (on-demand) with its index when missing; True if created."""
+    index = (RECENT_INDEX, "dataset", "created_at")
+    return ensure_table(client, table, ("dataset", "batch_id"), index)
+
+
+def ensure_table(
+    client: Any, table: str, key: tuple[str, str], index: tuple[str, str, str]
+) -> bool:
+    """Creates an on-demand table keyed by `key` (partition, sort; strings) with one global
+    secondary index `index` (name, partition, sort; every attribute projected) when
+    missing, and waits until it exists; True if created."""
     try:
         client.describe_table(TableName=table)
         return False
     except client.exceptions.ResourceNotFoundException:
         pass
+    name, index_hash, index_range = index
+    attributes = dict.fromkeys([*key, index_hash, index_range])
     with contextlib.suppress(client.exceptions.ResourceInUseException):
         client.create_table(
             TableName=table,
-            AttributeDefinitions=[
-                {"AttributeName": "dataset", "AttributeType": "S"},
-                {"AttributeName": "batch_id", "AttributeType": "S"},
-                {"AttributeName": "created_at", "AttributeType": "S"},
-            ],
+            AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in attributes],
             KeySchema=[
-                {"AttributeName": "dataset", "KeyType": "HASH"},
-                {"AttributeName": "batch_id", "KeyType": "RANGE"},
+                {"AttributeName": key[0], "KeyType": "HASH"},
+                {"AttributeName": key[1], "KeyType": "RANGE"},
             ],
             GlobalSecondaryIndexes=[
                 {
-                    "IndexName": RECENT_INDEX,
+                    "IndexName": name,
                     "KeySchema": [
-                        {"AttributeName": "dataset", "KeyType": "HASH"},
-                        {"AttributeName": "created_at", "KeyType": "RANGE"},
+                        {"AttributeName": index_hash, "KeyType": "HASH"},
+                        {"AttributeName": index_range, "KeyType": "RANGE"},
                     ],
                     "Projection": {"ProjectionType": "ALL"},
                 }
