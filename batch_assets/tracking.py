@@ -16,7 +16,9 @@ from typing import Any, Literal, Protocol
 import psycopg
 from psycopg.rows import class_row
 
-BatchStatus = Literal["queued", "processing", "completed", "failed"]
+BatchStatus = Literal["queued", "processing", "retrying", "completed", "failed"]
+"""Where a batch stands: `retrying` when its run died and Dagster's run retries will
+re-execute it from failure (it resumes after its durable chunks)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_jobs (
@@ -64,6 +66,13 @@ DO $$ BEGIN
         ALTER TABLE batch_sources DROP CONSTRAINT IF EXISTS batch_sources_state_check;
         ALTER TABLE batch_sources ADD CONSTRAINT batch_sources_state
             CHECK (state IN ('pending', 'loaded', 'failed'));
+    END IF;
+END $$;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'batch_jobs_status') THEN
+        ALTER TABLE batch_jobs DROP CONSTRAINT IF EXISTS batch_jobs_status_check;
+        ALTER TABLE batch_jobs ADD CONSTRAINT batch_jobs_status
+            CHECK (status IN ('queued', 'processing', 'retrying', 'completed', 'failed'));
     END IF;
 END $$;
 """
@@ -280,6 +289,10 @@ class BatchStore(Protocol):
     def fail(self, batch_id: str, error: str, *, attempt: Attempt, etag: str | None = None) -> bool:
         """Records `attempt`'s failure (the error cut to 4,000 characters); with `etag`, also
         that of a run that died before it could take the queued batch it was started for."""
+
+    def retrying(self, batch_id: str, error: str, *, attempt: Attempt) -> bool:
+        """Records that `attempt`'s run died and a retry of it is coming: the batch is
+        `retrying`, `error` says why, until the retry resumes it."""
 
     def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[BatchRecord]:
         """The dataset's newest batches first, optionally only those in one status."""
@@ -504,6 +517,9 @@ class BatchJobs:
                 (*values, self.dataset, batch_id, attempt.lineage, attempt.run_id),
             )
             return cur.rowcount == 1
+
+    def retrying(self, batch_id: str, error: str, *, attempt: Attempt) -> bool:
+        return self._update("status = 'retrying', error = %s", (error[:4000],), batch_id, attempt)
 
     def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[BatchRecord]:
         with self.conn.cursor(row_factory=class_row(BatchRecord)) as cur:

@@ -255,6 +255,11 @@ class DynamoBatchJobs:
             when=_failable_by(attempt, etag),
         )
 
+    def retrying(self, batch_id: str, error: str, *, attempt: Attempt) -> bool:
+        return self._set(
+            batch_id, {"status": "retrying", "error": error[:4000]}, when=_owned_by(attempt)
+        )
+
     def recent(self, *, limit: int, status: BatchStatus | None = None) -> list[BatchRecord]:
         rows: list[BatchRecord] = []
         paginator = self.client.get_paginator("query")

@@ -11,6 +11,7 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
 )
+from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from batch_assets.generate import reviews_csv
 from batch_assets.local_stack import LocalStack
@@ -65,11 +66,15 @@ def test_sigkill_mid_file_then_reexecute_from_failure(
     assert run.status == DagsterRunStatus.STARTED
     jobs = JobsResource(postgres=PostgresResource(url=stack.env["BATCH_ASSETS_PG_URL"]))
     report_run_failure(instance, run, jobs, "run worker disappeared")
+    # the worker died (not a step): Dagster's run retries will re-execute it from failure
+    failed = instance.get_run_by_id(run.run_id)
+    assert failed is not None and failed.tags[WILL_RETRY_TAG] == "true"
     row = batch_row(stack.env["BATCH_ASSETS_PG_URL"], partition)
-    assert row.status == "failed" and row.error is not None
+    assert row.status == "retrying" and row.error is not None
     assert "run worker disappeared" in row.error
     assert 0 < row.processed_count < ROWS
 
+    # what the daemon's run retries do: a re-execution from failure
     result = reexecute_from_failure(instance, reviews_job, run, partition, chunk_size=CHUNK)
     assert result.success
     assert batch_row(stack.env["BATCH_ASSETS_PG_URL"], partition).error is None

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster._core.storage.tags import MAX_RETRIES_TAG, RUN_FAILURE_REASON_TAG
 
 from batch_assets.api.app import ApiConfig
 from batch_assets.errors import ConfigError
@@ -203,6 +204,39 @@ def test_the_failure_sensor_of_an_older_run_leaves_the_newer_runs_outcome(
     assert (row.status, row.error) == ("failed", f"run {again_id} failed: step sink failed")
 
 
+RUN_RETRIES = {
+    "run_retries": {"enabled": True, "max_retries": 3, "retry_on_asset_or_op_failure": False}
+}
+"""Run retries as the repository's dagster.yaml sets them (step failures not retried)."""
+
+
+def test_a_run_whose_worker_died_leaves_its_batch_retrying_until_it_is_retried(
+    tracking: Tracking,
+) -> None:
+    jobs, batch = tracking.jobs("reviews"), f"retry-{uuid.uuid4().hex[:6]}.csv"
+    first_id, again_id = str(uuid.uuid4()), str(uuid.uuid4())
+    jobs.register(batch, [source("e1")], total=2)
+    jobs.start(batch, attempt=Attempt(first_id, first_id), source=source("e1"))
+    with DagsterInstance.ephemeral(settings=RUN_RETRIES) as instance:
+        killed = _run(instance, batch, run_id=first_id, root_run_id=None)
+        report_run_failure(instance, killed, tracking.resource, "run worker disappeared")
+        row = _record(jobs, batch)
+        assert (row.status, row.run_id) == ("retrying", first_id)
+        assert row.error is not None and "Dagster retries it from failure" in row.error
+        # the retry, a re-execution from failure, takes it back
+        assert jobs.resume(batch, attempt=Attempt(first_id, again_id))
+        assert _record(jobs, batch).status == "processing"
+
+        # a run past its bound (here: allowed none) or failed in a step is not retried
+        for tags in ({MAX_RETRIES_TAG: "0"}, {RUN_FAILURE_REASON_TAG: "STEP_FAILURE"}):
+            third = str(uuid.uuid4())
+            assert jobs.resume(batch, attempt=Attempt(first_id, third))
+            run = _run(instance, batch, run_id=third, root_run_id=first_id, tags=tags)
+            report_run_failure(instance, run, tracking.resource, "it failed again")
+            row = _record(jobs, batch)
+            assert (row.status, row.error) == ("failed", f"run {third} failed: it failed again")
+
+
 def test_a_batch_through_its_life(tracking: Tracking) -> None:
     jobs, batch = tracking.jobs("events"), f"life-{uuid.uuid4().hex[:6]}.jsonl"
     assert jobs.get(batch) is None
@@ -350,7 +384,12 @@ def _record(jobs: BatchStore, batch_id: str) -> BatchRecord:
 
 
 def _run(
-    instance: DagsterInstance, batch_id: str, *, run_id: str, root_run_id: str | None
+    instance: DagsterInstance,
+    batch_id: str,
+    *,
+    run_id: str,
+    root_run_id: str | None,
+    tags: dict[str, str] | None = None,
 ) -> DagsterRun:
     """A started run of the reviews job for the batch, as the daemon would have launched."""
     return instance.add_run(
@@ -359,7 +398,7 @@ def _run(
             run_id=run_id,
             root_run_id=root_run_id,
             parent_run_id=root_run_id,
-            tags={"dagster/partition": batch_id},
+            tags={"dagster/partition": batch_id, **(tags or {})},
             status=DagsterRunStatus.STARTED,
         )
     )

@@ -266,7 +266,7 @@ class ObjectHistory(BaseModel):
 
 class BatchStatus(BaseModel):
     batch_id: str
-    status: Literal["queued", "processing", "completed", "failed"]
+    status: Literal["queued", "processing", "retrying", "completed", "failed"]
     total_count: int
     processed_count: int
     rejected_count: int
@@ -564,7 +564,7 @@ def recent_batches(
     backend: BackendDep,
     dataset: DatasetQuery = DEFAULT_DATASET,
     status: Annotated[
-        Literal["queued", "processing", "completed", "failed"] | None, Query()
+        Literal["queued", "processing", "retrying", "completed", "failed"] | None, Query()
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 20,
 ) -> BatchList:
