@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import polars as pl
 
 from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume
+from batch_assets.kill_points import kill_point
 from batch_assets.vocabulary import STATUS
 from batch_assets.write_behind import Inline, Writes
 
@@ -374,7 +375,9 @@ class Stage:
 
         def write() -> None:
             self.store.write_chunk(self.asset, self.partition, self.lineage, chunk)
+            kill_point("chunk_write")
             self.store.save_frontier(self.asset, self.partition, self.lineage, frontier)
+            kill_point("frontier_write")
 
         def durable() -> None:
             self.frontier = frontier

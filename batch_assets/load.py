@@ -15,6 +15,7 @@ from batch_assets.chunks import Chunk
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError
 from batch_assets.increments import Increments
+from batch_assets.kill_points import kill_point
 from batch_assets.objects import failed_objects
 from batch_assets.sinks.postgres import LoadStats, remove_objects, replace_batch, stored_counts
 from batch_assets.sinks.results_tables import ResultsTables
@@ -120,6 +121,7 @@ def load_batch(
     tracking.record_sink(batch_id, "postgres", stats.sink_stats(retries=retries), attempt=attempt)
     final = dataset.sinks[-1] == "postgres"
     tracking.complete(batch_id, Outcome(counts, summary), attempt=attempt, final=final)
+    kill_point("commit")
     return Loaded(stats, counts, summary, figures, replaced, tuple(outcomes))
 
 

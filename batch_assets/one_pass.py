@@ -20,6 +20,7 @@ import polars as pl
 
 from batch_assets.checkpoints import CheckpointStore, Stage, complete_stage, frontier_report
 from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume, Throttled, read_ahead
+from batch_assets.kill_points import kill_point
 from batch_assets.objects import share_read
 from batch_assets.vocabulary import FAILED, REJECTED
 from batch_assets.write_behind import Writes
@@ -88,7 +89,21 @@ def processed_chunks(
     scored = upstream.map(
         scoring.fn, workers=scoring.workers, time_limit=scoring.time_limit, label=scoring.label
     )
-    return processed.chunks(scored.iter, start=start)
+
+    return processed.chunks(lambda resume: _marked(scored.iter(resume), "score"), start=start)
+
+
+def _marked(chunks: Iterator[Chunk], point: str) -> Iterator[Chunk]:
+    """`chunks`, through the kill point `point` after each (`kill_points`); closing this
+    closes them."""
+    try:
+        for chunk in chunks:
+            kill_point(point)
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def run_pass(
@@ -106,7 +121,7 @@ def run_pass(
     compute_raw, compute_processed = compute
 
     def ahead(resume: Resume) -> Iterator[Chunk]:
-        return read_ahead(source(resume))
+        return _marked(read_ahead(source(resume)), "read")
 
     if compute_raw and not compute_processed:
         _exhaust(raw.chunks(ahead, start=raw.first))

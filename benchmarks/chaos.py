@@ -17,12 +17,19 @@ is `completed` (or `--recover-timeout` passes) and then checks:
 - no wrong status: the batch never showed `failed` after the kill (a retry was coming);
 - the ledger holds the object, taken into the batch.
 
+Trials take turns (`--points`): `random` kills the worker from outside at a random moment;
+a named kill point (`batch_assets.kill_points`: `read`, `score`, `chunk_write`,
+`frontier_write`, `copy`, `commit`) is armed through the file dagster dev's environment
+names in `BATCH_ASSETS_KILL_FILE`, and the run's process SIGKILLs itself when it gets
+there, so windows as short as a frontier write or a commit are hit on purpose.
+
 One line per trial, then a summary: trials, kills that landed while the run was working (a
 kill after the run ended is a miss, not a trial of recovery), rows lost and duplicated,
 wrong statuses, batches not recovered, and the median and worst time from the kill to the
 batch completed.
 
-    python benchmarks/chaos.py [--trials 10] [--rows 50000] [--kill-within 3] [--json out.json]
+    python benchmarks/chaos.py [--trials 14] [--rows 50000] [--kill-within 3]
+        [--points random,read,score,chunk_write,frontier_write,copy,commit] [--json out.json]
 
 The exit code is 0 when every landed kill recovered with its rows exactly once and no wrong
 status, 1 otherwise.
@@ -58,6 +65,9 @@ from bench_daemon import (
 )
 from bench_pipeline import REPO, say
 
+KILL_ENV = "BATCH_ASSETS_KILL_FILE"
+REVIEWS_POINTS = ("read", "score", "chunk_write", "frontier_write", "copy", "commit")
+"""The named kill points a reviews batch (Postgres its only sink) reaches."""
 PREFIX = "inbox/reviews/"
 PID = re.compile(r"\(pid: (\d+)\)")
 JOB = "reviews_job"
@@ -65,10 +75,11 @@ JOB = "reviews_job"
 
 @dataclass
 class Trial:
-    """One kill and what followed."""
+    """One kill and what followed: `point` is the named kill point armed, or `random`."""
 
     n: int
     batch_id: str
+    point: str = "random"
     landed: bool = False
     killed_after_start_s: float | None = None
     recovered: bool = False
@@ -81,10 +92,11 @@ class Trial:
     record: str = ""
 
     def line(self, expected: int) -> str:
+        head = f"trial {self.n} [{self.point}]: {self.batch_id}"
         if not self.landed:
-            return f"trial {self.n}: {self.batch_id}: the run ended before the kill (a miss)"
+            return f"{head}: the run ended before the kill (a miss)"
         return (
-            f"trial {self.n}: {self.batch_id}: killed {self.killed_after_start_s:.2f} s after "
+            f"{head}: killed {self.killed_after_start_s:.2f} s after "
             f"STARTED; {'recovered' if self.recovered else 'NOT RECOVERED'} in "
             f"{self.recover_s or 0:.1f} s over {self.runs} runs; statuses "
             f"{' > '.join(self.statuses_seen)}; rows {self.rows:,}/{expected:,} "
@@ -148,6 +160,41 @@ def status_of(pg_url: str, batch_id: str) -> tuple[str, int, int, int, int]:
     return row if row is not None else ("missing", 0, 0, 0, 0)
 
 
+def arm(kill_file: Path, point: str) -> None:
+    """Arms the named kill point for the next process to reach it (`kill_points`)."""
+    staged = kill_file.with_suffix(".staged")
+    staged.write_text(json.dumps({"point": point}))
+    staged.replace(kill_file)
+
+
+def kill_at_random(instance: Any, first: Any, within: float) -> float | None:
+    """SIGKILLs the run's worker a random 0 to `within` s from now; when, or None when the
+    run had ended (a miss)."""
+    time.sleep(random.uniform(0.0, within))
+    worker = run_worker(instance, first.dagster_run.run_id)
+    current = instance.get_run_by_id(first.dagster_run.run_id)
+    if worker is None or current is None or current.is_finished:
+        return None
+    kill_tree(worker)
+    return time.time()
+
+
+def await_fired(instance: Any, first: Any, kill_file: Path) -> float | None:
+    """Waits for the armed point to fire in the run (its file claimed) or the run to end
+    first (a miss: the point disarmed); when it fired."""
+    while True:
+        if not kill_file.exists():
+            fired = time.time()
+            for leftover in kill_file.parent.glob(f"{kill_file.name}.*.fired"):
+                leftover.unlink()
+            return fired
+        current = instance.get_run_by_id(first.dagster_run.run_id)
+        if current is not None and current.is_finished:
+            kill_file.unlink(missing_ok=True)
+            return None
+        time.sleep(0.02)
+
+
 def one_trial(
     n: int,
     args: argparse.Namespace,
@@ -157,23 +204,28 @@ def one_trial(
     dagster: Any,
     log: Path,
     csv: Path,
+    point: str,
+    kill_file: Path,
 ) -> Trial:
-    """Uploads, kills the run worker at a random moment, waits for the batch to heal."""
+    """Uploads, kills the run (its worker at a random moment, or where the named `point`
+    fires), waits for the batch to heal."""
     from batch_assets.s3_objects import partition_key_for
 
     key = f"{PREFIX}chaos-{n:03d}-{uuid.uuid4().hex[:6]}.csv"
     batch_id = partition_key_for(key, PREFIX)
-    trial = Trial(n, batch_id)
+    trial = Trial(n, batch_id, point)
+    if point != "random":
+        arm(kill_file, point)
     stack.s3().upload_file(str(csv), stack.env["BATCH_ASSETS_BUCKET"], key)
     first = await_started(instance, batch_id, dagster, log, args.start_timeout)
-    time.sleep(random.uniform(0.0, args.kill_within))
-    worker = run_worker(instance, first.dagster_run.run_id)
-    current = instance.get_run_by_id(first.dagster_run.run_id)
-    if worker is None or current is None or current.is_finished:
+    killed_at = (
+        kill_at_random(instance, first, args.kill_within)
+        if point == "random"
+        else await_fired(instance, first, kill_file)
+    )
+    if killed_at is None:
         trial.runs = len(batch_runs(instance, batch_id))
         return trial
-    kill_tree(worker)
-    killed_at = time.time()
     trial.landed = True
     trial.killed_after_start_s = killed_at - first.start_time
     pg_url = stack.env["BATCH_ASSETS_PG_URL"]
@@ -251,7 +303,8 @@ def chaos(args: argparse.Namespace, workdir: Path) -> tuple[list[Trial], dict[st
         stack.apply()
         home = Path(stack.env["DAGSTER_HOME"])
         (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-        env = child_env(REPO, stack.env)
+        kill_file = workdir / "kill-point.json"
+        env = {**child_env(REPO, stack.env), KILL_ENV: str(kill_file)}
         loaded_package(REPO, env)
         with DagsterInstance.get() as instance:
             log = workdir / "dagster-dev.log"
@@ -260,8 +313,17 @@ def chaos(args: argparse.Namespace, workdir: Path) -> tuple[list[Trial], dict[st
                 await_first_tick(instance, dagster, log, timeout=300)
                 trials = []
                 for n in range(args.trials):
+                    point = args.points[n % len(args.points)]
                     trial = one_trial(
-                        n, args, stack=stack, instance=instance, dagster=dagster, log=log, csv=csv
+                        n,
+                        args,
+                        stack=stack,
+                        instance=instance,
+                        dagster=dagster,
+                        log=log,
+                        csv=csv,
+                        point=point,
+                        kill_file=kill_file,
                     )
                     trials.append(trial)
                     print(trial.line(args.rows), flush=True)
@@ -274,7 +336,7 @@ def chaos(args: argparse.Namespace, workdir: Path) -> tuple[list[Trial], dict[st
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=10, help="kills to try (10)")
+    parser.add_argument("--trials", type=int, default=14, help="kills to try (14)")
     parser.add_argument("--rows", type=int, default=50_000, help="rows of each batch (50,000)")
     parser.add_argument(
         "--kill-within", type=float, default=3.0, help="kill a random 0 to S s after STARTED (3)"
@@ -284,6 +346,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--recover-timeout", type=float, default=300.0, help="kill to completed, at most (300 s)"
+    )
+    parser.add_argument(
+        "--points",
+        type=lambda text: text.split(","),
+        default=["random", *REVIEWS_POINTS],
+        help="what kills each trial, in turn: random (the worker, at a random moment) or a "
+        f"named kill point ({', '.join(REVIEWS_POINTS)}); default: all of them",
     )
     parser.add_argument("--seed", type=int, default=13, help="random seed of the kill moments")
     parser.add_argument("--json", type=Path, help="write every trial and the summary here")

@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from batch_assets.errors import ConfigError
+from batch_assets.kill_points import kill_point
 from batch_assets.packing import DYNAMODB_BATCH_WRITE, Limits, PackStats, pack
 from batch_assets.sinks.backoff import Backoff, WriteStats, send_with_backoff
 from batch_assets.sinks.records import Record, RecordLayout, chunk_records
@@ -179,6 +180,7 @@ class BatchWriter:
     def _put(self, writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One `BatchWriteItem` call; the writes it left unprocessed."""
         response = self.client.batch_write_item(RequestItems={self.table: writes})
+        kill_point("dynamodb")
         unprocessed: list[dict[str, Any]] = response.get("UnprocessedItems", {}).get(self.table, [])
         return unprocessed
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from batch_assets.kill_points import kill_point
 from batch_assets.packing import KINESIS_PUT_RECORDS, Limits, PackStats, pack
 from batch_assets.sinks.backoff import THROTTLING, Backoff, WriteStats, send_with_backoff
 from batch_assets.sinks.records import Record, RecordLayout, chunk_records
@@ -123,6 +124,7 @@ class StreamWriter:
     def _put(self, entries: list[Entry]) -> list[Entry]:
         """One `PutRecords` call; the entries it marked failed."""
         response = self.client.put_records(StreamName=self.stream, Records=entries)
+        kill_point("kinesis")
         if not response.get("FailedRecordCount"):
             return []
         return [

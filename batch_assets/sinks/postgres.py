@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 
 from batch_assets.chunks import Chunk
 from batch_assets.errors import SinkError
+from batch_assets.kill_points import kill_point
 from batch_assets.sinks.results_tables import ResultsTables, wire_type
 from batch_assets.vocabulary import (
     ERROR,
@@ -139,6 +140,7 @@ def replace_batch(
             load.send(copy, load.wire.header())
             for chunk in chunks:
                 load.add(chunk.frame, copy, spool)
+                kill_point("copy")
             # the encoder's trailer, after the rows it still holds
             load.send(copy, load.wire.trailer())
         _check_count(cur, load.seq, tables.results)
