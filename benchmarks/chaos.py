@@ -1,35 +1,39 @@
-"""Kill the run worker at random moments, through the daemon, and check that every batch
-heals by itself with each row loaded exactly once.
+"""Kill runs at random moments and at named points, through the daemon, and check that
+every batch heals by itself with each row exactly once in every sink.
 
 On a fresh embedded stack with the repository's `dagster.yaml` (run retries on: a run whose
 worker died is re-executed from failure, up to 3 times), `python -m dagster dev` starts as
-`batch-assets dev` starts it, with the inbox notifications set up as it sets them up. For
-each trial the script uploads a reviews CSV of `--rows` rows into `inbox/reviews/`, waits
-for its run to start, sleeps a random 0 to `--kill-within` seconds and SIGKILLs the run
-worker (`dagster api execute_run` of that run) with its scoring workers, as a crash or an
-out-of-memory kill would. Nobody steps in: the code server marks the run failed, the run
-failure sensor marks the batch `retrying`, the daemon's run retries re-execute it from
-failure, and the batch completes. The script polls the batch's status every 0.25 s until it
-is `completed` (or `--recover-timeout` passes) and then checks:
+`batch-assets dev` starts it, with the inbox notifications set up as it sets them up. The
+`--datasets` take turns (reviews: Postgres; events: Postgres, DynamoDB and Kinesis): each
+trial uploads a file of `--rows` records into the dataset's inbox, waits for its run to
+start and kills it. Nobody steps in: the code server marks the run failed, the run failure
+sensor marks the batch `retrying`, the daemon's run retries re-execute it from failure, and
+the batch completes. The script polls the batch's status every 0.25 s until it is
+`completed` (or `--recover-timeout` passes) and then checks:
 
-- rows exactly once: `reviews_results` holds `--rows` rows for the batch, each id once;
+- rows exactly once in Postgres: results and rejected rows add up to `--rows`, each line once;
+- for events, DynamoDB holds one item per record (keyed by its id), and every record id is
+  on the Kinesis stream (at least once: a stream keeps what a killed run had put);
 - the batch's record: `completed`, its counts adding up to `--rows`;
 - no wrong status: the batch never showed `failed` after the kill (a retry was coming);
 - the ledger holds the object, taken into the batch.
 
-Trials take turns (`--points`): `random` kills the worker from outside at a random moment;
-a named kill point (`batch_assets.kill_points`: `read`, `score`, `chunk_write`,
-`frontier_write`, `copy`, `commit`) is armed through the file dagster dev's environment
-names in `BATCH_ASSETS_KILL_FILE`, and the run's process SIGKILLs itself when it gets
-there, so windows as short as a frontier write or a commit are hit on purpose.
+What kills a trial (`--points`, each dataset going through those it reaches in turn):
+`random` SIGKILLs the run worker (the process the code server spawned for the run) with its
+scoring workers, a random 0 to `--kill-within` s after STARTED, as a crash or an
+out-of-memory kill would; a named kill point (`batch_assets.kill_points`: `read`, `score`,
+`chunk_write`, `frontier_write`, `copy`, `commit`, and for events `dynamodb`, `kinesis`) is
+armed through the file that dagster dev's environment names in `BATCH_ASSETS_KILL_FILE`,
+and the run's process SIGKILLs itself when it gets there, so windows as short as a
+frontier write or a commit are hit on purpose.
 
 One line per trial, then a summary: trials, kills that landed while the run was working (a
 kill after the run ended is a miss, not a trial of recovery), rows lost and duplicated,
-wrong statuses, batches not recovered, and the median and worst time from the kill to the
-batch completed.
+wrong statuses, records wrong, and the median and worst time from the kill to the batch
+completed.
 
-    python benchmarks/chaos.py [--trials 14] [--rows 50000] [--kill-within 3]
-        [--points random,read,score,chunk_write,frontier_write,copy,commit] [--json out.json]
+    python benchmarks/chaos.py [--trials 32] [--rows 50000] [--kill-within 3]
+        [--datasets reviews,events] [--points random,read,...] [--json out.json]
 
 The exit code is 0 when every landed kill recovered with its rows exactly once and no wrong
 status, 1 otherwise.
@@ -68,9 +72,10 @@ from bench_pipeline import REPO, say
 KILL_ENV = "BATCH_ASSETS_KILL_FILE"
 REVIEWS_POINTS = ("read", "score", "chunk_write", "frontier_write", "copy", "commit")
 """The named kill points a reviews batch (Postgres its only sink) reaches."""
-PREFIX = "inbox/reviews/"
+EVENTS_POINTS = (*REVIEWS_POINTS, "dynamodb", "kinesis")
+"""An events batch also goes to DynamoDB and Kinesis."""
+POINTS = {"reviews": ("random", *REVIEWS_POINTS), "events": ("random", *EVENTS_POINTS)}
 PID = re.compile(r"\(pid: (\d+)\)")
-JOB = "reviews_job"
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Trial:
     """One kill and what followed: `point` is the named kill point armed, or `random`."""
 
     n: int
+    dataset: str
     batch_id: str
     point: str = "random"
     landed: bool = False
@@ -92,7 +98,7 @@ class Trial:
     record: str = ""
 
     def line(self, expected: int) -> str:
-        head = f"trial {self.n} [{self.point}]: {self.batch_id}"
+        head = f"trial {self.n} [{self.dataset} {self.point}]: {self.batch_id}"
         if not self.landed:
             return f"{head}: the run ended before the kill (a miss)"
         return (
@@ -100,7 +106,7 @@ class Trial:
             f"STARTED; {'recovered' if self.recovered else 'NOT RECOVERED'} in "
             f"{self.recover_s or 0:.1f} s over {self.runs} runs; statuses "
             f"{' > '.join(self.statuses_seen)}; rows {self.rows:,}/{expected:,} "
-            f"(distinct ids {self.distinct_ids:,}); record {self.record}"
+            f"(distinct lines {self.distinct_ids:,}); record {self.record}"
         )
 
 
@@ -129,11 +135,7 @@ def kill_tree(proc: psutil.Process) -> None:
 def batch_runs(instance: Any, batch_id: str) -> list[Any]:
     from dagster import RunsFilter
 
-    return list(
-        instance.get_run_records(
-            filters=RunsFilter(job_name=JOB, tags={"dagster/partition": batch_id})
-        )
-    )
+    return list(instance.get_run_records(filters=RunsFilter(tags={"dagster/partition": batch_id})))
 
 
 def await_started(instance: Any, batch_id: str, dagster: Any, log: Path, timeout: float) -> Any:
@@ -148,14 +150,14 @@ def await_started(instance: Any, batch_id: str, dagster: Any, log: Path, timeout
     raise TimeoutError(f"no run of {batch_id} started within {timeout:.0f} s")
 
 
-def status_of(pg_url: str, batch_id: str) -> tuple[str, int, int, int, int]:
+def status_of(pg_url: str, dataset: str, batch_id: str) -> tuple[str, int, int, int, int]:
     import psycopg
 
     with psycopg.connect(pg_url) as conn:
         row = conn.execute(
             "SELECT status, total_count, processed_count, rejected_count, failed_count "
-            "FROM batch_jobs WHERE dataset = 'reviews' AND batch_id = %s",
-            (batch_id,),
+            "FROM batch_jobs WHERE dataset = %s AND batch_id = %s",
+            (dataset, batch_id),
         ).fetchone()
     return row if row is not None else ("missing", 0, 0, 0, 0)
 
@@ -203,20 +205,22 @@ def one_trial(
     instance: Any,
     dagster: Any,
     log: Path,
-    csv: Path,
+    source: Path,
+    dataset: str,
     point: str,
     kill_file: Path,
 ) -> Trial:
-    """Uploads, kills the run (its worker at a random moment, or where the named `point`
-    fires), waits for the batch to heal."""
+    """Uploads `source` into the dataset's inbox, kills its run (the worker at a random
+    moment, or where the named `point` fires), waits for the batch to heal."""
     from batch_assets.s3_objects import partition_key_for
 
-    key = f"{PREFIX}chaos-{n:03d}-{uuid.uuid4().hex[:6]}.csv"
-    batch_id = partition_key_for(key, PREFIX)
-    trial = Trial(n, batch_id, point)
+    prefix = f"inbox/{dataset}/"
+    key = f"{prefix}chaos-{n:03d}-{uuid.uuid4().hex[:6]}{source.suffix}"
+    batch_id = partition_key_for(key, prefix)
+    trial = Trial(n, dataset, batch_id, point)
     if point != "random":
         arm(kill_file, point)
-    stack.s3().upload_file(str(csv), stack.env["BATCH_ASSETS_BUCKET"], key)
+    stack.s3().upload_file(str(source), stack.env["BATCH_ASSETS_BUCKET"], key)
     first = await_started(instance, batch_id, dagster, log, args.start_timeout)
     killed_at = (
         kill_at_random(instance, first, args.kill_within)
@@ -232,7 +236,7 @@ def one_trial(
     seen: list[str] = []
     deadline = time.monotonic() + args.recover_timeout
     while time.monotonic() < deadline:
-        status = status_of(pg_url, batch_id)[0]
+        status = status_of(pg_url, dataset, batch_id)[0]
         if not seen or seen[-1] != status:
             seen.append(status)
         if status == "completed":
@@ -245,6 +249,8 @@ def one_trial(
     trial.wrong_status = "failed" in seen
     trial.runs = len(batch_runs(instance, batch_id))
     check_batch(trial, pg_url, args.rows)
+    if dataset == "events":
+        check_sinks(trial, stack, args.rows, since=first.start_time)
     return trial
 
 
@@ -252,22 +258,61 @@ def check_batch(trial: Trial, pg_url: str, expected: int) -> None:
     """The batch's rows, record and ledger entry, onto `trial`."""
     import psycopg
 
+    ds = trial.dataset
     with psycopg.connect(pg_url) as conn:
-        rows, ids = conn.execute(
-            "SELECT count(*), count(DISTINCT id) FROM reviews_results WHERE batch_id = %s",
-            (trial.batch_id,),
+        counted = conn.execute(
+            f"SELECT (SELECT count(*) FROM {ds}_results WHERE batch_id = %s) + "
+            f"(SELECT count(*) FROM {ds}_rejected WHERE batch_id = %s), "
+            f"(SELECT count(DISTINCT line) FROM (SELECT line FROM {ds}_results "
+            f"WHERE batch_id = %s UNION ALL SELECT line FROM {ds}_rejected "
+            "WHERE batch_id = %s) AS lines)",
+            (trial.batch_id,) * 4,
         ).fetchone() or (0, 0)
         taken = conn.execute(
-            "SELECT count(*) FROM inbox_objects WHERE dataset = 'reviews' AND batch_id = %s",
-            (trial.batch_id,),
+            "SELECT count(*) FROM inbox_objects WHERE dataset = %s AND batch_id = %s",
+            (ds, trial.batch_id),
         ).fetchone()
-    trial.rows, trial.distinct_ids = int(rows), int(ids)
-    status, total, processed, rejected, failed = status_of(pg_url, trial.batch_id)
+    trial.rows, trial.distinct_ids = int(counted[0]), int(counted[1])
+    status, total, processed, rejected, failed = status_of(pg_url, ds, trial.batch_id)
     counts = total == expected and processed + rejected + failed == expected
     trial.record = (
         f"{status}, counts {'ok' if counts else 'WRONG'}, "
         f"ledger {'ok' if taken == (1,) else 'WRONG'}"
     )
+
+
+def check_sinks(trial: Trial, stack: Any, expected: int, *, since: float) -> None:
+    """An events batch in DynamoDB (each record's item once, by its key) and on Kinesis
+    (every record id present; at least once), onto `trial.record`."""
+    from datetime import UTC, datetime
+
+    from batch_assets.sinks.dynamodb import batch_records
+
+    items = {i["record_id"]["S"] for i in batch_records(stack.client("dynamodb"), trial.batch_id)}
+    kinesis = stack.client("kinesis")
+    stream = "batch-assets-events"
+    on_stream: set[str] = set()
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream,
+            ShardId=shard["ShardId"],
+            ShardIteratorType="AT_TIMESTAMP",
+            Timestamp=datetime.fromtimestamp(since - 5, UTC),
+        )["ShardIterator"]
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            for record in page["Records"]:
+                document = json.loads(record["Data"])
+                if document["batch_id"] == trial.batch_id:
+                    on_stream.add(document["record_id"])
+            if not page["Records"] or not page.get("MillisBehindLatest"):
+                break
+            iterator = page.get("NextShardIterator")
+    dynamo = "ok" if len(items) == expected else f"WRONG ({len(items):,} items)"
+    stream_ok = (
+        "ok" if items and items <= on_stream else f"WRONG ({len(items - on_stream):,} missing)"
+    )
+    trial.record += f", dynamodb {dynamo}, kinesis {stream_ok}"
 
 
 def summarize(trials: list[Trial], rows: int) -> dict[str, Any]:
@@ -289,15 +334,33 @@ def summarize(trials: list[Trial], rows: int) -> dict[str, Any]:
     }
 
 
+def schedule(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(dataset, kill) of each trial: the datasets take turns, and each goes through its
+    kills (`--points`, those it reaches) in turn."""
+    turns = {
+        dataset: [p for p in args.points or POINTS[dataset] if p in POINTS[dataset]]
+        for dataset in args.datasets
+    }
+    plan = []
+    for n in range(args.trials):
+        dataset = args.datasets[n % len(args.datasets)]
+        kills = turns[dataset]
+        plan.append((dataset, kills[(n // len(args.datasets)) % len(kills)]))
+    return plan
+
+
 def chaos(args: argparse.Namespace, workdir: Path) -> tuple[list[Trial], dict[str, Any]]:
     from dagster import DagsterInstance
 
     from batch_assets.cli import _stop_group
     from batch_assets.datasets import DATASETS
-    from batch_assets.generate import reviews_csv
+    from batch_assets.generate import events_jsonl, reviews_csv
     from batch_assets.local_stack import LocalStack
 
-    csv = reviews_csv(workdir / "reviews.csv", args.rows)
+    sources = {
+        "reviews": reviews_csv(workdir / "reviews.csv", args.rows),
+        "events": events_jsonl(workdir / "events.jsonl", args.rows),
+    }
     with LocalStack.start(workdir / "stack") as stack:
         stack.notify_inboxes(DATASETS)
         stack.apply()
@@ -312,8 +375,7 @@ def chaos(args: argparse.Namespace, workdir: Path) -> tuple[list[Trial], dict[st
             try:
                 await_first_tick(instance, dagster, log, timeout=300)
                 trials = []
-                for n in range(args.trials):
-                    point = args.points[n % len(args.points)]
+                for n, (dataset, point) in enumerate(schedule(args)):
                     trial = one_trial(
                         n,
                         args,
@@ -321,7 +383,8 @@ def chaos(args: argparse.Namespace, workdir: Path) -> tuple[list[Trial], dict[st
                         instance=instance,
                         dagster=dagster,
                         log=log,
-                        csv=csv,
+                        source=sources[dataset],
+                        dataset=dataset,
                         point=point,
                         kill_file=kill_file,
                     )
@@ -336,7 +399,7 @@ def chaos(args: argparse.Namespace, workdir: Path) -> tuple[list[Trial], dict[st
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=14, help="kills to try (14)")
+    parser.add_argument("--trials", type=int, default=32, help="kills to try (32)")
     parser.add_argument("--rows", type=int, default=50_000, help="rows of each batch (50,000)")
     parser.add_argument(
         "--kill-within", type=float, default=3.0, help="kill a random 0 to S s after STARTED (3)"
@@ -350,9 +413,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--points",
         type=lambda text: text.split(","),
-        default=["random", *REVIEWS_POINTS],
+        default=None,
         help="what kills each trial, in turn: random (the worker, at a random moment) or a "
-        f"named kill point ({', '.join(REVIEWS_POINTS)}); default: all of them",
+        f"named kill point ({', '.join(EVENTS_POINTS)}); default: all a dataset reaches",
+    )
+    parser.add_argument(
+        "--datasets",
+        type=lambda text: text.split(","),
+        default=["reviews", "events"],
+        help="the datasets whose batches take turns (reviews,events)",
     )
     parser.add_argument("--seed", type=int, default=13, help="random seed of the kill moments")
     parser.add_argument("--json", type=Path, help="write every trial and the summary here")
