@@ -22,6 +22,7 @@ from dagster import (
 from batch_assets.datasets import Dataset
 from batch_assets.grouping import BatchLimits, batch_id_for, group_objects
 from batch_assets.increments import Increment, Increments
+from batch_assets.launch import source_tags
 from batch_assets.ledger import Backlog, Ledger, ObjectVersion, record_backlog
 from batch_assets.notifications import (
     CREATED,
@@ -338,11 +339,7 @@ def _requeued(
     for record in sorted(waiting, key=lambda r: r.created_at)[:REQUEUE_CHECKS]:
         if has_run(record.batch_id, record.created_at):
             continue
-        tags = {
-            "batch_assets/source": record.source_uri or "",
-            "batch_assets/etag": record.source_etag or "",
-            "batch_assets/requeued": "true",
-        }
+        tags = source_tags(record.source_uri or "", record.source_etag or "", requeued="true")
         run_key = f"{record.batch_id}@{record.created_at.isoformat()}"
         requests.append(RunRequest(run_key=run_key, partition_key=record.batch_id, tags=tags))
         if len(requests) >= REQUEUE_MAX:
@@ -365,10 +362,8 @@ def _registered_alone(
 
 def _tags(group: list[ObjectInfo], bucket: str) -> dict[str, str]:
     """A batch's run tags: its (first) object's URI and ETag, and how many objects it has."""
-    tags = {"batch_assets/source": s3_uri(bucket, group[0].key), "batch_assets/etag": group[0].etag}
-    if len(group) > 1:
-        tags["batch_assets/objects"] = str(len(group))
-    return tags
+    more = {"objects": str(len(group))} if len(group) > 1 else {}
+    return source_tags(s3_uri(bucket, group[0].key), group[0].etag, **more)
 
 
 def _run_key(
@@ -419,11 +414,7 @@ def increment_tick(
             RunRequest(
                 run_key=f"{dataset.name}:{key}",
                 partition_key=key,
-                tags={
-                    "batch_assets/source": registered.uri,
-                    "batch_assets/etag": key,
-                    "batch_assets/upper": encode_mark(increment.upper) or "",
-                },
+                tags=source_tags(registered.uri, key, upper=encode_mark(increment.upper) or ""),
             )
         ],
         dynamic_partitions_requests=[partitions.build_add_request([key])],

@@ -33,6 +33,15 @@ mutation LaunchRun($params: ExecutionParams!) {
 }
 """
 
+
+def source_tags(uri: str, etag: str, **more: str) -> dict[str, str]:
+    """A batch run's tags: the (first) object it reads, its ETag (the run failure sensor
+    fails a batch still queued for that version), and `more` as `batch_assets/<name>`."""
+    tags = {"batch_assets/source": uri, "batch_assets/etag": etag}
+    tags.update({f"batch_assets/{name}": value for name, value in more.items()})
+    return tags
+
+
 REQUESTED_BY = "batch_assets/requested_by"
 """The run tag naming who requested a batch's run other than its sensor (`api`)."""
 

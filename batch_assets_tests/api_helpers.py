@@ -13,6 +13,14 @@ import uvicorn
 from batch_assets.api.app import ApiConfig, create_app
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (free when this returns)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 @contextlib.contextmanager
 def serving(config: ApiConfig) -> Iterator[str]:
     """Serves the API built from `config` in a thread; yields its base URL, stops it after."""

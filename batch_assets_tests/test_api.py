@@ -4,7 +4,6 @@ moto's S3 server: upload, progress while the batch runs, summary, results, error
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from batch_assets.cli import _stop_group
 from batch_assets.generate import reviews_csv
 from batch_assets.launch import REQUESTED_BY
 from batch_assets.local_stack import LocalStack
-from batch_assets_tests.api_helpers import serving
+from batch_assets_tests.api_helpers import free_port, serving
 from batch_assets_tests.pipeline_helpers import Inbox, batch_row
 
 TOKEN = "s3cr3t-token"
@@ -319,9 +318,7 @@ def test_a_prefix_postgres_cannot_hold_is_refused(api: httpx.Client) -> None:
 def dagster_webserver(workspace: Path) -> Iterator[str]:
     """Dagster's webserver on `workspace` on a free loopback port, in its own process
     group (stopped after), once its code location has loaded; yields its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "dagster_webserver", "-w", str(workspace)]
     server = subprocess.Popen(
         [*command, "-h", "127.0.0.1", "-p", str(port)],
@@ -382,9 +379,7 @@ def test_an_upload_requests_its_run_at_once_and_the_sensor_does_not_run_it_again
 def test_an_upload_without_a_webserver_to_ask_is_left_to_the_sensor(
     stack: LocalStack, inbox: Inbox, pg_url: str
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     config = ApiConfig(
         pg_url=pg_url,
         bucket=stack.env["BATCH_ASSETS_BUCKET"],

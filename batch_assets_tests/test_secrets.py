@@ -4,14 +4,13 @@ in a CLI's output, an API answer or a log line, even when Postgres cannot be rea
 from __future__ import annotations
 
 import logging
-import socket
 
 import httpx
 import pytest
 
 from batch_assets.api.app import ApiConfig
 from batch_assets.local_stack import LocalStack
-from batch_assets_tests.api_helpers import serving
+from batch_assets_tests.api_helpers import free_port, serving
 from batch_assets_tests.pipeline_helpers import cli
 
 PASSWORD = "hunter2-secret-pw"
@@ -20,10 +19,7 @@ TOKEN = "token-secret-value"
 
 def unreachable_url() -> str:
     """A Postgres URL with a password, on a loopback port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"postgresql://batch:{PASSWORD}@127.0.0.1:{port}/results"
+    return f"postgresql://batch:{PASSWORD}@127.0.0.1:{free_port()}/results"
 
 
 def test_the_cli_names_no_password_when_postgres_is_unreachable() -> None:

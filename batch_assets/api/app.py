@@ -41,7 +41,7 @@ from batch_assets.api.upload import (
 )
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.errors import BatchInputError, ConfigError
-from batch_assets.launch import REQUESTED_BY, LaunchFailed, RunRequester
+from batch_assets.launch import LaunchFailed, RunRequester, source_tags
 from batch_assets.ledger import Ledger, latest_backlog, object_history
 from batch_assets.ledger_dynamodb import LEDGER_TABLE
 from batch_assets.readers import CsvLayout
@@ -510,11 +510,7 @@ def _request_run(config: ApiConfig, entry: Dataset, batch_id: str, source: Sourc
     if config.dagster_url is None:
         return None
     requester = RunRequester(config.dagster_url, config.dagster_location)
-    tags = {
-        "batch_assets/source": source.uri,
-        "batch_assets/etag": source.etag,
-        REQUESTED_BY: "api",
-    }
+    tags = source_tags(source.uri, source.etag, requested_by="api")
     try:
         return requester.request(entry, batch_id, tags)
     except LaunchFailed as exc:
