@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.ledger import OBJECT_STATES
 from batch_assets.local_stack import LocalStack
+from batch_assets.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from batch_assets.resources.jobs import JobsResource
@@ -307,10 +308,13 @@ def run_dev(args: argparse.Namespace) -> int:
             env=api_env,
             start_new_session=True,
         )
+        # a code server that dies is not restarted by dagster dev: the watchdog reloads it
+        _, watchdog = Watchdog(f"http://127.0.0.1:{args.port}").start()
         try:
             _print_dev_guide(args, stack.env, env_file)
             return _supervise({"dagster dev": dagster, "the API": api}, stop)
         finally:
+            watchdog.set()
             _stop_group(api)
             _stop_group(dagster)
 
