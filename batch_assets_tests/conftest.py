@@ -7,12 +7,14 @@ each session in a schema of its own that is dropped afterwards.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
 import psycopg
 import pytest
 from dagster import DagsterInstance
@@ -23,6 +25,38 @@ from batch_assets.local_stack import LocalStack
 from batch_assets_tests.pipeline_helpers import Inbox
 
 EXTERNAL_PG = os.environ.get("BATCH_ASSETS_TEST_PG_URL")
+
+
+def _left_running(base: Path, before: set[int]) -> list[str]:
+    """Processes still running that this session started (children of this process, or
+    anything whose command line names the session's temporary folder, as the embedded
+    Postgres servers do: pg_ctl detaches them)."""
+    me = psutil.Process()
+    found = {p for p in me.children(recursive=True) if p.pid not in before}
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if process.pid != me.pid and str(base) in " ".join(process.info["cmdline"] or ()):
+            found.add(process)
+    left = []
+    for process in found:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{process.pid}: {' '.join(process.cmdline())[:200]}")
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fails the session when a process it started outlives it (first in, last out: every
+    other session fixture has stopped what it started by then)."""
+    base = tmp_path_factory.getbasetemp()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 15
+    while (left := _left_running(base, before)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not left, "processes left running after the tests:\n" + "\n".join(left)
 
 
 @pytest.fixture(scope="session")

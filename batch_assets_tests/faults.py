@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ResponseStreamingError
 
 
 class _Body:
@@ -150,3 +151,58 @@ class KinesisFaults:
         ]
         parsed["Records"] = merged
         parsed["FailedRecordCount"] = parsed.get("FailedRecordCount", 0) + sum(self._mask)
+
+
+class _BreakingBody:
+    """An S3 object's body whose connection breaks after `after` bytes."""
+
+    def __init__(self, body: Any, after: int):
+        self._body = body
+        self._left = after
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            raise ResponseStreamingError(error="Connection broken: IncompleteRead (injected)")
+        data: bytes = self._body.read(size if size >= 0 else self._left)
+        self._left -= len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._body, name)
+
+
+class S3Faults:
+    """Makes `GetObject` fail as S3 does under load: answered `503 SlowDown` without reaching
+    the server `slow_downs` times (botocore's retries see them), and the body of the next
+    call breaking after `break_after` bytes, once (the connection lost mid-read).
+
+    Attributes:
+        slowed: calls answered with `SlowDown`.
+        broken: bodies broken.
+    """
+
+    def __init__(self, client: Any, *, slow_downs: int = 0, break_after: int | None = None):
+        self.slow_downs = slow_downs
+        self.break_after = break_after
+        self.slowed = 0
+        self.broken = 0
+        events = client.meta.events
+        events.register("before-send.s3.GetObject", self._send)
+        events.register("after-call.s3.GetObject", self._break)
+
+    def _send(self, request: Any, **_: Any) -> AWSResponse | None:
+        if self.slowed >= self.slow_downs:
+            return None
+        self.slowed += 1
+        body = (
+            b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+            b"<Message>Please reduce your request rate.</Message></Error>"
+        )
+        headers = {"Content-Type": "application/xml", "x-amz-request-id": "fault"}
+        return AWSResponse(request.url, 503, headers, _Body(body))
+
+    def _break(self, parsed: dict[str, Any], **_: Any) -> None:
+        if self.break_after is None or self.broken or "Body" not in parsed:
+            return
+        self.broken += 1
+        parsed["Body"] = _BreakingBody(parsed["Body"], self.break_after)
