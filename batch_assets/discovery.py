@@ -22,6 +22,7 @@ from dagster import (
 from batch_assets.datasets import Dataset
 from batch_assets.grouping import BatchLimits, batch_id_for, group_objects
 from batch_assets.increments import Increment, Increments
+from batch_assets.kill_points import kill_point
 from batch_assets.launch import source_tags
 from batch_assets.ledger import Backlog, Ledger, ObjectVersion, record_backlog
 from batch_assets.notifications import (
@@ -100,6 +101,7 @@ def inbox_tick(
         waiting = [obj for obj in fresh if obj not in kept]
         backlog = Backlog.of(waiting, now)
         record_backlog(ledger, backlog)
+    kill_point("sensor")
     if queue is not None:
         _settle(queue, found, waiting, log)
     if fresh:

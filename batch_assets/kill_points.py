@@ -11,7 +11,9 @@ The points: `read` (a chunk read from the source, before its checkpoint), `score
 scored, before its checkpoint), `chunk_write` (a checkpoint's chunk file written, its
 frontier not yet), `frontier_write` (the frontier written, the stage not yet told), `copy`
 (the load's COPY under way), `commit` (the batch's rows loaded, the transaction not yet
-committed), `dynamodb` and `kinesis` (a sink's write under way).
+committed), `dynamodb` and `kinesis` (a sink's write under way), and `sensor` (an inbox
+sensor's tick has registered its batches and committed the ledger, and has not yet handed
+its run requests to the daemon: the code server evaluating it dies).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ POINTS = (
     "commit",
     "dynamodb",
     "kinesis",
+    "sensor",
 )
 
 

@@ -137,10 +137,11 @@ class LocalStack:
         return url
 
     def notify_inboxes(self, datasets: Iterable[Any]) -> dict[str, str]:
-        """A notification queue for each file dataset's inbox (`notify`), named in the
-        stack's environment (`BATCH_ASSETS_INBOX_QUEUES`) for the sensors."""
+        """A notification queue for each file dataset's inbox (`notify`), `<bucket>-<dataset>`,
+        named in the stack's environment (`BATCH_ASSETS_INBOX_QUEUES`) for the sensors."""
+        bucket = self.env["BATCH_ASSETS_BUCKET"]
         queues = {
-            dataset.name: self.notify(dataset.prefix, f"batch-assets-{dataset.name}")
+            dataset.name: self.notify(dataset.prefix, f"{bucket}-{dataset.name}")
             for dataset in datasets
             if dataset.source is None
         }

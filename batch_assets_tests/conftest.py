@@ -39,7 +39,9 @@ def _left_running(base: Path, before: set[int]) -> list[str]:
     left = []
     for process in found:
         try:
-            if process.status() != psutil.STATUS_ZOMBIE:
+            # multiprocessing's resource tracker ends with this process (its pipe closes)
+            tracker = "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+            if process.status() != psutil.STATUS_ZOMBIE and not tracker:
                 left.append(f"{process.pid}: {' '.join(process.cmdline())[:200]}")
         except psutil.NoSuchProcess:
             continue

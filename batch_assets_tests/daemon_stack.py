@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,16 +33,10 @@ from batch_assets.datasets import DATASETS
 from batch_assets.kill_points import ENV as KILL_ENV
 from batch_assets.local_stack import LocalStack
 from batch_assets.watchdog import Watchdog
+from batch_assets_tests.api_helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PARTITION_TAG = "dagster/partition"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -53,25 +47,26 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def child_env(stack_env: Mapping[str, str], **more: str) -> dict[str, str]:
-    """This process's environment, the stack's, and the repository first on PYTHONPATH."""
+def child_env(stack_env: Mapping[str, str], *, repo: Path = REPO, **more: str) -> dict[str, str]:
+    """This process's environment, the stack's, `more`, and `repo` first on PYTHONPATH."""
     env = {**os.environ, **stack_env, **more}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
     return env
 
 
 def start_dagster_dev(
-    env: dict[str, str], log_path: Path, target: tuple[str, ...] = ()
+    env: dict[str, str], log_path: Path, target: Sequence[str] = (), *, repo: Path = REPO
 ) -> subprocess.Popen[bytes]:
-    """`python -m dagster dev` on the repository's workspace, as `batch-assets dev` starts
-    it: this interpreter, `env`, a process group of its own (for `_stop_group`), its output
-    in `log_path`. `target` replaces the workspace with other code location options."""
+    """`python -m dagster dev` on `repo`'s workspace, as `batch-assets dev` starts it: this
+    interpreter, `env`, a process group of its own (for `_stop_group`), its output in
+    `log_path`. `target` replaces the workspace with other code location options of dagster
+    dev (`-f FILE -d DIR`, ...)."""
     command = [sys.executable, "-m", "dagster", "dev"]
-    command += list(target) or ["-w", str(REPO / "workspace.yaml")]
+    command += list(target) or ["-w", str(repo / "workspace.yaml")]
     command += ["-p", str(free_port()), "-h", "127.0.0.1"]
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=env, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -102,7 +97,10 @@ class DaemonStack:
     @contextlib.contextmanager
     def start(cls, workdir: Path, *, timeout: float = 300) -> Iterator[DaemonStack]:
         workdir.mkdir(parents=True, exist_ok=True)
-        with LocalStack.start(workdir / "stack") as stack:
+        # moto's servers in one process share their state: a bucket (and queues) of its own
+        # keeps what other stacks of the process left in their inboxes out of its sensors
+        bucket = f"batch-assets-{uuid.uuid4().hex[:8]}"
+        with LocalStack.start(workdir / "stack", bucket=bucket) as stack:
             stack.notify_inboxes(DATASETS)
             home = Path(stack.env["DAGSTER_HOME"])
             (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())

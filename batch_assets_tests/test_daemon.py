@@ -2,9 +2,10 @@
 on S3 notifications, the queued run coordinator, a process per run, run monitoring and run
 retries, the watchdog), on an embedded stack of its own.
 
-- A run killed at each named point (`batch_assets.kill_points`), and a run whose code server
-  dies with it, heal by themselves: nobody re-executes anything, every record is once in
-  Postgres and in DynamoDB and on the Kinesis stream, and the batch never says `failed`.
+- A run killed at each named point (`batch_assets.kill_points`), a run whose code server
+  dies with it, and a code server killed in the inbox sensor's tick heal by themselves:
+  nobody re-executes anything, every record is once in Postgres and in DynamoDB and on the
+  Kinesis stream, and the batch never says `failed`.
 - A backfill of 20 partitions from the UI's API: one run per partition, each alone on its
   partition, every row once.
 - `dagster asset materialize --partition` from the command line.
@@ -96,6 +97,22 @@ def test_a_run_killed_at_each_point_heals_by_itself_with_each_record_once(
     assert next(r.dagster_run.status.value for r in runs) == "FAILURE"
     assert len(runs) >= 2  # the killed run and its automatic retry
     assert_healed_once_everywhere(daemon, "events", batch_id, EVENT_ROWS, since=first.start_time)
+
+
+def test_a_code_server_killed_in_the_sensors_tick_loses_no_batch(
+    daemon: DaemonStack, events_file: Path
+) -> None:
+    # the tick has registered the batch and committed the ledger, and dies before its run
+    # request reaches the daemon: the watchdog has the code server back, and a later tick
+    # requests the run of the batch still queued with no run
+    daemon.arm("sensor")
+    batch_id = daemon.upload("events", f"tick-{uuid.uuid4().hex[:6]}.jsonl", events_file)
+    started = time.time()
+    seen = daemon.await_status("events", batch_id, timeout=240)
+    assert daemon.fired(), "the sensor kill point never fired"
+    assert "queued" in seen and "failed" not in seen, seen
+    assert [r.dagster_run.status.value for r in daemon.runs(batch_id)][-1] in ("STARTED", "SUCCESS")
+    assert_healed_once_everywhere(daemon, "events", batch_id, EVENT_ROWS, since=started)
 
 
 def test_a_run_whose_code_server_died_with_it_heals_by_itself(

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import psycopg
 from batch_assets.cli import _install_instance_config
 from batch_assets.generate import reviews_csv
 from batch_assets.local_stack import LocalStack
+from batch_assets_tests.api_helpers import free_port
 
 HERE = Path(__file__).resolve().parent
 PER_PAGE = 100
@@ -45,13 +45,6 @@ DEEP_PAGE = 10_000
 
 def _log(message: str) -> None:
     print(f"[bench_api] {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -230,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         largest: dict[str, Any] = {}
         for rows in rows_list:
             for name, command in (("batch_assets", ours), ("seed002", seed)):
-                port = _free_port()
+                port = free_port()
                 result = measure_upload(name, [*command, str(port)], env, port, files[rows], rows)
                 figures["uploads"].append(result)
                 if name == "batch_assets":
@@ -248,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         elif big >= DEEP_PAGE * PER_PAGE:
             _log(f"processing batch {largest['batch_id']} ({big:,} rows) for the page figures")
             figures["processing_seconds"] = round(process_batch(stack, largest["batch_id"]), 1)
-            port = _free_port()
+            port = free_port()
             with server([*ours, str(port)], env, port):
                 figures["pages"] = measure_pages(
                     port, stack.env["BATCH_ASSETS_PG_URL"], largest["batch_id"], args.pages

@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_pipeline import REPO, log_tail, say, text_table
+from bench_pipeline import REPO, say, text_table
+
+from batch_assets_tests.daemon_stack import child_env as _child_env
+from batch_assets_tests.daemon_stack import log_tail
+from batch_assets_tests.daemon_stack import start_dagster_dev as _start_dagster_dev
 
 # Heavy imports stay inside functions: the in-process child's scoring workers are spawned
 # processes, which import this file as their main module.
@@ -294,29 +297,14 @@ def inprocess_run(
 # ---------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_dagster_dev(
     repo: Path, env: dict[str, str], log_path: Path, target: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
-    """`python -m dagster dev` on `repo`'s workspace, as `batch-assets dev` starts it: this
-    interpreter, the stack's environment, its own process group (for `_stop_group`). Its
-    output goes to `log_path`. `target` replaces the workspace with other code location
-    options of dagster dev (`-f FILE -d DIR`, ...)."""
-    port = _free_port()
-    command = [sys.executable, "-m", "dagster", "dev"]
-    command += list(target) or ["-w", str(repo / "workspace.yaml")]
-    command += ["-p", str(port), "-h", "127.0.0.1"]
+    """`daemon_stack.start_dagster_dev` on `repo`, said on stderr."""
+    dagster = _start_dagster_dev(env, log_path, target, repo=repo)
+    port = dagster.args[dagster.args.index("-p") + 1]  # type: ignore[union-attr,index]
     say(f"dagster dev on http://127.0.0.1:{port} (log: {log_path})")
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            command, env=env, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    return dagster
 
 
 def _check_alive(dagster: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -426,9 +414,7 @@ def daemon_run(
 
 def child_env(repo: Path, stack_env: dict[str, str]) -> dict[str, str]:
     """This process's environment, the stack's, and `repo` first on PYTHONPATH."""
-    env = {**os.environ, **stack_env}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    return env
+    return _child_env(stack_env, repo=repo)
 
 
 def loaded_package(repo: Path, env: dict[str, str]) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,19 +38,13 @@ from batch_assets.sinks.dynamodb import (
 )
 from batch_assets.sinks.records import Record
 from batch_assets.vocabulary import PROCESSED
+from batch_assets_tests.api_helpers import free_port
 
 TABLE = "data_records"
 
 
 def _log(message: str) -> None:
     print(f"[bench_dynamodb] {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def make_items(batch_id: str, n: int) -> list[Item]:
@@ -101,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    port = _free_port()
+    port = free_port()
     moto = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -137,6 +137,8 @@ def run_child(
             _kill_tree(child)
     wall = time.perf_counter() - started
     if child.returncode != 0 or not result_path.is_file():
+        from batch_assets_tests.daemon_stack import log_tail
+
         raise RuntimeError(
             f"{kind} exited with {child.returncode}; the end of its log ({log_path}):\n"
             + log_tail(log_path)
@@ -182,14 +184,6 @@ def _kill_tree(child: subprocess.Popen[bytes]) -> None:
     child.kill()
     child.wait()
     psutil.wait_procs(below, timeout=5)
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _cpu_seconds() -> dict[str, float]:
