@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from batch_assets.datasets import DATASETS, Dataset, dataset_named
 from batch_assets.ledger import OBJECT_STATES
 from batch_assets.local_stack import LocalStack
+from batch_assets.reaper import Reaper
 from batch_assets.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -275,6 +276,16 @@ def run_dev(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    # stops what this starts if this process is killed before it could (`reaper`)
+    reaper = Reaper()
+    reaper.postgres(Path(args.home).resolve() / "pg")
+    try:
+        return _run_dev_stack(args, reaper)
+    finally:
+        reaper.done()
+
+
+def _run_dev_stack(args: argparse.Namespace, reaper: Reaper) -> int:
     with _StopSignals() as stop, LocalStack.start(args.home) as stack:
         if stop.requested.is_set():
             return 0
@@ -301,6 +312,7 @@ def run_dev(args: argparse.Namespace) -> int:
             env=env,
             start_new_session=True,
         )
+        reaper.group(dagster.pid)
         # the API requests an upload's run from the webserver at once
         api_env = {**env, "BATCH_ASSETS_DAGSTER_URL": f"http://127.0.0.1:{args.port}"}
         api = subprocess.Popen(
@@ -308,6 +320,7 @@ def run_dev(args: argparse.Namespace) -> int:
             env=api_env,
             start_new_session=True,
         )
+        reaper.group(api.pid)
         # a code server that dies is not restarted by dagster dev: the watchdog reloads it
         _, watchdog = Watchdog(f"http://127.0.0.1:{args.port}").start()
         try:

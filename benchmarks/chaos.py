@@ -50,6 +50,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,6 +98,7 @@ class Trial:
     distinct_ids: int = 0
     runs: int = 0
     record: str = ""
+    stuck: str = ""
 
     def line(self, expected: int) -> str:
         head = f"trial {self.n} [{self.dataset} {self.point}]: {self.batch_id}"
@@ -107,6 +109,8 @@ class Trial:
             if self.killed_after_start_s is None
             else f"{self.killed_after_start_s:.2f} s after STARTED"
         )
+        if self.stuck:
+            head += f" (STUCK: {self.stuck})"
         return (
             f"{head}: killed {when}; {'recovered' if self.recovered else 'NOT RECOVERED'} in "
             f"{self.recover_s or 0:.1f} s over {self.runs} runs; statuses "
@@ -127,14 +131,17 @@ def kill_tree(proc: psutil.Process, *, with_parent: bool = False) -> None:
 
 
 def kill_at_random(
-    ds: DaemonStack, first: Any, within: float, *, with_parent: bool
+    ds: DaemonStack, first: Any, within: float, *, with_parent: bool, dataset: str
 ) -> float | None:
     """SIGKILLs the run's worker (with its code server, `with_parent`) a random 0 to
-    `within` s from now; when, or None when the run had ended (a miss)."""
+    `within` s from now; when, or None when the run had ended or its batch had completed
+    (a miss: no stage had work in flight)."""
     time.sleep(random.uniform(0.0, within))
     worker = run_worker(ds.instance, first.dagster_run.run_id)
     current = ds.instance.get_run_by_id(first.dagster_run.run_id)
     if worker is None or current is None or current.is_finished:
+        return None
+    if ds.status(dataset, first.dagster_run.tags["dagster/partition"]) == "completed":
         return None
     try:
         kill_tree(psutil.Process(worker.pid), with_parent=with_parent)
@@ -168,13 +175,43 @@ def kill(ds: DaemonStack, trial: Trial, args: argparse.Namespace) -> float | Non
     first = ds.await_started(trial.batch_id, args.start_timeout)
     if trial.point in ("random", "code_server"):
         fired = kill_at_random(
-            ds, first, args.kill_within, with_parent=trial.point == "code_server"
+            ds,
+            first,
+            args.kill_within,
+            with_parent=trial.point == "code_server",
+            dataset=trial.dataset,
         )
     else:
         fired = await_fired(ds, first, args.recover_timeout)
     if fired is not None:
         trial.killed_after_start_s = fired - first.start_time
     return fired
+
+
+def dump_stacks(ds: DaemonStack, n: int) -> Path:
+    """py-spy's dump (`pip install py-spy`) of every Python process of the stack and of this
+    one (moto's server threads), into the stack's folder."""
+    out = ds.log.parent / f"stacks-trial-{n:03d}.txt"
+    family = [psutil.Process(), *psutil.Process(ds.process.pid).children(recursive=True)]
+    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    with out.open("w") as dump:
+        for process in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                dump.write(f"== {process.pid}: {' '.join(process.cmdline())[:200]}\n")
+                dump.flush()
+                subprocess.run(
+                    [
+                        py_spy,
+                        "dump",
+                        "--pid",
+                        str(process.pid),
+                    ],
+                    stdout=dump,
+                    stderr=subprocess.STDOUT,
+                    timeout=60,
+                    check=False,
+                )
+    return out
 
 
 def one_trial(
@@ -188,7 +225,14 @@ def one_trial(
         ds.arm(point)
     started = time.time()
     trial.batch_id = ds.upload(dataset, name, source)
-    killed_at = kill(ds, trial, args)
+    try:
+        killed_at = kill(ds, trial, args)
+    except TimeoutError as exc:
+        # no run started in time: what the stack's processes were doing, then the batch
+        # is waited for as a kill's would be (the watchdog may bring the code server back)
+        trial.stuck = f"{exc}; stacks in {dump_stacks(ds, n)}"
+        say(trial.stuck)
+        killed_at = started
     if killed_at is None:
         trial.runs = len(ds.runs(trial.batch_id))
         return trial
@@ -252,6 +296,7 @@ def summarize(trials: list[Trial], rows: int) -> dict[str, Any]:
         "trials": len(trials),
         "kills_landed": len(landed),
         "recovered": sum(t.recovered for t in landed),
+        "stuck_before_a_run": sum(bool(t.stuck) for t in trials),
         "rows_lost": sum(max(rows - t.distinct_ids, 0) for t in landed),
         "rows_duplicated": sum(t.rows - t.distinct_ids for t in landed),
         "wrong_statuses": sum(t.wrong_status for t in landed),
