@@ -82,13 +82,17 @@ def inbox_tick(
     now = now or datetime.now(UTC)
     inbox = InboxCursor.parse(cursor, lookback=lookback)
     found = _discover(dataset, client, bucket, inbox, queue, limit, now, log)
+    # The store's tables first, committed at once: the DDL waits for an advisory lock that
+    # another thread's DDL may hold while it waits for this tick's ledger reads to end; a
+    # wait for it from a second connection, with the ledger's reads open, never ended.
+    with open_store() as store:
+        store.ensure()
     with open_ledger() as ledger:
         _move_legacy(ledger, inbox, bucket, dataset.prefix)
         versions = {obj: ObjectVersion.of(obj, bucket) for obj in found.candidates}
         unseen = ledger.unseen(list(versions.values()))
         fresh = [obj for obj in found.candidates if versions[obj] in unseen]
         with open_store() as store:
-            store.ensure()
             queued = store.recent(limit=QUEUED_LOOKUP, status="queued")
             groups = _batches(queued, dataset, fresh[:limit], bucket, now) if fresh else []
             keys = [batch_id_for(group, dataset.prefix) for group in groups]

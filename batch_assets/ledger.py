@@ -317,16 +317,25 @@ def _what_became(outcome: ObjectOutcome | None) -> dict[str, Any]:
     }
 
 
+_READY: set[str] = set()
+"""The databases (connection strings) whose ledger tables this process has made sure of."""
+
+
 @contextmanager
 def open_ledger(
     connect: Callable[[], AbstractContextManager[Any]], dataset: str
 ) -> Iterator[ObjectLedger]:
-    """The dataset's ledger on a connection from `connect`, its table created when missing;
-    its writes are committed when the block ends."""
+    """The dataset's ledger on a connection from `connect`, its tables created (and
+    migrated) when missing, once per process and database: the DDL's ALTER TABLE takes an
+    exclusive lock even when it changes nothing, which every sensor tick would otherwise
+    wait for and hold up every reader behind. Its writes are committed when the block ends."""
     with connect() as conn:
         ledger = ObjectLedger(conn, dataset)
-        ledger.ensure()
-        conn.commit()
+        where = conn.info.dsn
+        if where not in _READY:
+            ledger.ensure()
+            conn.commit()
+            _READY.add(where)
         yield ledger
 
 
