@@ -82,9 +82,8 @@ def inbox_tick(
     now = now or datetime.now(UTC)
     inbox = InboxCursor.parse(cursor, lookback=lookback)
     found = _discover(dataset, client, bucket, inbox, queue, limit, now, log)
-    # The store's tables first, committed at once: the DDL waits for an advisory lock that
-    # another thread's DDL may hold while it waits for this tick's ledger reads to end; a
-    # wait for it from a second connection, with the ledger's reads open, never ended.
+    # DDL first, committed: waiting for the schema lock with the ledger's read open (a
+    # second connection) deadlocked with DDL waiting for that read, unseen by Postgres
     with open_store() as store:
         store.ensure()
     with open_ledger() as ledger:

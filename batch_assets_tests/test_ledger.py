@@ -3,9 +3,12 @@ became of it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -198,3 +201,64 @@ def test_objects_held_for_their_batch_are_the_backlog(s3: Any, bucket: str, pg_u
     with open_ledger(PostgresResource(url=pg_url).connect, name) as ledger:
         backlog = latest_backlog(ledger)
     assert backlog is not None and (backlog.objects, backlog.bytes) == (3, 36)
+
+
+def test_a_tick_never_waits_for_the_schema_lock_with_its_ledger_read_open(
+    s3: Any, bucket: str, pg_url: str
+) -> None:
+    """Another process's DDL may hold the schema lock while it waits for an exclusive lock on
+    `inbox_objects`: a tick reading the ledger must not then wait for that schema lock on a
+    second connection (a wait in the client, which Postgres cannot see as a deadlock)."""
+    import threading
+
+    from batch_assets.tracking import _SCHEMA_LOCK
+
+    dataset = dataclasses.replace(REVIEWS, name=f"lock{uuid.uuid4().hex[:6]}")
+    s3.put_object(Bucket=bucket, Key=f"{dataset.prefix}a.csv", Body=b"id,text\n1,fine\n")
+    sensor_tick(dataset, s3, bucket, pg_url, None)  # the tables exist
+    postgres = PostgresResource(url=pg_url)
+    jobs = JobsResource(postgres=postgres)
+    holder = psycopg.connect(pg_url)
+    altered = threading.Event()
+
+    def ddl_of_another_process() -> None:
+        # takes the schema lock, then waits for the tick's read lock on the ledger
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        holder.execute("ALTER TABLE inbox_objects ADD COLUMN IF NOT EXISTS disposed text")
+        holder.commit()
+        altered.set()
+
+    opened = []
+
+    @contextlib.contextmanager
+    def open_store() -> Any:
+        opened.append(1)
+        if len(opened) == 2:  # inside the ledger's block: its read is open
+            threading.Thread(target=ddl_of_another_process, daemon=True).start()
+            time.sleep(0.5)
+        with jobs.open(dataset.name) as store:
+            yield store
+
+    s3.put_object(Bucket=bucket, Key=f"{dataset.prefix}b.csv", Body=b"id,text\n2,fine\n")
+    with ThreadPoolExecutor(1) as pool:
+        tick = pool.submit(
+            inbox_tick,
+            dataset,
+            DynamicPartitionsDefinition(name=dataset.name),
+            client=s3,
+            bucket=bucket,
+            cursor=None,
+            lookback=timedelta(minutes=30),
+            limit=100,
+            open_store=open_store,
+            open_ledger=lambda: open_ledger(postgres.connect, dataset.name),
+            log=Log(),
+        )
+        try:
+            result = tick.result(timeout=30)
+        finally:
+            if not altered.wait(30):
+                holder.cancel_safe()  # the other side of a deadlock: let the tick go
+            holder.close()
+    assert altered.is_set()
+    assert [r.partition_key for r in result.run_requests] == ["b.csv"]
