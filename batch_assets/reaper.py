@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 GRACE_S = 10.0
@@ -60,14 +60,19 @@ class Reaper:
         self._process.wait(timeout=10)
 
 
-def _alive(group: int) -> bool:
+def _answers(send: Callable[[int, int], None], target: int) -> bool:
+    """Whether signal 0 reaches `target` through `send` (`os.killpg` or `os.kill`)."""
     try:
-        os.killpg(group, 0)
+        send(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def _alive(group: int) -> bool:
+    return _answers(os.killpg, group)
 
 
 def stop_groups(groups: Iterable[int], grace: float = GRACE_S) -> None:
@@ -85,13 +90,7 @@ def stop_groups(groups: Iterable[int], grace: float = GRACE_S) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _answers(os.kill, pid)
 
 
 def stop_postgres(pgdata: Path, owner: int, grace: float = GRACE_S) -> bool:

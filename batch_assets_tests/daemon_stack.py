@@ -37,6 +37,17 @@ from batch_assets_tests.api_helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PARTITION_TAG = "dagster/partition"
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on Error { message }
+  }
+}
+"""
+"""The UI's mutation launching a backfill over partitions (`LaunchBackfillParams`)."""
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

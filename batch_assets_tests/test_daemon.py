@@ -32,6 +32,7 @@ import pytest
 from batch_assets.generate import events_jsonl, reviews_csv
 from batch_assets.run_launcher import run_worker
 from batch_assets_tests.daemon_stack import (
+    BACKFILL,
     REPO,
     DaemonStack,
     child_env,
@@ -140,18 +141,6 @@ def test_a_run_whose_code_server_died_with_it_heals_by_itself(
     assert "failed" not in seen, seen
     assert len(daemon.runs(batch_id)) >= 2
     assert_healed_once_everywhere(daemon, "reviews", batch_id, rows, since=first.start_time)
-
-
-BACKFILL = """
-mutation Backfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on Error { message }
-  }
-}
-"""
 
 
 def test_a_backfill_of_20_partitions_runs_each_once_through_the_daemon(

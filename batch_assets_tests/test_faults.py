@@ -52,6 +52,17 @@ def assert_loaded_once(url: str, partition: str, rows: int) -> None:
     assert (row.status, row.total_count, row.processed_count) == ("completed", rows, rows)
 
 
+def run_reviews(instance: DagsterInstance, partition: str) -> Any:
+    """The reviews partition run in this process, in chunks of `CHUNK` rows."""
+    return run_partition(
+        build_definitions(),
+        instance,
+        REVIEWS,
+        partition,
+        run_config=settings_config(chunk_size=CHUNK),
+    )
+
+
 def step_retries(result: Any) -> int:
     return sum(e.event_type == DagsterEventType.STEP_UP_FOR_RETRY for e in result.all_events)
 
@@ -75,13 +86,7 @@ def test_s3_slow_downs_and_a_read_broken_midway_are_survived(
         return clients[key]
 
     monkeypatch.setattr(s3_resource, "shared_client", faulty)
-    result = run_partition(
-        build_definitions(),
-        instance,
-        REVIEWS,
-        partition,
-        run_config=settings_config(chunk_size=CHUNK),
-    )
+    result = run_reviews(instance, partition)
 
     assert result.success
     (fault,) = faults
@@ -136,13 +141,7 @@ def test_postgres_restarted_in_the_middle_of_the_load_is_survived(
 
     partition = upload_and_register(stack, instance, reviews_csv(tmp_path / "pg.csv", ROWS))
     monkeypatch.setattr(postgres_sink, "kill_point", restart_during_copy)
-    result = run_partition(
-        build_definitions(),
-        instance,
-        REVIEWS,
-        partition,
-        run_config=settings_config(chunk_size=CHUNK),
-    )
+    result = run_reviews(instance, partition)
 
     assert result.success
     assert len(restarts) == 1

@@ -130,8 +130,10 @@ def sensor_tick(
     queue: NotificationQueue | None = None,
     log: Log | None = None,
     limit: int = 100,
+    open_store: Any = None,
 ) -> Any:
-    """One tick of the dataset's inbox sensor, its batches and ledger in `pg_url`."""
+    """One tick of the dataset's inbox sensor, its batches and ledger in `pg_url` (its
+    store opened by `open_store` when given)."""
     postgres = PostgresResource(url=pg_url)
     jobs = JobsResource(postgres=postgres)
     return inbox_tick(
@@ -142,7 +144,7 @@ def sensor_tick(
         cursor=cursor,
         lookback=timedelta(minutes=30),
         limit=limit,
-        open_store=lambda: jobs.open(dataset.name),
+        open_store=open_store or (lambda: jobs.open(dataset.name)),
         open_ledger=lambda: open_ledger(postgres.connect, dataset.name),
         log=log or Log(),
         now=now,
@@ -241,19 +243,7 @@ def test_a_tick_never_waits_for_the_schema_lock_with_its_ledger_read_open(
 
     s3.put_object(Bucket=bucket, Key=f"{dataset.prefix}b.csv", Body=b"id,text\n2,fine\n")
     with ThreadPoolExecutor(1) as pool:
-        tick = pool.submit(
-            inbox_tick,
-            dataset,
-            DynamicPartitionsDefinition(name=dataset.name),
-            client=s3,
-            bucket=bucket,
-            cursor=None,
-            lookback=timedelta(minutes=30),
-            limit=100,
-            open_store=open_store,
-            open_ledger=lambda: open_ledger(postgres.connect, dataset.name),
-            log=Log(),
-        )
+        tick = pool.submit(sensor_tick, dataset, s3, bucket, pg_url, None, open_store=open_store)
         try:
             result = tick.result(timeout=30)
         finally:

@@ -85,6 +85,8 @@ from bench_daemon import (
 )
 from bench_pipeline import FORK_GRACE, MIB, REPO, _not_yet_exec, say, text_table
 
+from batch_assets_tests.daemon_stack import BACKFILL
+
 PREFIX = "inbox/reviews/"
 DATASET = "reviews"
 JOB = "reviews_job"
@@ -581,15 +583,6 @@ def object_latency(instance: Any, pg_url: str, like: str, upload: Upload) -> lis
     return latency
 
 
-BACKFILL = """
-mutation Backfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}
-"""
 REVIEWS_ASSETS = (["reviews", "raw"], ["reviews", "processed"], ["reviews", "postgres"])
 
 
