@@ -271,3 +271,21 @@ def test_batches_tracked_in_dynamodb(
         assert httpx.get(f"{base}/batch/{uploaded}").json()["total_count"] == 1
     queued = DynamoBatchJobs(stack.client("dynamodb"), "reviews", table=table).get(uploaded)
     assert queued is not None and queued.status == "queued"
+
+
+def test_records_of_a_batch_of_several_objects_are_each_in_dynamodb_and_kinesis(
+    events_inbox: Inbox, stack: LocalStack
+) -> None:
+    # every object has a line 1 and a line 2: their records must not take each other's id
+    names = [events_inbox.drop(f"several-{n}.jsonl", b'{"id": 1}\n{"id": 2}\n') for n in range(3)]
+    tick = events_inbox.tick()
+    assert len(tick.run_requests) == 1, tick
+    batch_id = str(tick.run_requests[0].partition_key)
+    assert events_inbox.run(batch_id).success
+    items = list(batch_records(stack.client("dynamodb"), batch_id))
+    assert len(items) == 6 == len({i["record_id"]["S"] for i in items})
+    assert sorted((int(i["object"]["N"]), int(i["line"]["N"])) for i in items) == [
+        (n, line) for n in range(len(names)) for line in (1, 2)
+    ]
+    documents = stream_documents(stack.client("kinesis"), "batch-assets-events", batch_id)
+    assert {d["record_id"] for d in documents} == {i["record_id"]["S"] for i in items}

@@ -12,7 +12,7 @@ from batch_assets.datasets import EVENTS, REVIEWS
 from batch_assets.sinks.dynamodb import chunk_items
 from batch_assets.sinks.kinesis import chunk_entries
 from batch_assets.sinks.records import chunk_records, record_id
-from batch_assets.vocabulary import ERROR, LINE, REASON, RECORD, STATUS
+from batch_assets.vocabulary import ERROR, LINE, REASON, RECORD, SOURCE, STATUS
 
 STAMP = "2026-11-23T00:00:00+00:00"
 
@@ -102,3 +102,10 @@ def test_dynamodb_and_kinesis_carry_the_same_records() -> None:
     assert [d["source"] for d in documents] == [json.loads(i["source_data"]["S"]) for i in items]
     assert documents[0]["processed"] == json.loads(items[0]["processed_data"]["S"])
     assert [d["processed"] for d in documents[1:]] == [None, None]
+
+
+def test_records_of_later_objects_are_named_by_object_and_line() -> None:
+    frame = events_chunk().with_columns(pl.Series(SOURCE, [0, 1, 2], pl.Int32))
+    records = chunk_records(frame, EVENTS.record_layout, batch_id="b1", created_at=STAMP)
+    assert [r.record_id for r in records] == ["events#b1#1", "events#b1#1/2", "events#b1#2/3"]
+    assert [r.source for r in records] == [0, 1, 2]

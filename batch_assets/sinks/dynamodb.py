@@ -191,6 +191,7 @@ def record_item(record: Record) -> Item:
         "record_id": {"S": record.record_id},
         "batch_id": {"S": record.batch_id},
         "dataset": {"S": record.dataset},
+        "object": {"N": str(record.source)},
         "line": {"N": str(record.line)},
         "source_data": {"S": record.source_json},
         "status": {"S": record.status},
@@ -216,7 +217,9 @@ def chunk_items(
 def oversized_item(item: Item, size: int, limit: int) -> Item:
     """What is stored for a record too large for DynamoDB: its keys and status `failed`
     with the reason, so the record is never silently missing from the store."""
-    kept = {k: v for k, v in item.items() if k in ("record_id", "batch_id", "dataset", "line")}
+    kept = {
+        k: v for k, v in item.items() if k in ("record_id", "batch_id", "dataset", "object", "line")
+    }
     return {
         **kept,
         "status": {"S": FAILED},

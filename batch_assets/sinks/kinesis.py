@@ -66,6 +66,7 @@ def record_entry(record: Record) -> Entry:
         "record_id": record.record_id,
         "dataset": record.dataset,
         "batch_id": record.batch_id,
+        "object": record.source,
         "line": record.line,
         "status": record.status,
         "source": json.loads(record.source_json),

@@ -22,14 +22,20 @@ from batch_assets.vocabulary import (
     REASON,
     RECORD,
     REJECTED,
+    SOURCE,
     STATUS,
     RecordStatus,
 )
 
 
-def record_id(dataset: str, batch_id: str, line: int) -> str:
-    """The id of a batch's record: the same for the same source line, run after run."""
-    return f"{dataset}#{batch_id}#{line}"
+def record_id(dataset: str, batch_id: str, line: int, source: int = 0) -> str:
+    """The id of a batch's record: the same for the same source line, run after run. A
+    batch of several objects has a line 1 in each: lines of its first object are named
+    by the line alone, those of object `source` (its place in the batch, from 0) as
+    `source/line`."""
+    if source == 0:
+        return f"{dataset}#{batch_id}#{line}"
+    return f"{dataset}#{batch_id}#{source}/{line}"
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class Record:
         error: a failed record's error, or why a rejected one was rejected.
         created_at: when the batch's records were written (ISO 8601).
         processed_at: when the record was processed (ISO 8601), None unless processed.
+        source: the number of the object it came from, its place in the batch (from 0).
     """
 
     dataset: str
@@ -79,10 +86,11 @@ class Record:
     error: str | None
     created_at: str
     processed_at: str | None
+    source: int = 0
 
     @property
     def record_id(self) -> str:
-        return record_id(self.dataset, self.batch_id, self.line)
+        return record_id(self.dataset, self.batch_id, self.line, self.source)
 
 
 def chunk_records(
@@ -120,6 +128,7 @@ def chunk_records(
                 processed_at=processed_at.isoformat()
                 if isinstance(processed_at, datetime)
                 else (created_at if processed is not None else None),
+                source=row.get(SOURCE) or 0,
             )
         )
     return records
