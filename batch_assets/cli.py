@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("batch_id")
     retry.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
 
+    replay_rejected = commands.add_parser(
+        "replay-rejected",
+        help="validate and process a completed batch's rejected rows again, once their cause "
+        "is fixed: rows that pass now are loaded in every sink",
+    )
+    replay_rejected.add_argument("batch_id")
+    replay_rejected.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
+
     upload = commands.add_parser("upload", help="put a file into a dataset's S3 inbox")
     upload.add_argument("file", type=Path)
     upload.add_argument("--dataset", default="reviews", choices=[d.name for d in DATASETS])
@@ -117,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_objects(args.dataset, args.prefix, args.state, args.limit)
     if args.command == "retry":
         return retry_batch(args.batch_id, args.dataset)
+    if args.command == "replay-rejected":
+        return replay_rejected_rows(args.batch_id, args.dataset)
     if args.command == "reset":
         return reset_batch(args.batch_id, args.dataset, force=args.force)
     if args.command == "serve":
@@ -559,12 +569,25 @@ def _checkpoint_store() -> Any:
 
 
 def retry_batch(batch_id: str, dataset_name: str) -> int:
+    from batch_assets.retry import retry_failed
+
+    return _batch_pass(batch_id, dataset_name, retry_failed, "retry")
+
+
+def replay_rejected_rows(batch_id: str, dataset_name: str) -> int:
+    from batch_assets.replay_rejected import replay_rejected
+
+    return _batch_pass(batch_id, dataset_name, replay_rejected, "replay-rejected")
+
+
+def _batch_pass(batch_id: str, dataset_name: str, run: Any, command: str) -> int:
+    """Runs `retry_failed` or `replay_rejected` on a batch and prints its status document
+    with the pass's figures under `command`."""
     import psycopg
 
     from batch_assets.errors import BatchError
     from batch_assets.resources.dynamodb import DynamoDBResource
     from batch_assets.resources.kinesis import KinesisResource
-    from batch_assets.retry import retry_failed
     from batch_assets.tracking import status_document
 
     url = _setting("BATCH_ASSETS_PG_URL")
@@ -574,7 +597,7 @@ def retry_batch(batch_id: str, dataset_name: str) -> int:
     resource = _jobs_resource(url)
     with psycopg.connect(url) as conn:
         try:
-            result = retry_failed(
+            result = run(
                 dataset,
                 batch_id,
                 conn=conn,
@@ -585,11 +608,11 @@ def retry_batch(batch_id: str, dataset_name: str) -> int:
                 else None,
             )
         except BatchError as exc:
-            print(f"batch-assets retry: {exc}", file=sys.stderr)
+            print(f"batch-assets {command}: {exc}", file=sys.stderr)
             return 1
         row = resource.within(conn, dataset.name).get(batch_id)
     assert row is not None
-    print(json.dumps({**status_document(row), "retry": result.as_dict()}, default=str))
+    print(json.dumps({**status_document(row), command: result.as_dict()}, default=str))
     return 0
 
 

@@ -12,7 +12,7 @@ from dagster import (
 )
 
 from batch_assets.builders.pipeline import CHECKPOINTS, pipeline_asset
-from batch_assets.builders.retry_job import retry_job
+from batch_assets.builders.retry_job import replay_job, retry_job
 from batch_assets.builders.sensors import dataset_sensor
 from batch_assets.builders.sinks import sink_assets
 from batch_assets.datasets import Dataset
@@ -37,6 +37,6 @@ def build_dataset(dataset: Dataset) -> Definitions:
     )
     return Definitions(
         assets=assets,
-        jobs=[batch_job, retry_job(dataset, partitions)],
+        jobs=[batch_job, retry_job(dataset, partitions), replay_job(dataset, partitions)],
         sensors=[dataset_sensor(dataset, partitions, batch_job)],
     )

@@ -45,6 +45,7 @@ from batch_assets.launch import LaunchFailed, RunRequester, source_tags
 from batch_assets.ledger import Ledger, latest_backlog, object_history
 from batch_assets.ledger_dynamodb import LEDGER_TABLE
 from batch_assets.readers import CsvLayout
+from batch_assets.replay_rejected import batch_replays
 from batch_assets.resources.jobs import JobsResource, StoreName, store_named
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.s3_objects import partition_key_for, s3_uri
@@ -349,6 +350,28 @@ class RejectedPage(BaseModel):
     next_after_line: int | None = Field(
         description="Pass as after_line for the next page; null on the last one."
     )
+
+
+class Replay(BaseModel):
+    replay_id: int
+    replayed_at: datetime
+    replayed: int = Field(description="Rejected rows validated (and processed) again.")
+    processed: int = Field(description="Rows that passed and were processed: now results.")
+    failed: int = Field(description="Rows that passed whose processing failed: now results.")
+    still_rejected: int = Field(description="Rows rejected again, with their new reason.")
+    not_replayable: int = Field(
+        description="Rows the reader rejected (not CSV or JSON of the dataset's shape): "
+        "their fields were never read."
+    )
+    sinks_pending: list[str] = Field(
+        description="Record sinks whose records of this replay are still to be written (the "
+        "next replay writes them)."
+    )
+
+
+class Replays(BaseModel):
+    batch_id: str
+    replays: list[Replay]
 
 
 class Health(BaseModel):
@@ -725,6 +748,19 @@ def batch_rejected(
         next_after_object=int(rows[-1]["object"]) if more else None,
         next_after_line=int(rows[-1]["line"]) if more else None,
     )
+
+
+@batches.get("/batch/{batch_id}/replays", response_model=Replays, responses=_errors(404))
+def batch_replays_list(
+    batch_id: BatchId, backend: BackendDep, dataset: DatasetQuery = DEFAULT_DATASET
+) -> Replays:
+    """The replays of the batch's rejected rows (`batch-assets replay-rejected`, or the
+    `<dataset>_replay_rejected` job), oldest first, with what each did."""
+    entry = dataset_named(dataset.value)
+    _batch_row(backend, entry.name, batch_id)
+    with backend.connection() as conn:
+        found = batch_replays(conn, entry, batch_id)
+    return Replays(batch_id=batch_id, replays=[Replay(**r) for r in found])
 
 
 def _batch_row(backend: Backend, dataset: str, batch_id: str) -> BatchRecord:

@@ -206,7 +206,8 @@ class _Load:
 
     def rejected_copy(self) -> sql.Composed:
         return sql.SQL(
-            "COPY {} (batch_key, source_no, line, reason, record) FROM STDIN WITH (FORMAT csv)"
+            "COPY {} (batch_key, source_no, line, reason, record, fields) "
+            "FROM STDIN WITH (FORMAT csv)"
         ).format(sql.Identifier(self.tables.rejected_rows))
 
     def send(self, copy: Any, data: bytes) -> None:
@@ -261,6 +262,7 @@ class _Load:
             pl.col(LINE),
             pl.col(REASON),
             pl.coalesce(pl.col(RECORD), record),
+            replayable_fields(bad, self.tables.record_columns),
         )
 
     def stats(self) -> LoadStats:
@@ -277,6 +279,18 @@ class _Load:
             self.ids.may_repeat(),
             {number: dict(counts) for number, counts in self.objects.items()},
         )
+
+
+def replayable_fields(rows: pl.DataFrame, columns: tuple[str, ...]) -> pl.Expr:
+    """A rejected row's record columns as one JSON object, whole, so that the row can be
+    replayed once the cause is fixed; null for a row the reader rejected (its text could
+    not be read into fields: `record` keeps it, cut short) and for one holding a NUL
+    character, which jsonb cannot store."""
+    read = pl.col(RECORD).is_null() if RECORD in rows.columns else pl.lit(True)
+    nul = pl.any_horizontal(
+        [pl.col(c).str.contains("\x00", literal=True).fill_null(False) for c in columns]
+    )
+    return pl.when(read & ~nul).then(pl.struct(columns).struct.json_encode()).alias("fields")
 
 
 def _on_the_wire(name: str, found: pl.DataType, declared: pl.DataType) -> pl.Expr:

@@ -81,9 +81,11 @@ class ResultsTables:
     rejected_rows: str = field(init=False)
     batches: str = field(init=False)
     objects: str = field(init=False)
+    replays: str = field(init=False)
 
     def __post_init__(self) -> None:
-        for kind in ("results", "rejected", "result_rows", "rejected_rows", "batches", "objects"):
+        kinds = ("results", "rejected", "result_rows", "rejected_rows", "batches", "objects")
+        for kind in (*kinds, "replays"):
             object.__setattr__(self, kind, f"{self.dataset}_{kind}")
 
     def ensure(self, conn: psycopg.Connection) -> None:
@@ -177,6 +179,7 @@ class ResultsTables:
                 line bigint NOT NULL,
                 reason text NOT NULL,
                 record text,
+                fields jsonb,
                 CONSTRAINT {rejected_key} PRIMARY KEY (batch_key, source_no, line)
             );
             CREATE TABLE IF NOT EXISTS {objects} (
@@ -190,12 +193,28 @@ class ResultsTables:
                 DEFAULT 0;
             ALTER TABLE {rejected_rows} ADD COLUMN IF NOT EXISTS source_no integer NOT NULL
                 DEFAULT 0;
+            ALTER TABLE {rejected_rows} ADD COLUMN IF NOT EXISTS fields jsonb;
+            CREATE TABLE IF NOT EXISTS {replays} (
+                replay_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                batch_key bigint NOT NULL,
+                replayed_at timestamptz NOT NULL DEFAULT now(),
+                replayed integer NOT NULL,
+                processed integer NOT NULL,
+                failed integer NOT NULL,
+                still_rejected integer NOT NULL,
+                not_replayable integer NOT NULL,
+                changed jsonb NOT NULL,
+                sinks_pending text[] NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS {replays_index} ON {replays} (batch_key);
             """
         ).format(
             batches=sql.Identifier(self.batches),
             result_rows=sql.Identifier(self.result_rows),
             rejected_rows=sql.Identifier(self.rejected_rows),
             objects=sql.Identifier(self.objects),
+            replays=sql.Identifier(self.replays),
+            replays_index=sql.Identifier(f"{self.replays}_batch"),
             rejected_key=sql.Identifier(f"{self.rejected_rows}_by_object"),
             failed_index=sql.Identifier(f"{self.result_rows}_failed"),
             columns=self._column_definitions(),
