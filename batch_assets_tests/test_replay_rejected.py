@@ -247,3 +247,48 @@ def test_rows_the_reader_rejected_are_not_replayed(strict_reviews: Inbox, pg_url
     with psycopg.connect(pg_url) as conn:
         result = replay_rejected(REVIEWS, batch_id, conn=conn)
     assert (result.not_replayable, result.replayed, result.replay_id) == (1, 0, None)
+
+
+def test_a_replay_stopped_before_its_record_sinks_is_finished_by_the_next(
+    strict_events: Inbox, pg_url: str, stack: LocalStack
+) -> None:
+    batch_id, run = strict_events.drop_and_run("stopped.jsonl", EVENT_LINES)
+    assert run.success
+    with psycopg.connect(pg_url) as conn, pytest.raises(Exception, match="ResourceNotFound"):
+        # the records table is missing: Postgres commits, the DynamoDB write fails
+        replay_rejected(
+            EVENTS,
+            batch_id,
+            conn=conn,
+            dynamodb=DynamoDBResource(records_table="no-such-table").writer(),
+            kinesis=KinesisResource().writer("events"),
+        )
+    results, rejected, _ = stored(pg_url, "events", batch_id)
+    assert ([line for _, line, _ in results], [line for line, _ in rejected]) == ([1, 2, 4, 5], [3])
+    dynamodb = stack.client("dynamodb")
+    before = {int(i["line"]["N"]): i["status"]["S"] for i in batch_records(dynamodb, batch_id)}
+    assert before[2] == "rejected"
+    with psycopg.connect(pg_url) as conn:
+        [(pending,)] = conn.execute(
+            "SELECT sinks_pending FROM events_replays r JOIN events_batches b USING (batch_key) "
+            "WHERE b.batch_id = %s",
+            (batch_id,),
+        ).fetchall()
+        assert pending == ["dynamodb", "kinesis"]
+        again = replay_rejected(
+            EVENTS,
+            batch_id,
+            conn=conn,
+            dynamodb=DynamoDBResource().writer(),
+            kinesis=KinesisResource().writer("events"),
+        )
+    assert again.replay_id is None  # nothing left to replay, only to write
+    after = {int(i["line"]["N"]): i["status"]["S"] for i in batch_records(dynamodb, batch_id)}
+    assert after == {1: "processed", 2: "processed", 3: "rejected", 4: "processed", 5: "processed"}
+    with psycopg.connect(pg_url) as conn:
+        left = conn.execute(
+            "SELECT sinks_pending FROM events_replays r JOIN events_batches b USING (batch_key) "
+            "WHERE b.batch_id = %s",
+            (batch_id,),
+        ).fetchall()
+    assert left == [([],)]
