@@ -112,6 +112,9 @@ class Dataset:
         processed_objects_after: how long processed objects stay in the inbox.
         archive: where `archive` moves processed objects (the key under the inbox is kept
             under it): a prefix outside the inbox; empty: `archive/<name>/`.
+        rejection_warn: the share of a batch's rows rejected or failed above which its
+            `rejection_rate` check warns (0: any such row).
+        rejection_error: the share above which the check fails as an error.
     """
 
     name: str
@@ -141,6 +144,8 @@ class Dataset:
     processed_objects: Literal["keep", "archive", "delete"] = "keep"
     processed_objects_after: timedelta = timedelta(days=7)
     archive: str = ""
+    rejection_warn: float = 0.0
+    rejection_error: float = 0.1
 
     CHECKPOINTED: ClassVar[tuple[str, ...]] = ("raw", "processed")
     """The assets whose outputs are chunk checkpoints, under `<name>/<asset>`."""
@@ -153,6 +158,11 @@ class Dataset:
             raise ConfigError(f"{where}: max_retries and retry_delay cannot be negative")
         if self.chunk_size < 0:
             raise ConfigError(f"{where}: chunk_size must be positive, or 0 to choose by processor")
+        if not 0 <= self.rejection_warn <= self.rejection_error <= 1:
+            raise ConfigError(
+                f"{where}: rejection_warn and rejection_error must be shares, 0 to 1, "
+                "the first no greater than the second"
+            )
         if self.batch_objects < 1 or self.batch_bytes < 1:
             raise ConfigError(f"{where}: batch_objects and batch_bytes must be at least 1")
         if self.batch_wait.total_seconds() < 0:

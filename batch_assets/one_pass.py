@@ -175,6 +175,18 @@ def progress_line(
     )
 
 
+def stage_line(where: str, frontier: Any, seconds: float) -> str:
+    """A stage's summary for the run's log once it is done: its rows and what they came
+    to, its chunks, and when it was done in the pass, with its rows per second."""
+    counts = frontier.counts
+    statuses = ", ".join(f"{n:,} {status}" for status, n in sorted(counts.items()) if n)
+    rate = frontier.rows / seconds if seconds > 0 else 0.0
+    return (
+        f"{where}: done: {frontier.rows:,} rows ({statuses or 'none'}) in "
+        f"{frontier.chunks:,} chunks; done {seconds:,.1f} s into the pass, {rate:,.0f} rows/s"
+    )
+
+
 def where_it_stopped(stage: Stage) -> str:
     """What a stage that stopped leaves durable, and where a new attempt resumes."""
     where = frontier_report(stage.store, stage.asset, stage.partition, stage.lineage)
@@ -195,7 +207,7 @@ def stage_metadata(stage: Stage) -> dict[str, Any]:
         "chunks": frontier.chunks,
         # -1: no chunk (an empty source)
         "last_durable_chunk": frontier.chunks - 1,
-        "rows_behind_frontier": frontier.rows,
+        "rows_done": frontier.rows,
         "rows_by_status": dict(frontier.counts),
         "resumed_from_chunk": stage.first,
         "chunks_computed_this_attempt": frontier.chunks - stage.first,

@@ -3,10 +3,9 @@
 `row_accounting` and `unique_ids` checks of the load."""
 
 import contextlib
-import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import (
@@ -22,13 +21,19 @@ from dagster import (
     MetadataValue,
     Output,
     PreviewWarning,
-    TableColumn,
-    TableSchema,
     multi_asset,
 )
 from dagster_aws.s3 import S3Resource
 
 from batch_assets import batches
+from batch_assets.batch_picture import (
+    METADATA_KEYS,
+    StageClock,
+    batch_picture,
+    rejection_rate,
+    results_schema,
+    statuses_table,
+)
 from batch_assets.batch_step import BatchStep
 from batch_assets.checkpoints import CheckpointStore, Stage
 from batch_assets.chunks import Chunk, Resume
@@ -41,6 +46,7 @@ from batch_assets.one_pass import (
     open_stage,
     processed_origin,
     run_pass,
+    stage_line,
     stage_metadata,
     where_it_stopped,
 )
@@ -48,7 +54,7 @@ from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.resources.settings import BatchSettings
 from batch_assets.sinks.postgres import duplicate_ids, preview_markdown
-from batch_assets.tracking import ObjectOutcome
+from batch_assets.tracking import ObjectOutcome, Source
 from batch_assets.write_behind import WriteBehind
 
 CHECKPOINTS = "checkpoint_io_manager"
@@ -70,7 +76,7 @@ def pipeline_asset(dataset: Dataset, partitions: DynamicPartitionsDefinition) ->
             "processed": {keys["raw"]},
             "postgres": {keys["raw"], keys["processed"]},
         },
-        check_specs=_checks(keys["postgres"], partitions),
+        check_specs=_checks(dataset, keys["postgres"], partitions),
         partitions_def=partitions,
         can_subset=True,
         group_name=name,
@@ -129,7 +135,7 @@ def _outs(dataset: Dataset, keys: dict[str, AssetKey]) -> dict[str, AssetOut]:
             is_required=False,
             kinds={"postgres" if dataset.source is not None else "s3", "polars"},
             description=f"{raw}, validated by {schema}: valid rows, and rejected rows with "
-            "their reason and line.",
+            "their reason and line." + keys_explained(STAGE_KEYS),
         ),
         "processed": AssetOut(
             key=keys["processed"],
@@ -137,19 +143,48 @@ def _outs(dataset: Dataset, keys: dict[str, AssetKey]) -> dict[str, AssetOut]:
             is_required=False,
             kinds={"polars"},
             description=f"Records after the {dataset.processor.name} processor: processed, "
-            f"or failed with their error; rejected rows carried along.",
+            "or failed with their error; rejected rows carried along." + keys_explained(STAGE_KEYS),
         ),
         "postgres": AssetOut(
             key=keys["postgres"],
             is_required=False,
             kinds={"postgres"},
             description=f"{tables.results} and {tables.rejected}: the batch's rows, replaced "
-            "in one transaction; batch_jobs marked completed in the same one.",
+            "in one transaction; batch_jobs marked completed in the same one."
+            + keys_explained(LOAD_KEYS),
         ),
     }
 
 
-def _checks(postgres: AssetKey, partitions: DynamicPartitionsDefinition) -> list[AssetCheckSpec]:
+STAGE_KEYS = {
+    "dagster/row_count, rows_done": "rows in the durable chunks (all of them once complete)",
+    "rows_by_status": "those rows per record status, with their share",
+    "chunks, last_durable_chunk": "the chunks written, and the index of the last (-1: none)",
+    "resumed_from_chunk": "where this attempt started: 0, or the chunk after the last one "
+    "an earlier attempt made durable",
+    "chunks_computed_this_attempt": "the chunks this attempt computed",
+    "lineage": "the run lineage the chunks belong to (the root run id)",
+}
+LOAD_KEYS = {
+    **METADATA_KEYS,
+    "dagster/row_count": "processed rows stored",
+    "dagster/column_schema": "every column of the results view, its Postgres type and meaning",
+    "rows_read, chunks, source": "what reading the source came to (an increment's bounds)",
+    "postgres_copies, postgres_bytes": "the COPY statements the load sent, and their bytes",
+    "table, preview": "the results view, and the batch's first rows in it",
+    "objects, objects_failed, failed_objects": "the source objects, and those that could "
+    "not be read, with their error",
+}
+
+
+def keys_explained(keys: dict[str, str]) -> str:
+    """The metadata keys and what they mean, as a Markdown list for a description."""
+    return "\n\nMetadata:\n" + "\n".join(f"- `{k}`: {v}" for k, v in keys.items())
+
+
+def _checks(
+    dataset: Dataset, postgres: AssetKey, partitions: DynamicPartitionsDefinition
+) -> list[AssetCheckSpec]:
     """The load's checks, partitioned as the asset: one result per batch."""
     with warnings.catch_warnings():
         # partitioned checks are a preview feature of Dagster 1.13
@@ -164,7 +199,17 @@ def _checks(postgres: AssetKey, partitions: DynamicPartitionsDefinition) -> list
             AssetCheckSpec(
                 "unique_ids",
                 asset=postgres,
-                description="no id appears twice in the batch (warning)",
+                description="no id appears twice in the batch (warning); a repeated id is "
+                "named with its count and the lines it is on",
+                partitions_def=partitions,
+            ),
+            AssetCheckSpec(
+                "rejection_rate",
+                asset=postgres,
+                description=f"the share of the batch's rows rejected or failed: a warning "
+                f"above {dataset.rejection_warn:.1%}, an error above "
+                f"{dataset.rejection_error:.1%} (the dataset's rejection_warn and "
+                "rejection_error)",
                 partitions_def=partitions,
             ),
         ]
@@ -178,6 +223,8 @@ class Streamed:
     raw: Stage
     processed: Stage
     loaded: Loaded | None
+    clock: StageClock = field(default_factory=StageClock)
+    sources: list[Source] = field(default_factory=list)
 
     def results(
         self, postgres: PostgresResource, selected: set[str], checks: set[str]
@@ -185,10 +232,10 @@ class Streamed:
         """The selected stages' outputs (each durable by now), then the load's
         materialization and its selected `checks`."""
         for stage in (self.raw, self.processed):
-            name = stage.asset.rsplit("/", 1)[-1]
+            name = _stage_name(stage)
             if name in selected:
                 metadata = stage_metadata(stage)
-                metadata["rows_by_status"] = MetadataValue.json(metadata["rows_by_status"])
+                metadata["rows_by_status"] = statuses_table(metadata["rows_by_status"])
                 yield Output(
                     Durable(stage.asset, stage.partition, stage.lineage),
                     output_name=name,
@@ -203,7 +250,18 @@ class Streamed:
         dataset, batch_id = self.step.dataset, self.step.batch_id
         tables = dataset.tables
         stats = loaded.stats
+        rows = {"raw": self.raw.frontier.rows, "processed": self.processed.frontier.rows}
+        rows["postgres"] = loaded.counts.total
         with postgres.connect() as conn:
+            picture = batch_picture(
+                conn,
+                dataset,
+                batch_id,
+                loaded.counts,
+                loaded.summary,
+                sources=self.sources,
+                times=self.clock.times(rows),
+            )
             preview = preview_markdown(conn, tables, batch_id)
             if "row_accounting" in checks:
                 accounted, figures = recount(conn, dataset, batch_id, loaded.counts.total)
@@ -213,18 +271,13 @@ class Streamed:
             asset_key=AssetKey([dataset.name, "postgres"]),
             metadata={
                 "dagster/row_count": stats.processed,
-                "dagster/column_schema": TableSchema(
-                    columns=[TableColumn(c, str(t)) for c, t in tables.columns.items()]
-                ),
+                "dagster/column_schema": results_schema(dataset),
+                **picture,
                 "rows_read": loaded.counts.total,
                 "source": MetadataValue.json(loaded.source),
                 "chunks": loaded.source["chunks"],
                 "postgres_copies": stats.copies,
                 "postgres_bytes": stats.bytes,
-                "processed": stats.processed,
-                "rejected": stats.rejected,
-                "failed": stats.failed,
-                "summary": MetadataValue.json(loaded.summary),
                 "table": tables.results,
                 "preview": MetadataValue.md(preview),
                 **objects_metadata(loaded.objects),
@@ -242,6 +295,15 @@ class Streamed:
                 passed=not duplicates,
                 severity=AssetCheckSeverity.WARN,
                 metadata={"duplicated_ids": MetadataValue.json(duplicates)},
+            )
+        if "rejection_rate" in checks:
+            rate = rejection_rate(dataset, loaded.counts)
+            yield AssetCheckResult(
+                asset_key=key,
+                check_name="rejection_rate",
+                passed=rate.passed,
+                severity=rate.severity,
+                metadata=rate.metadata,
             )
 
 
@@ -308,8 +370,12 @@ def stream_batch(
             step.resume()
         source = opened.chunks.iter if opened else _no_source
         computed = ("raw" in selected, "processed" in selected)
+        streamed = Streamed(step, raw, processed, None)
+        for stage, computing in zip((raw, processed), computed, strict=True):
+            if computing:
+                stage.listeners += (streamed.clock.listener(_stage_name(stage)),)
         try:
-            loaded = _pass(step, raw, processed, source, scoring, computed, postgres, selected)
+            _pass(streamed, source, scoring, computed, postgres, selected)
         except BaseException:
             # what was handed over before the error is written before saying where it stopped
             with contextlib.suppress(Exception):
@@ -318,26 +384,34 @@ def stream_batch(
                 if computing:
                     step.log.error(where_it_stopped(stage))
             raise
-    return Streamed(step, raw, processed, loaded)
+    for stage, computing in zip((raw, processed), computed, strict=True):
+        at = streamed.clock.finished.get(_stage_name(stage))
+        if computing and at is not None:
+            seconds = at - streamed.clock.started
+            step.log.info(stage_line(f"{stage.asset} [{partition}]", stage.frontier, seconds))
+    return streamed
+
+
+def _stage_name(stage: Stage) -> str:
+    return stage.asset.rsplit("/", 1)[-1]
 
 
 def _pass(
-    step: BatchStep,
-    raw: Stage,
-    processed: Stage,
+    streamed: Streamed,
     source: Callable[[Resume], Iterator[Chunk]],
     scoring: Scoring,
     computed: tuple[bool, bool],
     postgres: PostgresResource,
     selected: set[str],
-) -> Loaded | None:
+) -> None:
+    """Runs the pass, loading into Postgres when it is selected (`streamed.loaded`)."""
+    step, raw, processed = streamed.step, streamed.raw, streamed.processed
     if "postgres" not in selected:
         run_pass(raw, processed, source, scoring, compute=computed, load=None)
-        return None
+        return
     with postgres.connect() as conn:
         step.dataset.tables.ensure(conn)
-    sources = step.registered()
-    started = time.monotonic()
+    streamed.sources = sources = step.registered()
     with postgres.connect() as conn:
 
         def load(chunks: Iterator[Chunk]) -> Loaded:
@@ -354,10 +428,12 @@ def _pass(
             )
 
         loaded = run_pass(raw, processed, source, scoring, compute=computed, load=load)
+    streamed.clock.done("postgres")
+    streamed.loaded = loaded
     if loaded is not None:
         where = f"{step.dataset.name}/postgres [{step.batch_id}]"
-        step.log.info(load_line(where, loaded, time.monotonic() - started))
-    return loaded
+        seconds = streamed.clock.finished["postgres"] - streamed.clock.started
+        step.log.info(load_line(where, loaded, seconds))
 
 
 def _no_source(resume: Resume) -> Iterator[Chunk]:

@@ -8,7 +8,7 @@ processing it raised. Rejected records pass through untouched.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -28,6 +28,7 @@ class Processor:
         summary_labels: labels always present in the summary, even at zero.
         parallel: whether to run in a pool of processes (CPU-bound processors).
         json_columns: output columns that hold JSON text (jsonb in Postgres).
+        descriptions: what each output column holds, for the results table's schema.
     """
 
     name: str
@@ -37,6 +38,7 @@ class Processor:
     summary_labels: tuple[str, ...] = ()
     parallel: bool = False
     json_columns: tuple[str, ...] = ()
+    descriptions: dict[str, str] = field(default_factory=dict)
 
 
 def settled_status() -> pl.Expr:

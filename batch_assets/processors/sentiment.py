@@ -73,4 +73,10 @@ SENTIMENT = Processor(
     summary_column="sentiment",
     summary_labels=("positive", "negative", "neutral"),
     parallel=True,
+    descriptions={
+        "sentiment": "positive, negative or neutral, from VADER's compound score",
+        "score": "how strongly the text holds its label, 0 to 1: |compound| for positive and "
+        "negative, 1 - |compound| for neutral",
+        "compound": "VADER's compound score, from -1 (most negative) to 1 (most positive)",
+    },
 )

@@ -73,4 +73,8 @@ TRANSFORM = Processor(
     fn=transform_records,
     columns={"processed": pl.String(), "processed_at": pl.Datetime("us", "UTC")},
     json_columns=("processed",),
+    descriptions={
+        "processed": '{"transformed": the object with its keys upper-cased}',
+        "processed_at": "when the record was transformed",
+    },
 )

@@ -14,7 +14,11 @@ class EventRecord(pa.DataFrameModel):
     """One event as it arrives: the source text of a JSON object (the reader has checked
     that it is one)."""
 
-    record: str = pa.Field(nullable=False, str_length={"max_value": MAX_RECORD_LENGTH})
+    record: str = pa.Field(
+        nullable=False,
+        str_length={"max_value": MAX_RECORD_LENGTH},
+        description=f"the event's JSON object as read, up to {MAX_RECORD_LENGTH:,} characters",
+    )
 
     @pa.check("record", name="no_nul_escape")
     def no_nul_escape(cls, data: pa.PolarsData) -> pl.LazyFrame:

@@ -12,7 +12,11 @@ MAX_TEXT_LENGTH = 1_000_000
 class KeyedRecord(pa.DataFrameModel):
     """A record with its key, `id`: 1 to 256 characters; other columns are its own."""
 
-    id: str = pa.Field(nullable=False, str_length={"min_value": 1, "max_value": MAX_ID_LENGTH})
+    id: str = pa.Field(
+        nullable=False,
+        str_length={"min_value": 1, "max_value": MAX_ID_LENGTH},
+        description=f"the record's key, 1 to {MAX_ID_LENGTH} characters",
+    )
 
     class Config:
         strict = False
@@ -26,7 +30,11 @@ def has_text(data: pa.PolarsData) -> pl.LazyFrame:
 class ReviewRecord(KeyedRecord):
     """One review as it arrives: an identifier and the text to score."""
 
-    text: str = pa.Field(nullable=False, str_length={"max_value": MAX_TEXT_LENGTH})
+    text: str = pa.Field(
+        nullable=False,
+        str_length={"max_value": MAX_TEXT_LENGTH},
+        description=f"the review's text, not blank, up to {MAX_TEXT_LENGTH:,} characters",
+    )
 
     @pa.check("text", name="not_blank")
     def text_not_blank(cls, data: pa.PolarsData) -> pl.LazyFrame:

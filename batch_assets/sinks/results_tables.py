@@ -24,7 +24,7 @@ from psycopg import sql
 from batch_assets.tracking import ensure_schema
 
 _TYPES: dict[type[pl.DataType], tuple[str, pl.DataType]] = {
-    pl.Datetime: ("timestamptz", pl.Datetime("us", "UTC")),
+    pl.Datetime: ("timestamp with time zone", pl.Datetime("us", "UTC")),
     pl.String: ("text", pl.String()),
     pl.Float64: ("double precision", pl.Float64()),
     pl.Int64: ("bigint", pl.Int64()),
@@ -145,13 +145,14 @@ class ResultsTables:
             )
             return cur.rowcount
 
+    def column_type(self, name: str) -> str:
+        """The Postgres type of record or processor column `name`."""
+        return "jsonb" if name in self.json_columns else sql_type(self.columns[name])
+
     def _column_definitions(self) -> sql.Composable:
         return sql.SQL(", ").join(
-            sql.SQL("{} {}").format(
-                sql.Identifier(name),
-                sql.SQL("jsonb" if name in self.json_columns else sql_type(dtype)),
-            )
-            for name, dtype in self.columns.items()
+            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(self.column_type(name)))
+            for name in self.columns
         )
 
     def _tables_ddl(self) -> sql.Composed:
