@@ -96,14 +96,20 @@ class BatchStep:
             store.progress(self.batch_id, counts, attempt=self.attempt)
 
     def progress_listener(
-        self, raw: Stage, processed: Stage, *, sizes: tuple[int, ...] | None
+        self,
+        raw: Stage,
+        processed: Stage,
+        *,
+        sizes: tuple[int, ...] | None,
+        total: int | None = None,
     ) -> Throttled:
         """A listener of processed chunks that writes the batch's counts, at most every
         `PROGRESS_SECONDS`, from the `raw` and `processed` stages' frontiers (and the
-        source objects' `sizes` in bytes, when known)."""
+        source's rows `total`, or its objects' `sizes` in bytes, when known)."""
 
         def told(chunk: Chunk, frontier: Frontier) -> None:
-            self.progress(counts_so_far(raw.frontier, processed.frontier, sizes=sizes))
+            counts = counts_so_far(raw.frontier, processed.frontier, sizes=sizes, total=total)
+            self.progress(counts)
 
         return Throttled(told, seconds=PROGRESS_SECONDS)
 
@@ -136,13 +142,20 @@ class BatchStep:
 
 
 def counts_so_far(
-    raw: Frontier, processed: Frontier, *, sizes: tuple[int, ...] | None
+    raw: Frontier,
+    processed: Frontier,
+    *,
+    sizes: tuple[int, ...] | None,
+    total: int | None = None,
 ) -> BatchCounts:
     """A batch's counts while it streams: the rows read so far (the total once reading is
-    complete), and those processed, rejected and failed behind the processed frontier; with
-    the source objects' `sizes`, progress is the share of their bytes behind the processed
-    frontier."""
-    fraction = share_read(processed.state, sizes)
+    complete), and those processed, rejected and failed behind the processed frontier;
+    progress is the share of the source's rows `total` (an increment's, counted before
+    reading) or else of its objects' bytes (`sizes`) behind the processed frontier."""
+    if total is not None:
+        fraction: float | None = min(processed.rows / total, 1.0) if total > 0 else 1.0
+    else:
+        fraction = share_read(processed.state, sizes)
     return BatchCounts(
         total=raw.rows,
         processed=processed.counts.get(PROCESSED, 0),

@@ -10,6 +10,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from batch_assets.checkpoints import Frontier
 from batch_assets.chunks import Chunk, Chunks, Resume
 from batch_assets.datasets import Dataset
@@ -20,7 +22,12 @@ from batch_assets.objects import read_objects
 from batch_assets.readers import CsvLayout, iter_csv_chunks
 from batch_assets.s3_objects import head, opener
 from batch_assets.sinks.postgres import summarize
-from batch_assets.sql_source import decode_mark, encode_mark, iter_increment_chunks
+from batch_assets.sql_source import (
+    count_increment,
+    decode_mark,
+    encode_mark,
+    iter_increment_chunks,
+)
 from batch_assets.tracking import Source
 from batch_assets.validation import validate_chunk
 from batch_assets.vocabulary import FAILED, PROCESSED, REJECTED
@@ -179,7 +186,15 @@ def open_increment(
         raise BatchInputError(f"increment {step.batch_id} is not registered as a batch")
     step.log.info(f"reading {registered[0].uri}: ({increment.lower}, {increment.upper}] by keyset")
     chunks = read_increment(source_postgres, increment, dataset, chunk_size=chunk_size)
-    return Opened(registered[0], chunks, None)
+    assert dataset.source is not None
+    rows: int | None = None
+    try:
+        with source_postgres() as conn:
+            rows = count_increment(conn, dataset.source, increment.lower, increment.upper)
+        step.log.info(f"{registered[0].uri}: {rows:,} rows in the increment")
+    except (BatchInputError, psycopg.Error):
+        pass  # the read, once the batch is started, fails the same way and records why
+    return Opened(registered[0], chunks, None, rows)
 
 
 @dataclass(frozen=True)
@@ -190,6 +205,8 @@ class Opened:
     source: Source
     chunks: Chunks
     sizes: tuple[int, ...] | None
+    rows: int | None = None
+    """The rows to read, when known before reading (an increment's, counted)."""
 
 
 def read_increment(

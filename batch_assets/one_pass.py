@@ -141,11 +141,16 @@ def _exhaust(chunks: Generator[Chunk]) -> None:
 
 
 def durable_log(
-    log: Any, stage_name: str, partition: str, *, sizes: tuple[int, ...] | None = None
+    log: Any,
+    stage_name: str,
+    partition: str,
+    *,
+    sizes: tuple[int, ...] | None = None,
+    total: int | None = None,
 ) -> Throttled:
     """A listener that logs, at most every `LOG_SECONDS`, how far a stage has come (see
-    `progress_line`); the source objects' `sizes` in bytes, when known, give the share
-    done."""
+    `progress_line`); the source's rows (`total`) or its objects' `sizes` in bytes, when
+    known, give the share done."""
     started = time.monotonic()
     before: int | None = None  # the rows durable before this attempt's first chunk
 
@@ -154,25 +159,43 @@ def durable_log(
         if before is None:
             before = frontier.rows - chunk.frame.height
         rate = (frontier.rows - before) / max(time.monotonic() - started, 1e-9)
-        log.info(progress_line(f"{stage_name} [{partition}]", chunk.index, frontier, sizes, rate))
+        where = f"{stage_name} [{partition}]"
+        log.info(progress_line(where, chunk.index, frontier, sizes, rate, total=total))
 
     return Throttled(told, seconds=LOG_SECONDS)
 
 
 def progress_line(
-    where: str, index: int, frontier: Any, sizes: tuple[int, ...] | None, rate: float
+    where: str,
+    index: int,
+    frontier: Any,
+    sizes: tuple[int, ...] | None,
+    rate: float,
+    *,
+    total: int | None = None,
 ) -> str:
-    """One progress line: the chunk made durable, the rows behind the frontier and the
-    share of the source they come to (when its size is known), the rejected and failed rows
-    so far, and this attempt's rows per second."""
+    """One progress line: the chunk made durable, the rows behind the frontier of the
+    source's `total` rows (an increment's, counted before reading) or, for files, the share
+    of their bytes read and the total it points to; the rejected and failed rows so far,
+    and this attempt's rows per second."""
     counts = frontier.counts
-    fraction = share_read(frontier.state, sizes)
-    share = "" if fraction is None else f" ({fraction:.0%} of the source)"
+    if total is not None:
+        done = f"{frontier.rows:,} of {total:,} rows ({share_of(frontier.rows, total):.0%})"
+    else:
+        fraction = share_read(frontier.state, sizes)
+        done = f"{frontier.rows:,} rows"
+        if fraction:
+            done += f" ({fraction:.0%} of the source, about {frontier.rows / fraction:,.0f} in all)"
     return (
-        f"{where}: chunk {index} durable: {frontier.rows:,} rows{share}, "
+        f"{where}: chunk {index} durable: {done}, "
         f"{counts.get(REJECTED, 0):,} rejected and {counts.get(FAILED, 0):,} failed so far, "
         f"{rate:,.0f} rows/s"
     )
+
+
+def share_of(rows: int, total: int) -> float:
+    """The share of `total` rows done; all of none."""
+    return min(rows / total, 1.0) if total > 0 else 1.0
 
 
 def stage_line(where: str, frontier: Any, seconds: float) -> str:

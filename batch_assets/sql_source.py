@@ -228,6 +228,20 @@ def iter_increment_chunks(
             return
 
 
+def count_increment(
+    conn: psycopg.Connection, source: SqlTable, lower: Mark | None, upper: Mark
+) -> int:
+    """The rows in `(lower, upper]`: the total the increment's progress is told against
+    (one count on the `(cursor, key)` index)."""
+    types = check_table(conn, source).types
+    queries = _KeysetQueries(source, cursor_type=types[source.cursor], key_type=types[source.key])
+    after = () if lower is None else (_text(lower[0]), _text(lower[1]))
+    with conn.cursor() as cur:
+        cur.execute(queries.count(start=lower is None), (*after, _text(upper[0]), _text(upper[1])))
+        found = cur.fetchone()
+    return int(found[0]) if found else 0
+
+
 class _KeysetQueries:
     """The increment's chunk queries: the source columns as text after the mark, up to the
     upper bound, in `(cursor, key)` order. Marks are cast to the columns' own types."""
@@ -244,6 +258,13 @@ class _KeysetQueries:
         self._bound = sql.SQL("(CAST(%s AS {}), CAST(%s AS {}))").format(
             sql.SQL(cursor_type), sql.SQL(key_type)
         )
+
+    def count(self, *, start: bool) -> sql.Composed:
+        """The query counting the rows after a mark (unless `start`) up to the upper one."""
+        after = sql.SQL("true") if start else sql.SQL("({}) > {}").format(self._order, self._bound)
+        return sql.SQL(
+            "SELECT count(*) FROM {table} WHERE {after} AND ({order}) <= {upper}"
+        ).format(table=self._source.identifier(), after=after, order=self._order, upper=self._bound)
 
     def chunk(self, *, start: bool) -> sql.Composed:
         """One chunk's query. Its parameters: the mark after which to read (both parts,

@@ -18,10 +18,12 @@ def test_a_progress_line_gives_rows_share_rejected_failed_and_rate() -> None:
     )
     line = progress_line("reviews/raw [b.csv]", 2, frontier, (10_000_000,), 25_321.4)
     assert line == (
-        "reviews/raw [b.csv]: chunk 2 durable: 30,000 rows (25% of the source), "
-        "7 rejected and 3 failed so far, 25,321 rows/s"
+        "reviews/raw [b.csv]: chunk 2 durable: 30,000 rows (25% of the source, about 120,000 "
+        "in all), 7 rejected and 3 failed so far, 25,321 rows/s"
     )
-    # an increment has no size: no share
+    # an increment's rows are counted before reading
+    line = progress_line("comments/raw [i]", 0, Frontier(rows=5), None, 1.0, total=20)
+    assert line.startswith("comments/raw [i]: chunk 0 durable: 5 of 20 rows (25%), 0 rejected")
     assert "(" not in progress_line("comments/raw [i]", 0, Frontier(rows=5), None, 1.0)
 
 
@@ -47,7 +49,10 @@ def test_the_log_is_throttled_and_its_last_line_is_flushed() -> None:
         "reviews/processed [b.csv]: chunk 0",
         "reviews/processed [b.csv]: chunk 2",
     ]
-    assert "30 rows (100% of the source), 0 rejected and 0 failed so far" in log.lines[-1]
+    assert (
+        "30 rows (100% of the source, about 30 in all), 0 rejected and 0 failed so far"
+        in (log.lines[-1])
+    )
 
 
 def test_the_load_logs_one_summary_line() -> None:
@@ -60,4 +65,14 @@ def test_the_load_logs_one_summary_line() -> None:
     assert load_line("reviews/postgres [b.csv]", loaded, 2.0) == (
         "reviews/postgres [b.csv]: committed 10,000 rows read: 9,987 processed, 10 rejected, "
         "3 failed; 3.0 MiB in 2 COPY statement(s); 2.0 s for the pass, 5,000 rows/s"
+    )
+
+
+def test_a_stage_logs_one_summary_line_at_its_end() -> None:
+    from batch_assets.one_pass import stage_line
+
+    frontier = Frontier(chunks=2, rows=20_000, counts={"processed": 19_990, "rejected": 10})
+    assert stage_line("reviews/processed [b.csv]", frontier, 4.0) == (
+        "reviews/processed [b.csv]: done: 20,000 rows (19,990 processed, 10 rejected) in 2 "
+        "chunks; done 4.0 s into the pass, 5,000 rows/s"
     )

@@ -180,6 +180,7 @@ def test_a_subset_reads_the_stages_it_does_not_compute_from_their_checkpoints(
     assert {c.check_name for c in only_load.get_asset_check_evaluations()} == {
         "row_accounting",
         "unique_ids",
+        "rejection_rate",
     }
     # only the checkpoints: a new lineage computes both stages, Postgres is left alone
     stages = materialize("raw", "processed")

@@ -245,6 +245,7 @@ def test_tables_of_the_previous_layout_are_migrated_once(pg_url: str) -> None:
                 (f"{d}_result_rows", "r"),
                 (f"{d}_rejected_rows", "r"),
                 (f"{d}_objects", "r"),
+                (f"{d}_replays", "r"),
                 (f"{d}_results", "v"),
                 (f"{d}_rejected", "v"),
             ]

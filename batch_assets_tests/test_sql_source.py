@@ -19,6 +19,7 @@ from batch_assets.sql_source import (
     Mark,
     SqlTable,
     check_table,
+    count_increment,
     decode_mark,
     encode_mark,
     high_water_mark,
@@ -84,6 +85,10 @@ def test_increments_read_every_row_once_and_the_same_rows_again(comments) -> Non
     # the first increment again, after more rows landed: exactly the same rows
     again = read(connect, source, lower=None, upper=first, chunk_size=64, resume=Resume())
     assert [int(i) for _, i in again] == list(range(1000))
+    # the rows each increment's progress is told against, counted as they are read
+    with connect() as conn:
+        assert count_increment(conn, source, None, first) == 1000
+        assert count_increment(conn, source, first, second) == 450
 
 
 def test_an_updated_row_moves_to_a_later_increment(comments) -> None:  # type: ignore[no-untyped-def]

@@ -344,14 +344,16 @@ def stream_batch(
     dataset, partition = step.dataset, step.batch_id
     with step.failing(), WriteBehind() as writes:
         opened = open_source() if "raw" in selected else None
-        sizes = opened.sizes if opened else None
+        sizes, total = (opened.sizes, opened.rows) if opened else (None, None)
         raw = open_stage(
             store,
             asset=f"{dataset.name}/raw",
             partition=partition,
             lineage=step.lineage,
             origin=opened.chunks.origin if opened else None,
-            listeners=(durable_log(step.log, f"{dataset.name}/raw", partition, sizes=sizes),),
+            listeners=(
+                durable_log(step.log, f"{dataset.name}/raw", partition, sizes=sizes, total=total),
+            ),
             writes=writes,
         )
         processed = open_stage(
@@ -360,10 +362,14 @@ def stream_batch(
             partition=partition,
             lineage=step.lineage,
             origin=processed_origin(raw) if "processed" in selected else None,
-            listeners=(durable_log(step.log, f"{dataset.name}/processed", partition, sizes=sizes),),
             writes=writes,
         )
-        processed.listeners += (step.progress_listener(raw, processed, sizes=sizes),)
+        if total is None and raw.complete:
+            total = raw.frontier.rows  # read from its checkpoint: every row is known
+        processed.listeners += (
+            durable_log(step.log, processed.asset, partition, sizes=sizes, total=total),
+            step.progress_listener(raw, processed, sizes=sizes, total=total),
+        )
         if opened is not None and raw.first == 0 and not raw.complete:
             step.start(opened.source)
         else:
