@@ -161,6 +161,8 @@ def _replay_in_postgres(
     )
     stored = stored_counts(conn, tables, batch_id)
     counts = BatchCounts(found.total_count, *stored)
+    if dataset.source is not None and out.height:
+        _keep_latest_versions(conn, tables, batch_id)
     summary = batch_summary(conn, dataset, batch_id, stored)
     store.complete(batch_id, Outcome(counts, summary), attempt=attempt)
     before = (found.sink_stats or {}).get("postgres")
@@ -256,6 +258,8 @@ def _move_to_results(
             "(ORDER BY source_no, line) AS position FROM {rows} WHERE batch_key = {key}) AS n "
             "WHERE r.batch_key = {key} AND r.seq = n.seq AND r.seq <> n.position",
             "UPDATE {rows} SET seq = -seq WHERE batch_key = {key} AND seq < 0",
+            "CREATE TEMP TABLE replayed_keys ON COMMIT DROP AS "
+            "SELECT {key} AS batch_key, source_no, line FROM replayed",
             "DROP TABLE replayed",
         ]
         for statement in statements:
@@ -264,6 +268,29 @@ def _move_to_results(
                     rejected=sql.Identifier(tables.rejected_rows), rows=rows, key=key, names=names
                 )
             )
+
+
+def _keep_latest_versions(conn: psycopg.Connection, tables: ResultsTables, batch_id: str) -> None:
+    """For an increment, what its load does for the rows it holds: a source row's earlier
+    versions' results give way to this batch's; and what a later increment's load did: a
+    replayed row whose source row a later increment holds gives way to it. The batch's
+    counts are those of its rows as loaded, as when a later increment replaces them."""
+    tables.drop_older_versions(conn, batch_id)
+    assert tables.source_key is not None
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "DELETE FROM {t} AS old USING replayed_keys AS r, {t} AS new, {b} AS nb "
+                "WHERE old.batch_key = r.batch_key AND old.source_no = r.source_no "
+                "AND old.line = r.line AND new.{k} = old.{k} AND nb.batch_key = new.batch_key "
+                "AND nb.batch_id > %s"
+            ).format(
+                t=sql.Identifier(tables.result_rows),
+                b=sql.Identifier(tables.batches),
+                k=sql.Identifier(tables.source_key),
+            ),
+            (batch_id,),
+        )
 
 
 def _update_reasons(

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandera.polars as pa
+import polars as pl
 import psycopg
 import pytest
 from dagster import DagsterInstance
@@ -19,6 +21,7 @@ from batch_assets.datasets import COMMENTS
 from batch_assets.definitions import build_definitions
 from batch_assets.increments import Increments
 from batch_assets.local_stack import LocalStack
+from batch_assets.replay_rejected import replay_rejected
 from batch_assets.runner import evaluate_inbox_sensor, run_partition
 from batch_assets_tests.pipeline_helpers import (
     assert_each_stage_resumed,
@@ -331,3 +334,61 @@ def test_sigkill_mid_increment_then_reexecute_from_failure(
             "SELECT count(*), count(DISTINCT id) FROM comments_results WHERE batch_id = %s",
             (partition,),
         ).fetchone() == (ROWS, ROWS)
+
+
+class LongComment(pa.DataFrameModel):
+    """Comments under a rule since dropped: a comment says at least 12 characters."""
+
+    id: str = pa.Field(nullable=False)
+    body: str = pa.Field(nullable=False)
+
+    @pa.check("body", name="at_least_12_characters")
+    def long_enough(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col(data.key).str.len_chars() >= 12)
+
+    class Config:
+        strict = False
+
+
+def test_a_replayed_row_gives_way_to_a_later_version_of_its_source_row(
+    table: str, instance: DagsterInstance
+) -> None:
+    url = table
+    strict = dataclasses.replace(COMMENTS, schema=LongComment)
+    defs = build_definitions((strict,))
+
+    def tick_and_run_strict() -> str:
+        tick = evaluate_inbox_sensor(defs, instance, strict)
+        batch_id = str(tick.run_requests[0].partition_key)
+        config = settings_config(chunk_size=64)
+        assert run_partition(defs, instance, strict, batch_id, run_config=config).success
+        return batch_id
+
+    add(url, range(1, 6))
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE comments SET body = 'Meh' WHERE id IN (3, 4)")
+    first = tick_and_run_strict()
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE comments SET body = 'Now a longer, kinder comment', updated_at = %s "
+            "WHERE id = 3",
+            (OLD + timedelta(minutes=5),),
+        )
+    second = tick_and_run_strict()
+    assert [(r[0], r[1]) for r in results(url)] == [
+        (first, "1"),
+        (first, "2"),
+        (second, "3"),
+        (first, "5"),
+    ]
+    with psycopg.connect(url) as conn:
+        replayed = replay_rejected(COMMENTS, first, conn=conn)
+    # both rejected rows pass now; id 3's replayed version gives way to the later one
+    assert (replayed.processed, replayed.still_rejected) == (2, 0)
+    assert [(r[0], r[1], r[2]) for r in results(url)] == [
+        (first, "1", "A lovely, helpful comment 1"),
+        (first, "2", "A lovely, helpful comment 2"),
+        (second, "3", "Now a longer, kinder comment"),
+        (first, "4", "Meh"),
+        (first, "5", "A lovely, helpful comment 5"),
+    ]
