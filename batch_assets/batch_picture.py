@@ -149,20 +149,23 @@ def rejected_sample(
 
 
 def rejected_rows_at(dataset: Dataset, batch_id: str, rejected: int) -> str:
-    """Where all of a batch's rejected rows are, and how to replay them."""
-    api = f"/batch/{batch_id}/rejected"
-    if dataset.name != "reviews":
-        api += f"?dataset={dataset.name}"
-    return "\n".join(
-        [
-            f"All {rejected:,} rejected rows, with their reason and record:",
-            f"- Postgres: `SELECT * FROM {dataset.tables.rejected} WHERE batch_id = '{batch_id}'`",
-            f"- HTTP API: `GET {api}`",
-            "- once the cause is fixed, load the rows that pass now: "
-            f"`batch-assets replay-rejected {batch_id} --dataset {dataset.name}` "
-            f"(or the job `{dataset.name}_replay_rejected`)",
-        ]
+    """Where all of a batch's rejected rows are, and how to replay them (the HTTP API
+    serves the datasets of CSV files)."""
+    lines = [
+        f"All {rejected:,} rejected rows, with their reason and record:",
+        f"- Postgres: `SELECT * FROM {dataset.tables.rejected} WHERE batch_id = '{batch_id}'`",
+    ]
+    if dataset.format == "csv":
+        api = f"/batch/{batch_id}/rejected"
+        if dataset.name != "reviews":
+            api += f"?dataset={dataset.name}"
+        lines.append(f"- HTTP API: `GET {api}`")
+    lines.append(
+        "- once the cause is fixed, load the rows that pass now: "
+        f"`batch-assets replay-rejected {batch_id} --dataset {dataset.name}` "
+        f"(or the job `{dataset.name}_replay_rejected`)"
     )
+    return "\n".join(lines)
 
 
 def batch_picture(

@@ -52,7 +52,7 @@ def test_a_batch_with_rejected_and_failed_rows_explains_itself(
     assert sample[0]["record"] == "not json" and sample[0]["reason"].startswith("not valid JSON")
     where = metadata["rejected_rows_at"]
     assert "events_rejected" in where and f"'{batch_id}'" in where
-    assert f"GET /batch/{batch_id}/rejected?dataset=events" in where
+    assert "GET /batch" not in where  # the HTTP API serves the datasets of CSV files
     assert f"batch-assets replay-rejected {batch_id} --dataset events" in where
     [source] = rows(metadata["source_objects"])
     assert source["uri"].endswith("explained.jsonl") and source["etag"]
@@ -100,6 +100,7 @@ def test_the_rejection_rate_check_grades_each_batch(inbox: Inbox) -> None:
             assert {r["sentiment"] for r in labels} == {"positive", "negative", "neutral"}
             assert sum(int(r["rows"]) for r in labels) == 19
             assert rows(metadata["rejection_reasons"]) == [{"reason": "text is blank", "rows": "1"}]
+            assert f"GET /batch/{batch_id}/rejected`" in metadata["rejected_rows_at"]
     assert graded == {
         "clean": (True, AssetCheckSeverity.WARN),
         "few": (False, AssetCheckSeverity.WARN),  # 5 %: over 0, under 10 %
