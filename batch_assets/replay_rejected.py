@@ -84,8 +84,13 @@ class _Sinks:
     dynamodb: BatchWriter | None = None
     kinesis: StreamWriter | None = None
 
-    def names(self, dataset: Dataset) -> list[str]:
-        return [s for s in RECORD_SINKS if s in dataset.sinks and getattr(self, s) is not None]
+    def has(self, sink: str) -> bool:
+        return getattr(self, sink) is not None
+
+
+def record_sinks(dataset: Dataset) -> list[str]:
+    """The dataset's sinks after Postgres, those a replay writes its changed rows to."""
+    return [s for s in RECORD_SINKS if s in dataset.sinks]
 
 
 def replay_rejected(
@@ -117,9 +122,12 @@ def replay_rejected(
         dataset.tables.ensure(conn)
     _finish_pending(conn, dataset, batch_id, sinks, jobs)
     with conn.transaction():
-        result, changed, found = _replay_in_postgres(conn, dataset, batch_id, jobs, sinks)
+        result, changed, found = _replay_in_postgres(conn, dataset, batch_id, jobs)
     if result.replay_id is not None:
-        _write_sinks(conn, dataset, batch_id, result.replay_id, changed, sinks, found, jobs)
+        pending = record_sinks(dataset)
+        _write_sinks(
+            conn, dataset, batch_id, (result.replay_id, changed, pending), sinks, found, jobs
+        )
     return result
 
 
@@ -128,7 +136,6 @@ def _replay_in_postgres(
     dataset: Dataset,
     batch_id: str,
     jobs: BatchStore | None,
-    sinks: _Sinks,
 ) -> tuple[ReplayResult, list[tuple[int, int]], BatchRecord]:
     """The replay's Postgres part, inside the caller's transaction: the result, the rows
     whose records changed (object, line), and the batch as found."""
@@ -172,8 +179,7 @@ def _replay_in_postgres(
     result = ReplayResult(
         rows.height, processed, out.height - processed, still.height, not_replayable, None
     )
-    pending = sinks.names(dataset)
-    replay_id = _record(conn, dataset.tables, batch_key, result, changed, pending)
+    replay_id = _record(conn, dataset.tables, batch_key, result, changed, record_sinks(dataset))
     return dataclasses.replace(result, replay_id=replay_id), changed, found
 
 
@@ -356,43 +362,50 @@ def _finish_pending(
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT replay_id, changed FROM {} WHERE {} AND sinks_pending <> '{{}}' "
+                "SELECT replay_id, changed, sinks_pending FROM {} WHERE {} "
+                "AND sinks_pending <> '{{}}' "
                 "ORDER BY replay_id"
             ).format(sql.Identifier(tables.replays), tables.of_batch()),
             (batch_id,),
         )
         pending = cur.fetchall()
     conn.commit()
-    for replay_id, changed in pending:
+    for replay_id, changed, names in pending:
         found = _completed(_store(conn, dataset, jobs), dataset, batch_id)
         rows = [(int(source), int(line)) for source, line in changed]
-        _write_sinks(conn, dataset, batch_id, replay_id, rows, sinks, found, jobs)
+        _write_sinks(conn, dataset, batch_id, (replay_id, rows, names), sinks, found, jobs)
 
 
 def _store(conn: psycopg.Connection, dataset: Dataset, jobs: BatchStore | None) -> BatchStore:
     return jobs if jobs is not None else BatchJobs(conn, dataset.name)
 
 
+Pending = tuple[int, list[tuple[int, int]], list[str]]
+"""A replay whose records are still to be written: its id, the rows whose records changed
+(object, line), and the sinks they are still to be written to."""
+
+
 def _write_sinks(
     conn: psycopg.Connection,
     dataset: Dataset,
     batch_id: str,
-    replay_id: int,
-    changed: list[tuple[int, int]],
+    pending: Pending,
     sinks: _Sinks,
     found: BatchRecord,
     jobs: BatchStore | None,
 ) -> None:
-    """Writes the changed rows' records, as Postgres holds them now, to the record sinks,
-    adds the writes to the batch's sink figures, and marks the replay's sinks written."""
-    names = sinks.names(dataset)
+    """Writes the changed rows' records, as Postgres holds them now, to the pending sinks
+    there is a writer for, adds the writes to the batch's sink figures, and leaves the
+    others pending on the replay's record."""
+    replay_id, changed, names = pending
     attempt = found.attempt
-    if not names or attempt is None:
+    writing = [name for name in names if sinks.has(name)]
+    if not writing or attempt is None:
         return
     frame = changed_rows(conn, dataset, batch_id, changed)
     created_at = datetime.now(UTC).isoformat()
     layout = dataset.record_layout
-    written: dict[str, WriteStats] = {name: WriteStats() for name in names}
+    written: dict[str, WriteStats] = {name: WriteStats() for name in writing}
     if sinks.dynamodb is not None and "dynamodb" in written:
         items = chunk_items(frame, layout, batch_id=batch_id, created_at=created_at)
         write_chunk_items(sinks.dynamodb, items, batch_id=batch_id, stats=written["dynamodb"])
@@ -408,10 +421,10 @@ def _write_sinks(
             figures["rejected"] = now.rejected_count
             store.record_sink(batch_id, sink, figures, attempt=attempt)
         conn.execute(
-            sql.SQL("UPDATE {} SET sinks_pending = '{{}}' WHERE replay_id = %s").format(
+            sql.SQL("UPDATE {} SET sinks_pending = %s WHERE replay_id = %s").format(
                 sql.Identifier(dataset.tables.replays)
             ),
-            (replay_id,),
+            ([name for name in names if name not in written], replay_id),
         )
 
 
