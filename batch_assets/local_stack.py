@@ -65,6 +65,7 @@ class LocalStack:
                     conn.execute(f'CREATE DATABASE "{name}"')
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         _quicker_moto_queues()
+        _quicker_moto_streams()
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         moto.start()
         moto_host, moto_port = moto.get_host_and_port()
@@ -201,6 +202,28 @@ def _quicker_moto_queues() -> None:
     models.SQSBackend.is_message_valid_based_on_retention_period = (  # type: ignore[method-assign]
         is_message_valid_based_on_retention_period
     )
+    models._batch_assets_quicker = True  # type: ignore[attr-defined]
+
+
+def _quicker_moto_streams() -> None:
+    """Makes moto's Kinesis put a record in constant time: moto 5.2 finds a shard's last
+    sequence number by listing every record the shard holds, for each record put, so a
+    stack's puts slowed with everything put before (a 20,000-record batch took 4 s more
+    for each 20,000 records already on the stream). The same numbers, read from the
+    ends of the shard's ordered records."""
+    from moto.kinesis import models
+
+    if getattr(models, "_batch_assets_quicker", False):
+        return
+
+    def first(self: Any) -> int:
+        return next(iter(self.records), 0)
+
+    def last(self: Any) -> int:
+        return next(reversed(self.records), 0)
+
+    models.Shard.get_min_sequence_number = first  # type: ignore[method-assign]
+    models.Shard.get_max_sequence_number = last  # type: ignore[method-assign]
     models._batch_assets_quicker = True  # type: ignore[attr-defined]
 
 
