@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 from dagster import AssetCheckSeverity, MetadataValue, TableColumn, TableRecord, TableSchema
-from psycopg import sql
 
 from batch_assets.datasets import Dataset
 from batch_assets.sinks.results_tables import ResultsTables
@@ -122,30 +121,30 @@ def rejection_reasons(
     conn: psycopg.Connection, tables: ResultsTables, batch_id: str
 ) -> list[tuple[str, int]]:
     """The batch's most frequent rejection reasons, with their rows."""
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT reason, count(*) FROM {} WHERE {} GROUP BY reason "
-                "ORDER BY count(*) DESC, reason LIMIT %s"
-            ).format(sql.Identifier(tables.rejected_rows), tables.of_batch()),
-            (batch_id, REASONS_SHOWN),
-        )
-        return [(str(reason), int(n)) for reason, n in cur.fetchall()]
+    found = tables.batch_select(
+        conn,
+        tables.rejected_rows,
+        "SELECT reason, count(*) FROM {table} WHERE {batch} GROUP BY reason "
+        "ORDER BY count(*) DESC, reason LIMIT %s",
+        batch_id,
+        REASONS_SHOWN,
+    )
+    return [(str(reason), int(n)) for reason, n in found]
 
 
 def rejected_sample(
     conn: psycopg.Connection, tables: ResultsTables, batch_id: str
 ) -> list[tuple[int, int, str, str]]:
     """The batch's first rejected rows: object, line, reason, record (cut short)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT source_no, line, reason, left(record, %s) FROM {} WHERE {} "
-                "ORDER BY source_no, line LIMIT %s"
-            ).format(sql.Identifier(tables.rejected_rows), tables.of_batch()),
-            (RECORD_SHOWN, batch_id, SAMPLE_ROWS),
-        )
-        return [(int(o), int(line), str(r), str(rec or "")) for o, line, r, rec in cur.fetchall()]
+    found = tables.batch_select(
+        conn,
+        tables.rejected_rows,
+        f"SELECT source_no, line, reason, left(record, {RECORD_SHOWN:d}) FROM {{table}} "
+        "WHERE {batch} ORDER BY source_no, line LIMIT %s",
+        batch_id,
+        SAMPLE_ROWS,
+    )
+    return [(int(o), int(line), str(r), str(rec or "")) for o, line, r, rec in found]
 
 
 def rejected_rows_at(dataset: Dataset, batch_id: str, rejected: int) -> str:

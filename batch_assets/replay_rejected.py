@@ -202,15 +202,13 @@ def _rejected_rows(
     object, line and the reason they were rejected for), in source order; and how many
     are not replayable."""
     tables = dataset.tables
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT source_no, line, reason, fields::text FROM {} WHERE {} "
-                "ORDER BY source_no, line"
-            ).format(sql.Identifier(tables.rejected_rows), tables.of_batch()),
-            (batch_id,),
-        )
-        found = cur.fetchall()
+    found = tables.batch_select(
+        conn,
+        tables.rejected_rows,
+        "SELECT source_no, line, reason, fields::text FROM {table} WHERE {batch} "
+        "ORDER BY source_no, line",
+        batch_id,
+    )
     replayable = [row for row in found if row[3] is not None]
     fields = [json.loads(row[3]) for row in replayable]
     frame = pl.DataFrame(
@@ -282,21 +280,7 @@ def _keep_latest_versions(conn: psycopg.Connection, tables: ResultsTables, batch
     replayed row whose source row a later increment holds gives way to it. The batch's
     counts are those of its rows as loaded, as when a later increment replaces them."""
     tables.drop_older_versions(conn, batch_id)
-    assert tables.source_key is not None
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "DELETE FROM {t} AS old USING replayed_keys AS r, {t} AS new, {b} AS nb "
-                "WHERE old.batch_key = r.batch_key AND old.source_no = r.source_no "
-                "AND old.line = r.line AND new.{k} = old.{k} AND nb.batch_key = new.batch_key "
-                "AND nb.batch_id > %s"
-            ).format(
-                t=sql.Identifier(tables.result_rows),
-                b=sql.Identifier(tables.batches),
-                k=sql.Identifier(tables.source_key),
-            ),
-            (batch_id,),
-        )
+    tables.drop_superseded(conn, batch_id, "replayed_keys")
 
 
 def _update_reasons(
@@ -359,16 +343,13 @@ def _finish_pending(
     """Writes the records of earlier replays of the batch whose sinks were not written
     (a replay stopped after its commit)."""
     tables = dataset.tables
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT replay_id, changed, sinks_pending FROM {} WHERE {} "
-                "AND sinks_pending <> '{{}}' "
-                "ORDER BY replay_id"
-            ).format(sql.Identifier(tables.replays), tables.of_batch()),
-            (batch_id,),
-        )
-        pending = cur.fetchall()
+    pending = tables.batch_select(
+        conn,
+        tables.replays,
+        "SELECT replay_id, changed, sinks_pending FROM {table} WHERE {batch} "
+        "AND sinks_pending <> '{{}}' ORDER BY replay_id",
+        batch_id,
+    )
     conn.commit()
     for replay_id, changed, names in pending:
         found = _completed(_store(conn, dataset, jobs), dataset, batch_id)

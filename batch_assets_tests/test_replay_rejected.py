@@ -21,7 +21,7 @@ from batch_assets.datasets import EVENTS, REVIEWS
 from batch_assets.definitions import build_definitions
 from batch_assets.load import recount
 from batch_assets.local_stack import LocalStack
-from batch_assets.replay_rejected import replay_rejected
+from batch_assets.replay_rejected import ReplayResult, replay_rejected
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.sinks.dynamodb import batch_records
@@ -114,6 +114,16 @@ def stored(url: str, dataset: str, batch_id: str) -> tuple[list[Any], list[Any],
     return results, rejected, job
 
 
+def replay_events(
+    conn: psycopg.Connection, batch_id: str, records_table: str | None = None
+) -> ReplayResult:
+    """An events batch's rejected rows replayed, every record sink written (DynamoDB to
+    `records_table`, when given)."""
+    dynamodb = DynamoDBResource(**({"records_table": records_table} if records_table else {}))
+    kinesis = KinesisResource().writer("events")
+    return replay_rejected(EVENTS, batch_id, conn=conn, dynamodb=dynamodb.writer(), kinesis=kinesis)
+
+
 EVENT_LINES = (
     b'{"id": 1, "user": "a"}\n'
     b'{"id": 2}\n'
@@ -191,13 +201,7 @@ def test_a_loosened_schema_loads_the_rows_it_now_accepts_in_every_sink(
 
     # a second replay finds nothing to change, and changes nothing
     with psycopg.connect(pg_url) as conn:
-        again = replay_rejected(
-            EVENTS,
-            batch_id,
-            conn=conn,
-            dynamodb=DynamoDBResource().writer(),
-            kinesis=KinesisResource().writer("events"),
-        )
+        again = replay_events(conn, batch_id)
     assert again.as_dict() == {
         "replayed": 0,
         "processed": 0,
@@ -259,13 +263,7 @@ def test_a_replay_stopped_before_its_record_sinks_is_finished_by_the_next(
     assert run.success
     with psycopg.connect(pg_url) as conn, pytest.raises(Exception, match="ResourceNotFound"):
         # the records table is missing: Postgres commits, the DynamoDB write fails
-        replay_rejected(
-            EVENTS,
-            batch_id,
-            conn=conn,
-            dynamodb=DynamoDBResource(records_table="no-such-table").writer(),
-            kinesis=KinesisResource().writer("events"),
-        )
+        replay_events(conn, batch_id, records_table="no-such-table")
     results, rejected, _ = stored(pg_url, "events", batch_id)
     assert ([line for _, line, _ in results], [line for line, _ in rejected]) == ([1, 2, 4, 5], [3])
     dynamodb = stack.client("dynamodb")
@@ -278,13 +276,7 @@ def test_a_replay_stopped_before_its_record_sinks_is_finished_by_the_next(
             (batch_id,),
         ).fetchall()
         assert pending == ["dynamodb", "kinesis"]
-        again = replay_rejected(
-            EVENTS,
-            batch_id,
-            conn=conn,
-            dynamodb=DynamoDBResource().writer(),
-            kinesis=KinesisResource().writer("events"),
-        )
+        again = replay_events(conn, batch_id)
     assert again.replay_id is None  # nothing left to replay, only to write
     after = {int(i["line"]["N"]): i["status"]["S"] for i in batch_records(dynamodb, batch_id)}
     assert after == {1: "processed", 2: "processed", 3: "rejected", 4: "processed", 5: "processed"}

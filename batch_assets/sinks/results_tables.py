@@ -16,6 +16,7 @@ views, once, in the transaction that creates the new tables.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 import psycopg
@@ -128,22 +129,56 @@ class ResultsTables:
     def drop_older_versions(self, conn: psycopg.Connection, batch_id: str) -> int:
         """Deletes the results of earlier batches (increments, whose ids sort in order) for
         the source rows this batch holds again; the number deleted."""
+        return self._by_version(
+            conn,
+            "DELETE FROM {t} AS old USING {t} AS new, {b} AS nb, {b} AS ob "
+            "WHERE nb.batch_id = %s AND new.batch_key = nb.batch_key "
+            "AND ob.batch_key = old.batch_key AND ob.batch_id < %s AND old.{k} = new.{k}",
+            (batch_id, batch_id),
+        )
+
+    def drop_superseded(self, conn: psycopg.Connection, batch_id: str, keys: str) -> int:
+        """Deletes this batch's results at the (batch_key, source_no, line) of the table
+        `keys` whose source rows a later batch holds; the number deleted."""
+        return self._by_version(
+            conn,
+            "DELETE FROM {t} AS old USING {keys} AS r, {t} AS new, {b} AS nb "
+            "WHERE old.batch_key = r.batch_key AND old.source_no = r.source_no "
+            "AND old.line = r.line AND new.{k} = old.{k} AND nb.batch_key = new.batch_key "
+            "AND nb.batch_id > %s",
+            (batch_id,),
+            keys=sql.Identifier(keys),
+        )
+
+    def _by_version(
+        self, conn: psycopg.Connection, query: str, params: tuple[Any, ...], **parts: Any
+    ) -> int:
+        """Runs `query` on the results (`{t}`), the batches (`{b}`) and the source key
+        (`{k}`); the rows it touched."""
         assert self.source_key is not None
         with conn.cursor() as cur:
             cur.execute(
-                sql.SQL(
-                    "DELETE FROM {t} AS old USING {t} AS new, {b} AS nb, {b} AS ob "
-                    "WHERE nb.batch_id = %s AND new.batch_key = nb.batch_key "
-                    "AND ob.batch_key = old.batch_key AND ob.batch_id < %s "
-                    "AND old.{k} = new.{k}"
-                ).format(
+                sql.SQL(query).format(
                     t=sql.Identifier(self.result_rows),
                     b=sql.Identifier(self.batches),
                     k=sql.Identifier(self.source_key),
+                    **parts,
                 ),
-                (batch_id, batch_id),
+                params,
             )
             return cur.rowcount
+
+    def batch_select(
+        self, conn: psycopg.Connection, table: str, query: str, batch_id: str, *params: Any
+    ) -> list[tuple[Any, ...]]:
+        """The rows of `query` on `table` (`{table}`) where `{batch}` selects the batch's
+        rows (see `of_batch`), given `params` after the batch's id."""
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(query).format(table=sql.Identifier(table), batch=self.of_batch()),
+                (batch_id, *params),
+            )
+            return cur.fetchall()
 
     def column_type(self, name: str) -> str:
         """The Postgres type of record or processor column `name`."""
