@@ -8,6 +8,7 @@ plain counts stay integers beside them, for the UI's plots across partitions.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,22 +24,35 @@ from batch_assets.tracking import BatchCounts, Source
 REASONS_SHOWN = 10
 SAMPLE_ROWS = 5
 OBJECTS_SHOWN = 20
-RECORD_SHOWN = 200
-"""Characters of a rejected record the sample shows."""
+RECORD_SHOWN = 80
+"""Characters of a sampled record shown, before `…`."""
 
-METADATA_KEYS: dict[str, str] = {
-    "outcomes": "rows read, and how many were processed, rejected (by the reader or the "
-    "schema) and failed (by the processor), with their share",
-    "labels": "processed rows per value of the processor's summary column",
-    "rejection_reasons": f"the {REASONS_SHOWN} most frequent reasons rows were rejected",
-    "rejected_sample": f"the first {SAMPLE_ROWS} rejected rows: object, line, reason, record",
-    "rejected_rows_at": "where every rejected row is: table, API, and the replay command",
-    "source_objects": f"the batch's first {OBJECTS_SHOWN} source objects: URI, ETag, size",
-    "stages": "seconds from the pass's start until each stage was done, and its rows/s "
-    "(the stages stream at once, so their times overlap)",
-    "processed, rejected, failed": "the counts alone, plotted across partitions",
-}
-"""What each key of the picture means (the asset's description lists them)."""
+
+def picture_keys(dataset: Dataset) -> dict[str, str]:
+    """What each key of a batch's picture means, for `dataset` (its description lists
+    them)."""
+    keys = {
+        "outcomes": "rows read, and how many were processed, rejected (by the reader or the "
+        "schema) and failed (by the processor), with their share",
+        "rejected_or_failed_share": "the share (0 to 1) of rows rejected or failed: plotted "
+        "across partitions, the batches with bad rows stand out",
+        "processed, rejected, failed": "the counts alone, plotted across partitions",
+    }
+    if dataset.processor.summary_column:
+        keys["labels"] = f"processed rows per {dataset.processor.summary_column}"
+    where = "table, HTTP API and" if dataset.format == "csv" else "table and"
+    keys |= {
+        "rejection_reasons": f"the {REASONS_SHOWN} most frequent reasons rows were rejected",
+        "rejected_sample": f"the first {SAMPLE_ROWS} rejected rows: their object (file), "
+        f"line, reason, and record as read (JSON text, cut at {RECORD_SHOWN} characters)",
+        "rejected_rows_at": f"where every rejected row is ({where} the replay command)",
+        "failure_reasons, failed_sample": "the same for rows the processor failed, with "
+        "their error",
+        "source_objects": f"the batch's first {OBJECTS_SHOWN} source objects: URI, ETag, size",
+        "stages": "seconds from the pass's start until each stage was done, and its rows/s "
+        "(the stages stream at once, so their times overlap)",
+    }
+    return keys
 
 
 def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> Any:
@@ -117,34 +131,58 @@ def objects_table(sources: Sequence[Source]) -> Any:
     return _table((("uri", "string"), ("etag", "string"), ("size", "string")), rows)
 
 
-def rejection_reasons(
-    conn: psycopg.Connection, tables: ResultsTables, batch_id: str
+def top_reasons(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, *, failed: bool = False
 ) -> list[tuple[str, int]]:
-    """The batch's most frequent rejection reasons, with their rows."""
+    """The batch's most frequent rejection reasons (or, `failed`, processing errors), with
+    their rows."""
+    if failed:
+        table, column, only = tables.result_rows, "error", "AND status = 'failed'"
+    else:
+        table, column, only = tables.rejected_rows, "reason", ""
     found = tables.batch_select(
         conn,
-        tables.rejected_rows,
-        "SELECT reason, count(*) FROM {table} WHERE {batch} GROUP BY reason "
-        "ORDER BY count(*) DESC, reason LIMIT %s",
+        table,
+        f"SELECT {column}, count(*) FROM {{table}} WHERE {{batch}} {only} GROUP BY {column} "
+        f"ORDER BY count(*) DESC, {column} LIMIT %s",
         batch_id,
         REASONS_SHOWN,
     )
     return [(str(reason), int(n)) for reason, n in found]
 
 
-def rejected_sample(
-    conn: psycopg.Connection, tables: ResultsTables, batch_id: str
-) -> list[tuple[int, int, str, str]]:
-    """The batch's first rejected rows: object, line, reason, record (cut short)."""
+def sample(
+    conn: psycopg.Connection, tables: ResultsTables, batch_id: str, *, failed: bool = False
+) -> list[tuple[str, int, str, str]]:
+    """The batch's first rejected (or, `failed`, failed) rows: their object's name, line,
+    reason (or error), and record as read (JSON text, cut short)."""
+    if failed:
+        table, why, record, only = tables.result_rows, "r.error", "NULL", "AND r.status = 'failed'"
+    else:
+        table, why, record, only = tables.rejected_rows, "r.reason", "r.record", ""
     found = tables.batch_select(
         conn,
-        tables.rejected_rows,
-        f"SELECT source_no, line, reason, left(record, {RECORD_SHOWN:d}) FROM {{table}} "
-        "WHERE {batch} ORDER BY source_no, line LIMIT %s",
+        table,
+        f"SELECT o.uri, r.line, {why}, {record} FROM {{table}} AS r LEFT JOIN "
+        f"{tables.objects} AS o USING (batch_key, source_no) WHERE {{batch}} {only} "
+        "ORDER BY r.source_no, r.line LIMIT %s",
         batch_id,
         SAMPLE_ROWS,
     )
-    return [(int(o), int(line), str(r), str(rec or "")) for o, line, r, rec in found]
+    return [
+        (str(uri or "").rsplit("/", 1)[-1], int(line), str(reason), shown(text))
+        for uri, line, reason, text in found
+    ]
+
+
+def shown(text: str | None) -> str:
+    """A record as a sample shows it: JSON text (its whitespace visible), cut at
+    `RECORD_SHOWN` characters with `…`."""
+    if text is None:
+        return ""
+    if len(text) > RECORD_SHOWN:
+        return json.dumps(text[:RECORD_SHOWN], ensure_ascii=False) + "…"
+    return json.dumps(text, ensure_ascii=False)
 
 
 def rejected_rows_at(dataset: Dataset, batch_id: str, rejected: int) -> str:
@@ -177,9 +215,13 @@ def batch_picture(
     sources: Sequence[Source] = (),
     times: Sequence[StageTime] = (),
 ) -> dict[str, Any]:
-    """The picture's metadata (see `METADATA_KEYS`) of a batch whose load is committed."""
+    """The picture's metadata (see `picture_keys`) of a batch whose load is committed."""
+    bad = counts.rejected + counts.failed
     picture: dict[str, Any] = {
         "outcomes": outcomes_table(counts),
+        "rejected_or_failed_share": MetadataValue.float(
+            round(bad / counts.total, 4) if counts.total else 0.0
+        ),
         "processed": counts.processed,
         "rejected": counts.rejected,
         "failed": counts.failed,
@@ -187,16 +229,24 @@ def batch_picture(
     column = dataset.processor.summary_column
     if column is not None:
         picture["labels"] = labels_table(summary, column)
+    tables = dataset.tables
+    for failed, count, name in (
+        (False, counts.rejected, "rejection"),
+        (True, counts.failed, "failure"),
+    ):
+        if not count:
+            continue
+        kind = "failed" if failed else "rejected"
+        why = "error" if failed else "reason"
+        picture[f"{name}_reasons"] = _table(
+            ((why, "string"), ("rows", "string")),
+            [(r, f"{n:,}") for r, n in top_reasons(conn, tables, batch_id, failed=failed)],
+        )
+        picture[f"{kind}_sample"] = _table(
+            (("object", "string"), ("line", "int"), (why, "string"), ("record", "string")),
+            sample(conn, tables, batch_id, failed=failed),
+        )
     if counts.rejected:
-        tables = dataset.tables
-        picture["rejection_reasons"] = _table(
-            (("reason", "string"), ("rows", "string")),
-            [(reason, f"{n:,}") for reason, n in rejection_reasons(conn, tables, batch_id)],
-        )
-        picture["rejected_sample"] = _table(
-            (("object", "int"), ("line", "int"), ("reason", "string"), ("record", "string")),
-            rejected_sample(conn, tables, batch_id),
-        )
         picture["rejected_rows_at"] = MetadataValue.md(
             rejected_rows_at(dataset, batch_id, counts.rejected)
         )
@@ -267,6 +317,25 @@ class StageClock:
         """The stages done so far, with their `rows`, in the order they were done."""
         done = sorted(self.finished.items(), key=lambda item: item[1])
         return [StageTime(stage, at - self.started, rows.get(stage, 0)) for stage, at in done]
+
+
+def accounting_line(figures: Mapping[str, int]) -> str:
+    """The `row_accounting` check's figures in a sentence."""
+    stored = figures["processed"] + figures["rejected"] + figures["failed"]
+    relation = "=" if stored == figures["rows_read"] else "≠"
+    return (
+        f"{figures['rows_read']:,} rows read {relation} {figures['processed']:,} processed + "
+        f"{figures['rejected']:,} rejected + {figures['failed']:,} failed in Postgres"
+    )
+
+
+def duplicates_table(duplicates: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Ids that appear more than once, with their count and their first lines."""
+    rows = [
+        (str(ident), int(found["count"]), ", ".join(map(str, found["lines"])))
+        for ident, found in duplicates.items()
+    ]
+    return _table((("id", "string"), ("count", "int"), ("lines", "string")), rows)
 
 
 @dataclass(frozen=True)

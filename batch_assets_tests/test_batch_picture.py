@@ -48,8 +48,14 @@ def test_a_batch_with_rejected_and_failed_rows_explains_itself(
     assert len(reasons) == 3 and {r["rows"] for r in reasons} == {"1"}
     assert any(r["reason"] == "expected a JSON object, found an array" for r in reasons)
     sample = rows(metadata["rejected_sample"])
-    assert [(r["object"], r["line"]) for r in sample] == [(0, 2), (0, 4), (0, 5)]
-    assert sample[0]["record"] == "not json" and sample[0]["reason"].startswith("not valid JSON")
+    assert [r["line"] for r in sample] == [2, 4, 5]
+    assert {r["object"] for r in sample} == {f"{events_inbox.tag}-explained.jsonl"}
+    assert sample[0]["record"] == '"not json"' and sample[0]["reason"].startswith("not valid JSON")
+    [failure] = rows(metadata["failure_reasons"])
+    assert "become 'ID'" in failure["error"] and failure["rows"] == "1"
+    [failed] = rows(metadata["failed_sample"])
+    assert failed["line"] == 3 and "become 'ID'" in failed["error"]
+    assert metadata["rejected_or_failed_share"] == 0.6667
     where = metadata["rejected_rows_at"]
     assert "events_rejected" in where and f"'{batch_id}'" in where
     assert "GET /batch" not in where  # the HTTP API serves the datasets of CSV files
@@ -78,6 +84,11 @@ def test_a_batch_with_rejected_and_failed_rows_explains_itself(
     rate = checks["rejection_rate"]
     assert (rate.passed, rate.severity) == (False, AssetCheckSeverity.ERROR)
     assert rate.metadata["summary"].value == "4 of 6 rows rejected or failed (66.7 %)"
+    assert rate.description == "4 of 6 rows rejected or failed (66.7 %)"
+    assert checks["row_accounting"].description == (
+        "6 rows read = 2 processed + 3 rejected + 1 failed in Postgres"
+    )
+    assert checks["unique_ids"].description == "every id appears once"
 
 
 def review_rows(count: int, blank: int) -> bytes:

@@ -27,9 +27,11 @@ from dagster_aws.s3 import S3Resource
 
 from batch_assets import batches
 from batch_assets.batch_picture import (
-    METADATA_KEYS,
     StageClock,
+    accounting_line,
     batch_picture,
+    duplicates_table,
+    picture_keys,
     rejection_rate,
     results_schema,
     statuses_table,
@@ -151,7 +153,7 @@ def _outs(dataset: Dataset, keys: dict[str, AssetKey]) -> dict[str, AssetOut]:
             kinds={"postgres"},
             description=f"{tables.results} and {tables.rejected}: the batch's rows, replaced "
             "in one transaction; batch_jobs marked completed in the same one."
-            + keys_explained(LOAD_KEYS),
+            + keys_explained(picture_keys(dataset) | LOAD_KEYS),
         ),
     }
 
@@ -166,7 +168,6 @@ STAGE_KEYS = {
     "lineage": "the run lineage the chunks belong to (the root run id)",
 }
 LOAD_KEYS = {
-    **METADATA_KEYS,
     "dagster/row_count": "processed rows stored",
     "dagster/column_schema": "every column of the results view, its Postgres type and meaning",
     "rows_read, chunks, source": "what reading the source came to (an increment's bounds)",
@@ -286,7 +287,11 @@ class Streamed:
         key = AssetKey([dataset.name, "postgres"])
         if "row_accounting" in checks:
             yield AssetCheckResult(
-                asset_key=key, check_name="row_accounting", passed=accounted, metadata=figures
+                asset_key=key,
+                check_name="row_accounting",
+                passed=accounted,
+                metadata=figures,
+                description=accounting_line(figures),
             )
         if "unique_ids" in checks:
             yield AssetCheckResult(
@@ -294,7 +299,10 @@ class Streamed:
                 check_name="unique_ids",
                 passed=not duplicates,
                 severity=AssetCheckSeverity.WARN,
-                metadata={"duplicated_ids": MetadataValue.json(duplicates)},
+                metadata={"duplicated_ids": duplicates_table(duplicates)},
+                description=f"{len(duplicates):,} ids appear more than once"
+                if duplicates
+                else "every id appears once",
             )
         if "rejection_rate" in checks:
             rate = rejection_rate(dataset, loaded.counts)
@@ -304,6 +312,7 @@ class Streamed:
                 passed=rate.passed,
                 severity=rate.severity,
                 metadata=rate.metadata,
+                description=rate.metadata["summary"],
             )
 
 

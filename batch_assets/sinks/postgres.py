@@ -10,6 +10,7 @@ tables and their layout: `results_tables`).
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -479,9 +480,16 @@ def preview_markdown(
         records = cur.fetchall()
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for record in records:
-        cells = (str(v)[:80].replace("|", "\\|").replace("\n", " ") for v in record)
+        cells = (_cell(v)[:80].replace("|", "\\|").replace("\n", " ") for v in record)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    """A value as the preview shows it: JSON for jsonb's objects and arrays."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def results_page(
