@@ -61,9 +61,9 @@ def test_every_row_is_loaded_rejected_or_failed(inbox: Inbox, pg_url: str) -> No
     checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
     assert checks["row_accounting"].passed
     assert not checks["unique_ids"].passed
-    assert checks["unique_ids"].metadata["duplicated_ids"].value == {
-        "1": {"count": 2, "lines": [2, 8]}
-    }
+    [duplicated] = checks["unique_ids"].metadata["duplicated_ids"].value.records
+    assert dict(duplicated.data) == {"id": "1", "count": 2, "lines": "2, 8"}
+    assert checks["unique_ids"].description == "1 id(s) appear more than once"
     # one result per batch: the checks are partitioned as the asset
     assert {c.partition for c in checks.values()} == {batch_id}
 

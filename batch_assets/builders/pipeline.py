@@ -300,7 +300,7 @@ class Streamed:
                 passed=not duplicates,
                 severity=AssetCheckSeverity.WARN,
                 metadata={"duplicated_ids": duplicates_table(duplicates)},
-                description=f"{len(duplicates):,} ids appear more than once"
+                description=f"{len(duplicates):,} id(s) appear more than once"
                 if duplicates
                 else "every id appears once",
             )
