@@ -286,18 +286,22 @@ def _keep_latest_versions(conn: psycopg.Connection, tables: ResultsTables, batch
 def _update_reasons(
     conn: psycopg.Connection, dataset: Dataset, batch_key: int, rows: pl.DataFrame
 ) -> None:
-    """Sets the reason the rows still rejected fail for now."""
+    """Sets the reason the rows still rejected fail for now, in one statement."""
     if rows.height == 0:
         return
     with conn.cursor() as cur:
-        cur.executemany(
+        cur.execute(
             sql.SQL(
-                "UPDATE {} SET reason = %s WHERE batch_key = %s AND source_no = %s AND line = %s"
+                "UPDATE {} AS r SET reason = n.reason FROM unnest(%s::int[], %s::bigint[], "
+                "%s::text[]) AS n (source_no, line, reason) WHERE r.batch_key = %s "
+                "AND r.source_no = n.source_no AND r.line = n.line"
             ).format(sql.Identifier(dataset.tables.rejected_rows)),
-            [
-                (reason, batch_key, source, line)
-                for reason, source, line in rows.select(REASON, SOURCE, LINE).iter_rows()
-            ],
+            (
+                rows[SOURCE].to_list(),
+                rows[LINE].to_list(),
+                rows[REASON].to_list(),
+                batch_key,
+            ),
         )
 
 
