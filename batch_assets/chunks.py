@@ -169,6 +169,7 @@ class Chunks:
         workers: int = 0,
         time_limit: float | None = None,
         label: str = "",
+        pool: WorkerPool | None = None,
     ) -> Chunks:
         """Apply `fn` to every chunk, keeping indexes and order.
 
@@ -180,11 +181,16 @@ class Chunks:
         With `time_limit` (seconds), `fn` always runs in a pool (of one process at least),
         where a chunk that takes longer is interrupted: `ChunkTimeout` names the chunk (after
         `label`, what the chunks are).
+
+        `pool`, a `WorkerPool` of `fn` started earlier, runs it instead of a pool of its own.
         """
         source = self._produce
 
         def produce(resume: Resume) -> Iterator[Chunk]:
             upstream = source(resume)
+            if pool is not None:
+                yield from pool.map(upstream)
+                return
             if workers <= 1 and time_limit is None:
                 for chunk in upstream:
                     yield Chunk(chunk.index, fn(chunk.frame), chunk.state)
@@ -209,23 +215,55 @@ def _expire(signum: int, frame: object) -> None:
 
 def _limited(
     fn: Callable[[pl.DataFrame], pl.DataFrame], seconds: float | None, frame: pl.DataFrame
-) -> pl.DataFrame:
+) -> pl.DataFrame | _Changes:
     """Runs `fn` in a pool worker, interrupted by SIGALRM after `seconds` (a worker runs its
-    tasks in its main thread, where Python delivers signals)."""
+    tasks in its main thread, where Python delivers signals); what it changed goes back."""
     if seconds is None:
-        return fn(frame)
+        return _changes(frame, fn(frame))
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        return fn(frame)
+        result = fn(frame)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    return _changes(frame, result)
 
 
-def _die_with_parent(parent: int) -> None:
-    """A pool worker's initializer: the worker ends when the process that started it is
-    gone, even killed with SIGKILL (which gives the pool no chance to stop its workers)."""
+@dataclass(frozen=True)
+class _Changes:
+    """What a worker's function made of a chunk, sent back without the columns it left as
+    they were (the text to score, most of a chunk's bytes, went one way only)."""
+
+    columns: list[str]
+    """The result's columns, in order."""
+    changed: pl.DataFrame
+    """Those not in the chunk, or not equal to the chunk's column of that name."""
+
+    def applied(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(self.changed).select(self.columns)
+
+
+def _changes(before: pl.DataFrame, after: pl.DataFrame) -> pl.DataFrame | _Changes:
+    if after.height != before.height:
+        return after
+    changed = [
+        name
+        for name in after.columns
+        if name not in before.columns or not after[name].equals(before[name], check_dtypes=True)
+    ]
+    return _Changes(after.columns, after.select(changed))
+
+
+def _ready() -> None:
+    """A pool's first task for each worker: by the time it runs, the worker has started and
+    imported what the pool's function needs."""
+
+
+def _die_with_parent(parent: int, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
+    """A pool worker's initializer (`fn`, the function it will run, is unpickled with it,
+    importing its modules): the worker ends when the process that started it is gone, even
+    killed with SIGKILL (which gives the pool no chance to stop its workers)."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -235,6 +273,73 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
+class WorkerPool:
+    """`workers` processes that run `fn` on chunks in order (see `Chunks.map`), started
+    when the pool is made: they start and import what `fn` needs while the first chunk is
+    read. Closing the pool after an error drops the chunks still queued, so the step fails
+    at once, not once the workers have finished the chunks they hold."""
+
+    def __init__(
+        self,
+        fn: Callable[[pl.DataFrame], pl.DataFrame],
+        *,
+        workers: int,
+        time_limit: float | None = None,
+        label: str = "",
+    ):
+        self.workers = max(workers, 1)
+        self.time_limit = time_limit
+        self.label = label
+        self._task = functools.partial(_limited, fn, time_limit)
+        # spawn, not fork: the Dagster step process runs threads that a fork would copy
+        # mid-flight
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(), fn),
+        )
+        for _ in range(self.workers):  # a pool starts a worker per task it cannot place
+            self._executor.submit(_ready)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        self.close(completed=kind is None)
+
+    def close(self, *, completed: bool = True) -> None:
+        self._executor.shutdown(wait=completed, cancel_futures=not completed)
+
+    def map(self, upstream: Iterator[Chunk]) -> Iterator[Chunk]:
+        """`fn` of each chunk of `upstream`, in order; at most `2 * workers` chunks in
+        flight."""
+        pending: deque[tuple[Chunk, Future[pl.DataFrame | _Changes]]] = deque()
+        try:
+            for chunk in upstream:
+                pending.append((chunk, self._executor.submit(self._task, chunk.frame)))
+                if len(pending) >= 2 * self.workers:
+                    yield self._finished(*pending.popleft())
+            while pending:
+                yield self._finished(*pending.popleft())
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def _finished(self, chunk: Chunk, future: Future[pl.DataFrame | _Changes]) -> Chunk:
+        try:
+            result = future.result()
+        except _Expired:
+            what = f"{self.label}: chunk" if self.label else "chunk"
+            raise ChunkTimeout(
+                f"{what} {chunk.index} ({chunk.frame.height:,} rows) took longer than its "
+                f"time limit of {self.time_limit:g} s; raise the dataset's chunk_timeout or "
+                "make the chunks smaller"
+            ) from None
+        frame = result.applied(chunk.frame) if isinstance(result, _Changes) else result
+        return Chunk(chunk.index, frame, chunk.state)
+
+
 def _map_in_pool(
     upstream: Iterator[Chunk],
     fn: Callable[[pl.DataFrame], pl.DataFrame],
@@ -242,43 +347,8 @@ def _map_in_pool(
     time_limit: float | None,
     label: str,
 ) -> Iterator[Chunk]:
-    # spawn, not fork: the Dagster step process runs threads that a fork would copy mid-flight.
-    context = multiprocessing.get_context("spawn")
-    task = functools.partial(_limited, fn, time_limit)
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_die_with_parent,
-        initargs=(os.getpid(),),
-    )
-    pending: deque[tuple[Chunk, Future[pl.DataFrame]]] = deque()
-
-    def finished() -> Chunk:
-        done, future = pending.popleft()
-        try:
-            frame = future.result()
-        except _Expired:
-            what = f"{label}: chunk" if label else "chunk"
-            raise ChunkTimeout(
-                f"{what} {done.index} ({done.frame.height:,} rows) took longer than its "
-                f"time limit of {time_limit:g} s; raise the dataset's chunk_timeout or "
-                "make the chunks smaller"
-            ) from None
-        return Chunk(done.index, frame, done.state)
-
-    completed = False
-    try:
-        for chunk in upstream:
-            pending.append((chunk, pool.submit(task, chunk.frame)))
-            if len(pending) >= 2 * workers:
-                yield finished()
-        while pending:
-            yield finished()
-        completed = True
-    finally:
-        # after an error, the chunks still queued are dropped and the step fails now, not
-        # once the workers have finished the chunks they hold
-        pool.shutdown(wait=completed, cancel_futures=not completed)
+    with WorkerPool(fn, workers=workers, time_limit=time_limit, label=label) as pool:
+        yield from pool.map(upstream)
 
 
 READ_AHEAD = 2

@@ -13,13 +13,21 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import polars as pl
 
 from batch_assets.checkpoints import CheckpointStore, Stage, complete_stage, frontier_report
-from batch_assets.chunks import Chunk, ChunkListener, Chunks, Resume, Throttled, read_ahead
+from batch_assets.chunks import (
+    Chunk,
+    ChunkListener,
+    Chunks,
+    Resume,
+    Throttled,
+    WorkerPool,
+    read_ahead,
+)
 from batch_assets.kill_points import kill_point
 from batch_assets.objects import share_read
 from batch_assets.vocabulary import FAILED, REJECTED
@@ -41,6 +49,21 @@ class Scoring:
     workers: int
     time_limit: float | None
     label: str
+    pool: WorkerPool | None = None
+    """The worker pool, when one was started before the pass (`started`)."""
+
+    @contextlib.contextmanager
+    def started(self, wanted: bool = True) -> Iterator[Scoring]:
+        """This scoring with its worker pool started now, when it runs in one and is
+        `wanted`, so that the workers start while the source is opened and read; the pool
+        is closed on leaving (at once after an error, the queued chunks dropped)."""
+        if not wanted or (self.workers <= 1 and self.time_limit is None):
+            yield self
+            return
+        with WorkerPool(
+            self.fn, workers=self.workers, time_limit=self.time_limit, label=self.label
+        ) as pool:
+            yield replace(self, pool=pool)
 
 
 def open_stage(
@@ -87,7 +110,11 @@ def processed_chunks(
     scored on the worker pool, each stage's chunk made durable as it comes."""
     upstream = Chunks(lambda resume: raw.chunks(source, start=resume.next_index))
     scored = upstream.map(
-        scoring.fn, workers=scoring.workers, time_limit=scoring.time_limit, label=scoring.label
+        scoring.fn,
+        workers=scoring.workers,
+        time_limit=scoring.time_limit,
+        label=scoring.label,
+        pool=scoring.pool,
     )
 
     return processed.chunks(lambda resume: _marked(scored.iter(resume), "score"), start=start)

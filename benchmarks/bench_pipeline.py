@@ -468,6 +468,7 @@ def bench_rows(
     stack.s3().upload_file(str(path), bucket, key)
     say(f"[{rows:,}] uploaded {path.stat().st_size / MIB:.1f} MiB to s3://{bucket}/{key}")
 
+    vader_before = _vader_phase(rows, path, env, "before the pipeline")
     say(f"[{rows:,}] pipeline: sensor + run_partition in a child process")
     spec = {
         "key": key,
@@ -495,7 +496,9 @@ def bench_rows(
         "batch": result["batch"],
     }
     say(f"[{rows:,}] pipeline: {pipeline['rows_per_s']:,.0f} rows/s")
+    vader = bracketed(vader_before, _vader_phase(rows, path, env, "after the pipeline"))
 
+    copy_before = _copy_phase(rows, path, env, "before the load")
     say(f"[{rows:,}] load without scoring: sensor + run_partition in a child process")
     load_key = f"inbox/{LOAD_DATASET}/bench-{rows}-{uuid.uuid4().hex[:8]}.csv"
     stack.s3().upload_file(str(path), bucket, load_key)
@@ -504,11 +507,7 @@ def bench_rows(
     load_run = run_child(PIPELINE_CHILD, load_spec, env=env, workdir=workdir, timeout=args.timeout)
     load = _completed_run(load_run.result, rows, "the load without scoring")
     say(f"[{rows:,}] load without scoring: {load['rows_per_s']:,.0f} rows/s")
-
-    say(f"[{rows:,}] VADER alone on all cores")
-    settle(env)
-    vader = vader_all_cores(path, rows)
-    say(f"[{rows:,}] VADER: {vader['rows_per_s']:,.0f} rows/s")
+    copy = bracketed(copy_before, _copy_phase(rows, path, env, "after the load"))
 
     seed_rows = min(rows, args.baseline_rows) if args.baseline_rows else rows
     say(f"[{rows:,}] seed 002 on {seed_rows:,} rows in a child process")
@@ -531,11 +530,6 @@ def bench_rows(
     }
     say(f"[{rows:,}] seed 002: {seed['rows_per_s']:,.0f} rows/s")
 
-    say(f"[{rows:,}] raw COPY")
-    settle(env)
-    copy = raw_copy(env["BATCH_ASSETS_PG_URL"], path, rows)
-    say(f"[{rows:,}] COPY: {copy['rows_per_s']:,.0f} rows/s")
-
     path.unlink()
     figures = {
         "rows": rows,
@@ -552,6 +546,38 @@ def bench_rows(
         },
     }
     return figures, result["cursor"]
+
+
+def _vader_phase(rows: int, path: Path, env: dict[str, str], when: str) -> dict[str, Any]:
+    say(f"[{rows:,}] VADER alone on all cores, {when}")
+    settle(env)
+    vader = vader_all_cores(path, rows)
+    say(f"[{rows:,}] VADER: {vader['rows_per_s']:,.0f} rows/s")
+    return vader
+
+
+def _copy_phase(rows: int, path: Path, env: dict[str, str], when: str) -> dict[str, Any]:
+    say(f"[{rows:,}] raw COPY, {when}")
+    settle(env)
+    copy = raw_copy(env["BATCH_ASSETS_PG_URL"], path, rows)
+    say(f"[{rows:,}] COPY: {copy['rows_per_s']:,.0f} rows/s")
+    return copy
+
+
+def bracketed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """A baseline measured right before and right after the phase it is compared with, as
+    one figure: the mean of the two times (the machine's speed drifts: VADER alone took
+    48.8 s, then 60.4 s, then 65.6 s at 1,000,000 rows within ten minutes of one day),
+    with both measurements and their spread."""
+    seconds = (before["seconds"] + after["seconds"]) / 2
+    return {
+        **before,
+        "seconds": seconds,
+        "rows_per_s": before["rows"] / seconds,
+        "before": before,
+        "after": after,
+        "spread": abs(before["seconds"] - after["seconds"]) / seconds,
+    }
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -656,6 +682,10 @@ def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines = [throughput, "", steps, "", memory, ""]
     for r in runs:
         ratios = r["ratios"]
+        lines.append(
+            f"{r['rows']:>11,} rows: baselines right before / after their phase: VADER "
+            f"{_before_after(r['vader_all_cores'])}, COPY {_before_after(r['copy'])}"
+        )
         verdict = "ok" if ratios["pipeline_vs_vader"] >= TARGET_VS_VADER else "BELOW TARGET"
         lines.append(
             f"{r['rows']:>11,} rows: pipeline / VADER all cores = "
@@ -677,6 +707,14 @@ def report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             f"child {growth['child']:.2f}, VmHWM child {growth['vm_hwm_child']:.2f}"
         )
     return "\n".join(lines)
+
+
+def _before_after(baseline: dict[str, Any]) -> str:
+    before, after = baseline["before"], baseline["after"]
+    return (
+        f"{before['rows_per_s']:,.0f} / {after['rows_per_s']:,.0f} rows/s "
+        f"({baseline['spread']:.0%} apart)"
+    )
 
 
 def environment() -> dict[str, Any]:

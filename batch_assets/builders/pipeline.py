@@ -351,7 +351,11 @@ def stream_batch(
     frontier), the others read from their latest complete checkpoints; with `postgres`
     selected, every processed chunk loaded in one transaction."""
     dataset, partition = step.dataset, step.batch_id
-    with step.failing(), WriteBehind() as writes:
+    with (
+        step.failing(),
+        WriteBehind() as writes,
+        scoring.started("processed" in selected) as scoring,
+    ):
         opened = open_source() if "raw" in selected else None
         sizes, total = (opened.sizes, opened.rows) if opened else (None, None)
         raw = open_stage(
