@@ -588,6 +588,7 @@ def _batch_pass(batch_id: str, dataset_name: str, run: Any, command: str) -> int
     from batch_assets.errors import BatchError
     from batch_assets.resources.dynamodb import DynamoDBResource
     from batch_assets.resources.kinesis import KinesisResource
+    from batch_assets.stored_batch import RecordWriters, StoredBatch
     from batch_assets.tracking import status_document
 
     url = _setting("BATCH_ASSETS_PG_URL")
@@ -597,16 +598,9 @@ def _batch_pass(batch_id: str, dataset_name: str, run: Any, command: str) -> int
     resource = _jobs_resource(url)
     with psycopg.connect(url) as conn:
         try:
-            result = run(
-                dataset,
-                batch_id,
-                conn=conn,
-                jobs=resource.within(conn, dataset.name),
-                dynamodb=DynamoDBResource().writer() if "dynamodb" in dataset.sinks else None,
-                kinesis=KinesisResource().writer(dataset.name)
-                if "kinesis" in dataset.sinks
-                else None,
-            )
+            jobs = resource.within(conn, dataset.name)
+            writers = RecordWriters.of(dataset, DynamoDBResource(), KinesisResource())
+            result = run(StoredBatch(dataset, batch_id, conn, jobs, writers))
         except BatchError as exc:
             print(f"batch-assets {command}: {exc}", file=sys.stderr)
             return 1

@@ -41,8 +41,9 @@ CREATE TABLE IF NOT EXISTS inbox_backlog (
     oldest timestamptz,
     measured_at timestamptz NOT NULL
 );
-ALTER TABLE inbox_objects ADD COLUMN IF NOT EXISTS disposed text;
-ALTER TABLE inbox_objects ADD COLUMN IF NOT EXISTS disposed_at timestamptz;
+ALTER TABLE inbox_objects
+    ADD COLUMN IF NOT EXISTS disposed text,
+    ADD COLUMN IF NOT EXISTS disposed_at timestamptz;
 CREATE TABLE IF NOT EXISTS retention_marks (
     dataset text NOT NULL,
     kind text NOT NULL,

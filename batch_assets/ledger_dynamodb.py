@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batch_assets.ledger import Backlog, ObjectVersion
-from batch_assets.tracking_dynamodb import ensure_table
+from batch_assets.tracking_dynamodb import DatasetItems, ensure_table
 
 LEDGER_TABLE = "inbox_objects"
 TAKEN_INDEX = "dataset_taken_index"
@@ -30,14 +30,11 @@ def _stamp(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
 
 
-class DynamoLedger:
+class DynamoLedger(DatasetItems):
     """The ledger of one dataset in DynamoDB; see `ledger.ObjectLedger` for the contract.
     Its writes happen at once (there is no transaction to join)."""
 
-    def __init__(self, client: Any, dataset: str, *, table: str = LEDGER_TABLE):
-        self.client = client
-        self.dataset = dataset
-        self.table = table
+    default_table = LEDGER_TABLE
 
     def ensure(self) -> None:
         ensure_ledger_table(self.client, self.table)

@@ -27,28 +27,19 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from batch_assets import vocabulary
 from batch_assets.batches import batch_summary
 from batch_assets.datasets import Dataset
-from batch_assets.errors import BatchError
 from batch_assets.retry import figures_after_retry
 from batch_assets.sinks.backoff import WriteStats
-from batch_assets.sinks.dynamodb import BatchWriter, chunk_items, write_chunk_items
-from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
+from batch_assets.sinks.dynamodb import chunk_items, write_chunk_items
+from batch_assets.sinks.kinesis import chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
 from batch_assets.sinks.results_tables import ResultsTables
+from batch_assets.stored_batch import RecordWriters, StoredBatch, completed_batch
 from batch_assets.tracking import BatchCounts, BatchJobs, BatchRecord, BatchStore, Outcome
 from batch_assets.validation import validate_chunk
-from batch_assets.vocabulary import (
-    ERROR,
-    LINE,
-    PROCESSED,
-    REASON,
-    RECORD,
-    REJECTED,
-    SOURCE,
-    STATUS,
-    VALID,
-)
+from batch_assets.vocabulary import ERROR, LINE, REASON, RECORD, SOURCE, STATUS
 
 RECORD_SINKS = ("dynamodb", "kinesis")
 
@@ -77,56 +68,36 @@ class ReplayResult:
         return asdict(self)
 
 
-@dataclass
-class _Sinks:
-    """The record sinks a replay writes to, those the dataset has a writer for."""
-
-    dynamodb: BatchWriter | None = None
-    kinesis: StreamWriter | None = None
-
-    def has(self, sink: str) -> bool:
-        return getattr(self, sink) is not None
-
-
 def record_sinks(dataset: Dataset) -> list[str]:
     """The dataset's sinks after Postgres, those a replay writes its changed rows to."""
     return [s for s in RECORD_SINKS if s in dataset.sinks]
 
 
-def replay_rejected(
-    dataset: Dataset,
-    batch_id: str,
-    *,
-    conn: psycopg.Connection,
-    jobs: BatchStore | None = None,
-    dynamodb: BatchWriter | None = None,
-    kinesis: StreamWriter | None = None,
-) -> ReplayResult:
-    """Replays the batch's rejected rows (see the module), committing on `conn` (what
-    the caller had open on it is committed first).
-
-    Args:
-        dataset: the batch's dataset as it is now: its schema, hooks and processor.
-        batch_id: the batch; it must be `completed`.
-        conn: Postgres, holding the dataset's tables.
-        jobs: where the batch is tracked, when not in `conn`'s `batch_jobs`.
-        dynamodb: the writer for `data_records`, when the dataset has the DynamoDB sink.
-        kinesis: the writer for the dataset's stream, when it has the Kinesis sink.
+def replay_rejected(batch: StoredBatch) -> ReplayResult:
+    """Replays the batch's rejected rows (see the module), committing on the batch's
+    connection (what the caller had open on it is committed first); the changed rows'
+    records go to the DynamoDB and Kinesis sinks given a writer.
 
     Raises:
         BatchError: no such batch, or it is not completed.
     """
-    sinks = _Sinks(dynamodb, kinesis)
+    dataset, batch_id, conn, jobs = batch.dataset, batch.batch_id, batch.conn, batch.jobs
     conn.commit()
     with conn.transaction():
         dataset.tables.ensure(conn)
-    _finish_pending(conn, dataset, batch_id, sinks, jobs)
+    _finish_pending(conn, dataset, batch_id, batch.writers, jobs)
     with conn.transaction():
         result, changed, found = _replay_in_postgres(conn, dataset, batch_id, jobs)
     if result.replay_id is not None:
         pending = record_sinks(dataset)
         _write_sinks(
-            conn, dataset, batch_id, (result.replay_id, changed, pending), sinks, found, jobs
+            conn,
+            dataset,
+            batch_id,
+            (result.replay_id, changed, pending),
+            batch.writers,
+            found,
+            jobs,
         )
     return result
 
@@ -149,13 +120,13 @@ def _replay_in_postgres(
     reasons_before = rows.select(SOURCE, LINE, pl.col(REASON).alias("before"))
     rows = rows.with_columns(pl.lit(None, pl.String).alias(REASON))
     validated = validate_chunk(rows, dataset.schema, dataset.columns)
-    passing = validated.filter(pl.col(STATUS) == VALID)
+    passing = validated.filter(pl.col(STATUS) == vocabulary.VALID)
     out = dataset.process_fn()(passing) if passing.height else passing
-    still = validated.filter(pl.col(STATUS) == REJECTED)
+    still = validated.filter(pl.col(STATUS) == vocabulary.REJECTED)
     new_reasons = still.join(reasons_before, on=[SOURCE, LINE]).filter(
         pl.col(REASON) != pl.col("before")
     )
-    processed = int((out[STATUS] == PROCESSED).sum()) if out.height else 0
+    processed = int((out[STATUS] == vocabulary.PROCESSED).sum()) if out.height else 0
     if out.height == 0 and new_reasons.height == 0:
         return ReplayResult(rows.height, 0, 0, still.height, not_replayable, None), [], found
     _move_to_results(conn, dataset, batch_key, out)
@@ -184,15 +155,7 @@ def _replay_in_postgres(
 
 
 def _completed(store: BatchStore, dataset: Dataset, batch_id: str) -> BatchRecord:
-    found = store.get(batch_id)
-    if found is None:
-        raise BatchError(f"no {dataset.name} batch {batch_id}")
-    if found.status != "completed" or found.attempt is None:
-        raise BatchError(
-            f"{dataset.name} batch {batch_id} is {found.status}: only a completed batch's "
-            "rejected rows can be replayed"
-        )
-    return found
+    return completed_batch(store, dataset, batch_id, what="rejected rows can be replayed")
 
 
 def _rejected_rows(
@@ -216,7 +179,7 @@ def _rejected_rows(
             **{c: pl.Series(c, [f.get(c) for f in fields], pl.String) for c in dataset.columns},
             SOURCE: pl.Series(SOURCE, [r[0] for r in replayable], pl.Int32),
             LINE: pl.Series(LINE, [r[1] for r in replayable], pl.Int64),
-            STATUS: pl.Series(STATUS, [VALID] * len(replayable), pl.String),
+            STATUS: pl.Series(STATUS, [vocabulary.VALID] * len(replayable), pl.String),
             REASON: pl.Series(REASON, [r[2] for r in replayable], pl.String),
             RECORD: pl.Series(RECORD, [None] * len(replayable), pl.String),
         }
@@ -341,7 +304,7 @@ def _finish_pending(
     conn: psycopg.Connection,
     dataset: Dataset,
     batch_id: str,
-    sinks: _Sinks,
+    sinks: RecordWriters,
     jobs: BatchStore | None,
 ) -> None:
     """Writes the records of earlier replays of the batch whose sinks were not written
@@ -375,7 +338,7 @@ def _write_sinks(
     dataset: Dataset,
     batch_id: str,
     pending: Pending,
-    sinks: _Sinks,
+    sinks: RecordWriters,
     found: BatchRecord,
     jobs: BatchStore | None,
 ) -> None:
@@ -465,7 +428,7 @@ def changed_rows(
                 },
                 SOURCE: r["source_no"],
                 LINE: r["line"],
-                STATUS: REJECTED,
+                STATUS: vocabulary.REJECTED,
                 ERROR: None,
                 REASON: r["reason"],
             }

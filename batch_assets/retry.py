@@ -17,12 +17,12 @@ from psycopg import sql
 
 from batch_assets.batches import batch_summary
 from batch_assets.datasets import Dataset
-from batch_assets.errors import BatchError
 from batch_assets.sinks.backoff import WriteStats
-from batch_assets.sinks.dynamodb import BatchWriter, chunk_items, write_chunk_items
-from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
+from batch_assets.sinks.dynamodb import chunk_items, write_chunk_items
+from batch_assets.sinks.kinesis import chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
-from batch_assets.tracking import BatchCounts, BatchJobs, BatchStore, Outcome
+from batch_assets.stored_batch import RecordWriters, StoredBatch, completed_batch
+from batch_assets.tracking import BatchCounts, BatchJobs, Outcome
 from batch_assets.vocabulary import ERROR, FAILED, LINE, PROCESSED, REASON, RECORD, STATUS, VALID
 
 
@@ -38,27 +38,11 @@ class RetryResult:
         return {"retried": self.retried, "processed": self.processed, "failed": self.failed}
 
 
-def retry_failed(
-    dataset: Dataset,
-    batch_id: str,
-    *,
-    conn: psycopg.Connection,
-    jobs: BatchStore | None = None,
-    dynamodb: BatchWriter | None = None,
-    kinesis: StreamWriter | None = None,
-) -> RetryResult:
-    """Runs `dataset`'s processor again on the batch's failed records, inside the caller's
-    transaction for Postgres.
-
-    Args:
-        dataset: the batch's dataset (its processor is the one run).
-        batch_id: the batch; it must be `completed`.
-        conn: Postgres, holding the results (and, by default, the batch's row in
-            `batch_jobs`, locked until the caller commits).
-        jobs: where the batch is tracked, when not in `conn`'s `batch_jobs`.
-        dynamodb: the writer for `data_records`, when the dataset has the DynamoDB sink.
-        kinesis: the writer for the dataset's stream, when it has the Kinesis sink; the
-            retried records are put on it again, with their new status.
+def retry_failed(batch: StoredBatch) -> RetryResult:
+    """Runs the dataset's processor again on the batch's failed records, inside the caller's
+    transaction for Postgres (the batch's row in `batch_jobs`, when there, stays locked
+    until the caller commits). The retried records are written again to the DynamoDB and
+    Kinesis sinks given a writer, with their new status.
 
     The DynamoDB and Kinesis figures in the batch's `sink_stats` then include the retry's
     writes (see `figures_after_retry`), recorded under the same attempt as the counts.
@@ -66,17 +50,13 @@ def retry_failed(
     Raises:
         BatchError: no such batch, or it is not completed (running, queued or failed).
     """
-    jobs = jobs if jobs is not None else BatchJobs(conn, dataset.name)
+    dataset, batch_id, conn = batch.dataset, batch.batch_id, batch.conn
+    jobs = batch.store()
     if isinstance(jobs, BatchJobs):  # in `conn`: hold the batch's row until the caller commits
         jobs.lock(batch_id)
-    found = jobs.get(batch_id)
-    if found is None:
-        raise BatchError(f"no {dataset.name} batch {batch_id}")
-    if found.status != "completed" or found.attempt is None:
-        raise BatchError(
-            f"{dataset.name} batch {batch_id} is {found.status}: only a completed batch's "
-            "failed records can be retried"
-        )
+    found = completed_batch(jobs, dataset, batch_id, what="failed records can be retried")
+    attempt = found.attempt
+    assert attempt is not None  # a completed batch's
     tables = dataset.tables
     failed = _failed_records(conn, dataset, batch_id)
     if failed.height == 0:
@@ -89,41 +69,36 @@ def retry_failed(
         )
     )
     _update_results(conn, dataset, batch_id, out)
-    written = _write_sinks(dataset, batch_id, out, dynamodb=dynamodb, kinesis=kinesis)
+    written = _write_sinks(dataset, batch_id, out, batch.writers)
     stored = stored_counts(conn, tables, batch_id)
     counts = BatchCounts(found.total_count, *stored)
     # as the completing run: a run that took the batch since wins
     summary = batch_summary(conn, dataset, batch_id, stored)
-    jobs.complete(batch_id, Outcome(counts, summary), attempt=found.attempt)
+    jobs.complete(batch_id, Outcome(counts, summary), attempt=attempt)
     for sink, stats in written.items():
         before = (found.sink_stats or {}).get(sink)
         figures = figures_after_retry(before, stats, failed=counts.failed)
-        jobs.record_sink(batch_id, sink, figures, attempt=found.attempt)
+        jobs.record_sink(batch_id, sink, figures, attempt=attempt)
     now_processed = int((out[STATUS] == PROCESSED).sum())
     return RetryResult(failed.height, now_processed, failed.height - now_processed)
 
 
 def _write_sinks(
-    dataset: Dataset,
-    batch_id: str,
-    out: pl.DataFrame,
-    *,
-    dynamodb: BatchWriter | None,
-    kinesis: StreamWriter | None,
+    dataset: Dataset, batch_id: str, out: pl.DataFrame, writers: RecordWriters
 ) -> dict[str, WriteStats]:
     """Writes the retried records to the dataset's DynamoDB and Kinesis sinks (those given
     a writer); what each write did, by sink."""
     written: dict[str, WriteStats] = {}
     created_at = datetime.now(UTC).isoformat()
     layout = dataset.record_layout
-    if dynamodb is not None and "dynamodb" in dataset.sinks:
+    if writers.dynamodb is not None and "dynamodb" in dataset.sinks:
         items = chunk_items(out, layout, batch_id=batch_id, created_at=created_at)
         written["dynamodb"] = WriteStats()
-        write_chunk_items(dynamodb, items, batch_id=batch_id, stats=written["dynamodb"])
-    if kinesis is not None and "kinesis" in dataset.sinks:
+        write_chunk_items(writers.dynamodb, items, batch_id=batch_id, stats=written["dynamodb"])
+    if writers.kinesis is not None and "kinesis" in dataset.sinks:
         entries = chunk_entries(out, layout, batch_id=batch_id, created_at=created_at)
         written["kinesis"] = WriteStats()
-        kinesis.write(entries, batch_id=batch_id, stats=written["kinesis"])
+        writers.kinesis.write(entries, batch_id=batch_id, stats=written["kinesis"])
     return written
 
 

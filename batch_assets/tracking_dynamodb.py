@@ -15,7 +15,7 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
@@ -103,19 +103,27 @@ def _plain(value: Any) -> Any:
 _TIMES = ("created_at", "started_at", "updated_at", "completed_at")
 
 
-class DynamoBatchJobs:
-    """`batch_jobs` of one dataset in DynamoDB; see `tracking.BatchStore` for the contract.
+class DatasetItems:
+    """The items of one dataset in a DynamoDB table that every dataset shares.
 
     Args:
         client: a boto3 DynamoDB client.
         dataset: the dataset.
-        table: the jobs table.
+        table: the table, `default_table` unless given.
     """
 
-    def __init__(self, client: Any, dataset: str, *, table: str = JOBS_TABLE):
+    default_table: ClassVar[str]
+
+    def __init__(self, client: Any, dataset: str, *, table: str | None = None):
         self.client = client
         self.dataset = dataset
-        self.table = table
+        self.table = table or self.default_table
+
+
+class DynamoBatchJobs(DatasetItems):
+    """`batch_jobs` of one dataset in DynamoDB; see `tracking.BatchStore` for the contract."""
+
+    default_table = JOBS_TABLE
 
     def ensure(self) -> None:
         ensure_jobs_table(self.client, self.table)

@@ -12,6 +12,7 @@ import pandera.polars as pa
 import polars as pl
 
 from batch_assets.errors import BatchError
+from batch_assets.schemas import NOT_BLANK
 from batch_assets.vocabulary import REASON, REJECTED, STATUS, VALID
 
 _ROW = "__row"
@@ -89,7 +90,7 @@ def _describe(case: dict[str, str | None]) -> str:
         return f"{column} is missing"
     if check == "no_nul_escape":
         return f"{column} holds \\u0000, which Postgres jsonb cannot store"
-    if check == "not_blank":
+    if check == f"str_contains('{NOT_BLANK}')":
         return f"{column} is empty" if value == "" else f"{column} is blank"
     length = _LENGTH_CHECK.fullmatch(check)
     if length:

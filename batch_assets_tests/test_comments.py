@@ -23,6 +23,7 @@ from batch_assets.increments import Increments
 from batch_assets.local_stack import LocalStack
 from batch_assets.replay_rejected import replay_rejected
 from batch_assets.runner import evaluate_inbox_sensor, run_partition
+from batch_assets.stored_batch import StoredBatch
 from batch_assets_tests.pipeline_helpers import (
     assert_each_stage_resumed,
     cli,
@@ -382,7 +383,7 @@ def test_a_replayed_row_gives_way_to_a_later_version_of_its_source_row(
         (first, "5"),
     ]
     with psycopg.connect(url) as conn:
-        replayed = replay_rejected(COMMENTS, first, conn=conn)
+        replayed = replay_rejected(StoredBatch(COMMENTS, first, conn))
     # both rejected rows pass now; id 3's replayed version gives way to the later one
     assert (replayed.processed, replayed.still_rejected) == (2, 0)
     assert [(r[0], r[1], r[2]) for r in results(url)] == [

@@ -19,6 +19,7 @@ from batch_assets.definitions import build_definitions
 from batch_assets.local_stack import LocalStack
 from batch_assets.retry import retry_failed
 from batch_assets.sinks.dynamodb import RECORDS_TABLE, batch_records
+from batch_assets.stored_batch import StoredBatch
 from batch_assets.tracking import BatchJobs, BatchRecord
 from batch_assets.tracking_dynamodb import DynamoBatchJobs
 from batch_assets_tests.api_helpers import serving
@@ -251,12 +252,8 @@ def test_batches_tracked_in_dynamodb(
         ).fetchone() or (0,)
     assert stored == 3
     with psycopg.connect(pg_url) as conn:
-        retried = retry_failed(
-            EVENTS,
-            batch_id,
-            conn=conn,
-            jobs=DynamoBatchJobs(stack.client("dynamodb"), "events", table=table),
-        )
+        jobs = DynamoBatchJobs(stack.client("dynamodb"), "events", table=table)
+        retried = retry_failed(StoredBatch(EVENTS, batch_id, conn, jobs))
     assert retried.as_dict() == {"retried": 1, "processed": 0, "failed": 1}
 
     # the API reads and writes the same store (a bucket of its own keeps the upload out of

@@ -25,6 +25,7 @@ from batch_assets.replay_rejected import ReplayResult, replay_rejected
 from batch_assets.resources.dynamodb import DynamoDBResource
 from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.sinks.dynamodb import batch_records
+from batch_assets.stored_batch import RecordWriters, StoredBatch
 from batch_assets.tracking import BatchJobs, BatchRecord
 from batch_assets_tests.api_helpers import serving
 from batch_assets_tests.pipeline_helpers import Inbox, cli, stream_documents
@@ -121,7 +122,9 @@ def replay_events(
     `records_table`, when given)."""
     dynamodb = DynamoDBResource(**({"records_table": records_table} if records_table else {}))
     kinesis = KinesisResource().writer("events")
-    return replay_rejected(EVENTS, batch_id, conn=conn, dynamodb=dynamodb.writer(), kinesis=kinesis)
+    return replay_rejected(
+        StoredBatch(EVENTS, batch_id, conn, writers=RecordWriters(dynamodb.writer(), kinesis))
+    )
 
 
 EVENT_LINES = (
@@ -252,7 +255,7 @@ def test_rows_the_reader_rejected_are_not_replayed(strict_reviews: Inbox, pg_url
     batch_id, run = strict_reviews.drop_and_run("fields.csv", b"id,text\n1,a,b\n2,Fine and long\n")
     assert run.success
     with psycopg.connect(pg_url) as conn:
-        result = replay_rejected(REVIEWS, batch_id, conn=conn)
+        result = replay_rejected(StoredBatch(REVIEWS, batch_id, conn))
     assert (result.not_replayable, result.replayed, result.replay_id) == (1, 0, None)
 
 

@@ -24,6 +24,7 @@ from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.retry import figures_after_retry, retry_failed
 from batch_assets.sinks.backoff import WriteStats
 from batch_assets.sinks.dynamodb import batch_records
+from batch_assets.stored_batch import RecordWriters, StoredBatch
 from batch_assets.tracking import BatchJobs
 from batch_assets_tests.faults import DynamoFaults
 from batch_assets_tests.pipeline_helpers import Inbox, stream_documents
@@ -103,7 +104,9 @@ def test_retry_updates_only_the_failed_records(
     # after a fix, the retry processes them; the others are untouched
     writer, stream = DynamoDBResource().writer(), KinesisResource().writer("events")
     with psycopg.connect(pg_url) as conn:
-        outcome = retry_failed(FIXED, batch_id, conn=conn, dynamodb=writer, kinesis=stream)
+        outcome = retry_failed(
+            StoredBatch(FIXED, batch_id, conn, writers=RecordWriters(writer, stream))
+        )
     assert outcome.as_dict() == {"retried": 2, "processed": 2, "failed": 0}
     after = counts(pg_url, batch_id)
     assert after["job"] == (
@@ -135,7 +138,10 @@ def test_retry_updates_only_the_failed_records(
 
     # again, from the CLI: nothing left to retry
     with psycopg.connect(pg_url) as conn:
-        assert retry_failed(FIXED, batch_id, conn=conn, dynamodb=writer).retried == 0
+        assert (
+            retry_failed(StoredBatch(FIXED, batch_id, conn, writers=RecordWriters(writer))).retried
+            == 0
+        )
     assert counts(pg_url, batch_id) == after
 
 
@@ -145,7 +151,7 @@ def test_only_a_completed_batch_can_be_retried(
     batch_id, run = events_inbox.drop_and_run("broken.json", b"[{")
     assert not run.success
     with psycopg.connect(pg_url) as conn, pytest.raises(BatchError, match="is failed"):
-        retry_failed(EVENTS, batch_id, conn=conn)
+        retry_failed(StoredBatch(EVENTS, batch_id, conn))
     assert cli(["retry", batch_id, "--dataset", "events"]) == 1
     assert "only a completed batch" in capsys.readouterr().err
     assert cli(["retry", "no-such-batch", "--dataset", "events"]) == 1
@@ -174,7 +180,9 @@ def test_a_retry_adds_its_writes_to_the_dynamodb_and_kinesis_figures(
     # DynamoDB hands back one of the two retried items: a second request sends it again
     DynamoFaults(writer.client, unprocessed=0.5)
     with psycopg.connect(pg_url) as conn:
-        outcome = retry_failed(FIXED, batch_id, conn=conn, dynamodb=writer, kinesis=stream)
+        outcome = retry_failed(
+            StoredBatch(FIXED, batch_id, conn, writers=RecordWriters(writer, stream))
+        )
     assert outcome.as_dict() == {"retried": 2, "processed": 2, "failed": 0}
 
     after = sink_figures(pg_url, batch_id)
@@ -194,7 +202,10 @@ def test_a_retry_adds_its_writes_to_the_dynamodb_and_kinesis_figures(
     # nothing left to retry: the figures stay as they are
     with psycopg.connect(pg_url) as conn:
         assert (
-            retry_failed(FIXED, batch_id, conn=conn, dynamodb=writer, kinesis=stream).retried == 0
+            retry_failed(
+                StoredBatch(FIXED, batch_id, conn, writers=RecordWriters(writer, stream))
+            ).retried
+            == 0
         )
     assert sink_figures(pg_url, batch_id) == after
 

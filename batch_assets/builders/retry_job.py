@@ -14,10 +14,10 @@ from batch_assets.resources.jobs import JobsResource
 from batch_assets.resources.kinesis import KinesisResource
 from batch_assets.resources.postgres import PostgresResource
 from batch_assets.retry import retry_failed
+from batch_assets.stored_batch import RecordWriters, StoredBatch
 
-BatchPass = Callable[..., Any]
-"""`retry_failed` or `replay_rejected`: (dataset, batch id, conn=, jobs=, dynamodb=,
-kinesis=) to a result with `as_dict()`."""
+BatchPass = Callable[[StoredBatch], Any]
+"""`retry_failed` or `replay_rejected`: a stored batch to a result with `as_dict()`."""
 
 
 def retry_job(dataset: Dataset, partitions: DynamicPartitionsDefinition) -> JobDefinition:
@@ -67,13 +67,9 @@ def _batch_job(
     ) -> Output[dict[str, Any]]:
         batch_id = context.partition_key
         with postgres.connect() as conn:
+            writers = RecordWriters.of(dataset, dynamodb, kinesis)
             result = run(
-                dataset,
-                batch_id,
-                conn=conn,
-                jobs=jobs.within(conn, dataset.name),
-                dynamodb=dynamodb.writer() if "dynamodb" in dataset.sinks else None,
-                kinesis=kinesis.writer(dataset.name) if "kinesis" in dataset.sinks else None,
+                StoredBatch(dataset, batch_id, conn, jobs.within(conn, dataset.name), writers)
             )
         figures = result.as_dict()
         context.log.info(f"{name} [{batch_id}]: {figures}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandera.polars as pa
 import polars as pl
 
+from batch_assets.schemas import text_field
+
 MAX_RECORD_LENGTH = 1_000_000
 NUL_ESCAPE = r"(?:^|[^\\])(?:\\\\)*\\u0000"
 """The escape of U+0000 in JSON text: an odd run of backslashes, then `u0000`."""
@@ -14,10 +16,8 @@ class EventRecord(pa.DataFrameModel):
     """One event as it arrives: the source text of a JSON object (the reader has checked
     that it is one)."""
 
-    record: str = pa.Field(
-        nullable=False,
-        str_length={"max_value": MAX_RECORD_LENGTH},
-        description=f"the event's JSON object as read, up to {MAX_RECORD_LENGTH:,} characters",
+    record: str = text_field(
+        "the event's JSON object as read", max_length=MAX_RECORD_LENGTH, blank=True
     )
 
     @pa.check("record", name="no_nul_escape")

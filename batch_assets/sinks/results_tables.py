@@ -52,6 +52,10 @@ def wire_type(dtype: pl.DataType) -> pl.DataType:
     return _type(dtype)[1]
 
 
+_KINDS = ("results", "rejected", "result_rows", "rejected_rows", "batches", "objects", "replays")
+"""The dataset's tables and views, each named `<dataset>_<kind>`."""
+
+
 @dataclass(frozen=True)
 class ResultsTables:
     """The tables of one dataset (see the module): read `results` and `rejected` (views
@@ -85,9 +89,12 @@ class ResultsTables:
     replays: str = field(init=False)
 
     def __post_init__(self) -> None:
-        kinds = ("results", "rejected", "result_rows", "rejected_rows", "batches", "objects")
-        for kind in (*kinds, "replays"):
+        for kind in _KINDS:
             object.__setattr__(self, kind, f"{self.dataset}_{kind}")
+
+    def _identifiers(self) -> dict[str, sql.Identifier]:
+        """The dataset's tables and views as SQL identifiers, by kind (`results`, ...)."""
+        return {kind: sql.Identifier(getattr(self, kind)) for kind in _KINDS}
 
     def ensure(self, conn: psycopg.Connection) -> None:
         """Creates what is missing, and migrates tables of the earlier layout, inside the
@@ -245,11 +252,7 @@ class ResultsTables:
             CREATE INDEX IF NOT EXISTS {replays_index} ON {replays} (batch_key);
             """
         ).format(
-            batches=sql.Identifier(self.batches),
-            result_rows=sql.Identifier(self.result_rows),
-            rejected_rows=sql.Identifier(self.rejected_rows),
-            objects=sql.Identifier(self.objects),
-            replays=sql.Identifier(self.replays),
+            **self._identifiers(),
             replays_index=sql.Identifier(f"{self.replays}_batch"),
             rejected_key=sql.Identifier(f"{self.rejected_rows}_by_object"),
             failed_index=sql.Identifier(f"{self.result_rows}_failed"),
@@ -279,12 +282,7 @@ class ResultsTables:
                 LEFT JOIN {objects} AS o USING (batch_key, source_no);
             """
         ).format(
-            results=sql.Identifier(self.results),
-            rejected=sql.Identifier(self.rejected),
-            result_rows=sql.Identifier(self.result_rows),
-            rejected_rows=sql.Identifier(self.rejected_rows),
-            batches=sql.Identifier(self.batches),
-            objects=sql.Identifier(self.objects),
+            **self._identifiers(),
             row_columns=row_columns,
         )
 
@@ -315,9 +313,7 @@ class ResultsTables:
             sql.SQL("o.{}").format(sql.Identifier(c)) for c in ("seq", "line", *self.columns)
         )
         names = {
-            "batches": sql.Identifier(self.batches),
-            "result_rows": sql.Identifier(self.result_rows),
-            "rejected_rows": sql.Identifier(self.rejected_rows),
+            **self._identifiers(),
             "old_results": sql.Identifier(self.results),
             "old_rejected": sql.Identifier(self.rejected),
             "columns": columns,
