@@ -191,13 +191,19 @@ class Chunks:
             if pool is not None:
                 yield from pool.map(upstream)
                 return
-            if workers <= 1 and time_limit is None:
+            if not in_pool(workers, time_limit):
                 for chunk in upstream:
                     yield Chunk(chunk.index, fn(chunk.frame), chunk.state)
                 return
             yield from _map_in_pool(upstream, fn, max(workers, 1), time_limit, label)
 
         return self.with_producer(produce)
+
+
+def in_pool(workers: int, time_limit: float | None) -> bool:
+    """Whether `Chunks.map` runs its function in a pool of processes: with more than one
+    worker, or a time limit (which only a pool worker can enforce)."""
+    return workers > 1 or time_limit is not None
 
 
 class ChunkTimeout(BatchError):

@@ -26,6 +26,7 @@ from batch_assets.chunks import (
     Resume,
     Throttled,
     WorkerPool,
+    in_pool,
     read_ahead,
 )
 from batch_assets.kill_points import kill_point
@@ -57,7 +58,7 @@ class Scoring:
         """This scoring with its worker pool started now, when it runs in one and is
         `wanted`, so that the workers start while the source is opened and read; the pool
         is closed on leaving (at once after an error, the queued chunks dropped)."""
-        if not wanted or (self.workers <= 1 and self.time_limit is None):
+        if not wanted or not in_pool(self.workers, self.time_limit):
             yield self
             return
         with WorkerPool(

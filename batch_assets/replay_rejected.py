@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
@@ -31,13 +30,10 @@ from batch_assets import vocabulary
 from batch_assets.batches import batch_summary
 from batch_assets.datasets import Dataset
 from batch_assets.retry import figures_after_retry
-from batch_assets.sinks.backoff import WriteStats
-from batch_assets.sinks.dynamodb import chunk_items, write_chunk_items
-from batch_assets.sinks.kinesis import chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
 from batch_assets.sinks.results_tables import ResultsTables
-from batch_assets.stored_batch import RecordWriters, StoredBatch, completed_batch
-from batch_assets.tracking import BatchCounts, BatchJobs, BatchRecord, BatchStore, Outcome
+from batch_assets.stored_batch import StoredBatch, completed_batch
+from batch_assets.tracking import BatchCounts, BatchRecord, BatchStore, Outcome
 from batch_assets.validation import validate_chunk
 from batch_assets.vocabulary import ERROR, LINE, REASON, RECORD, SOURCE, STATUS
 
@@ -81,38 +77,27 @@ def replay_rejected(batch: StoredBatch) -> ReplayResult:
     Raises:
         BatchError: no such batch, or it is not completed.
     """
-    dataset, batch_id, conn, jobs = batch.dataset, batch.batch_id, batch.conn, batch.jobs
+    conn = batch.conn
     conn.commit()
     with conn.transaction():
-        dataset.tables.ensure(conn)
-    _finish_pending(conn, dataset, batch_id, batch.writers, jobs)
+        batch.dataset.tables.ensure(conn)
+    _finish_pending(batch)
     with conn.transaction():
-        result, changed, found = _replay_in_postgres(conn, dataset, batch_id, jobs)
+        result, changed, found = _replay_in_postgres(batch)
     if result.replay_id is not None:
-        pending = record_sinks(dataset)
-        _write_sinks(
-            conn,
-            dataset,
-            batch_id,
-            (result.replay_id, changed, pending),
-            batch.writers,
-            found,
-            jobs,
-        )
+        _write_sinks(batch, (result.replay_id, changed, record_sinks(batch.dataset)), found)
     return result
 
 
 def _replay_in_postgres(
-    conn: psycopg.Connection,
-    dataset: Dataset,
-    batch_id: str,
-    jobs: BatchStore | None,
+    batch: StoredBatch,
 ) -> tuple[ReplayResult, list[tuple[int, int]], BatchRecord]:
     """The replay's Postgres part, inside the caller's transaction: the result, the rows
     whose records changed (object, line), and the batch as found."""
+    dataset, batch_id, conn = batch.dataset, batch.batch_id, batch.conn
     tables = dataset.tables
     batch_key = tables.batch_key(conn, batch_id)  # holds the batch until the end
-    store = _store(conn, dataset, jobs)
+    store = batch.store()
     found = _completed(store, dataset, batch_id)
     attempt = found.attempt
     assert attempt is not None  # a completed batch's
@@ -300,32 +285,22 @@ def _record(
     return int(found[0])
 
 
-def _finish_pending(
-    conn: psycopg.Connection,
-    dataset: Dataset,
-    batch_id: str,
-    sinks: RecordWriters,
-    jobs: BatchStore | None,
-) -> None:
+def _finish_pending(batch: StoredBatch) -> None:
     """Writes the records of earlier replays of the batch whose sinks were not written
     (a replay stopped after its commit)."""
-    tables = dataset.tables
+    tables = batch.dataset.tables
     pending = tables.batch_select(
-        conn,
+        batch.conn,
         tables.replays,
         "SELECT replay_id, changed, sinks_pending FROM {table} WHERE {batch} "
         "AND sinks_pending <> '{{}}' ORDER BY replay_id",
-        batch_id,
+        batch.batch_id,
     )
-    conn.commit()
+    batch.conn.commit()
     for replay_id, changed, names in pending:
-        found = _completed(_store(conn, dataset, jobs), dataset, batch_id)
+        found = _completed(batch.store(), batch.dataset, batch.batch_id)
         rows = [(int(source), int(line)) for source, line in changed]
-        _write_sinks(conn, dataset, batch_id, (replay_id, rows, names), sinks, found, jobs)
-
-
-def _store(conn: psycopg.Connection, dataset: Dataset, jobs: BatchStore | None) -> BatchStore:
-    return jobs if jobs is not None else BatchJobs(conn, dataset.name)
+        _write_sinks(batch, (replay_id, rows, names), found)
 
 
 Pending = tuple[int, list[tuple[int, int]], list[str]]
@@ -333,35 +308,20 @@ Pending = tuple[int, list[tuple[int, int]], list[str]]
 (object, line), and the sinks they are still to be written to."""
 
 
-def _write_sinks(
-    conn: psycopg.Connection,
-    dataset: Dataset,
-    batch_id: str,
-    pending: Pending,
-    sinks: RecordWriters,
-    found: BatchRecord,
-    jobs: BatchStore | None,
-) -> None:
+def _write_sinks(batch: StoredBatch, pending: Pending, found: BatchRecord) -> None:
     """Writes the changed rows' records, as Postgres holds them now, to the pending sinks
     there is a writer for, adds the writes to the batch's sink figures, and leaves the
     others pending on the replay's record."""
+    dataset, batch_id, conn = batch.dataset, batch.batch_id, batch.conn
     replay_id, changed, names = pending
     attempt = found.attempt
-    writing = [name for name in names if sinks.has(name)]
+    writing = [name for name in names if batch.writers.has(name)]
     if not writing or attempt is None:
         return
     frame = changed_rows(conn, dataset, batch_id, changed)
-    created_at = datetime.now(UTC).isoformat()
-    layout = dataset.record_layout
-    written: dict[str, WriteStats] = {name: WriteStats() for name in writing}
-    if sinks.dynamodb is not None and "dynamodb" in written:
-        items = chunk_items(frame, layout, batch_id=batch_id, created_at=created_at)
-        write_chunk_items(sinks.dynamodb, items, batch_id=batch_id, stats=written["dynamodb"])
-    if sinks.kinesis is not None and "kinesis" in written:
-        entries = chunk_entries(frame, layout, batch_id=batch_id, created_at=created_at)
-        sinks.kinesis.write(entries, batch_id=batch_id, stats=written["kinesis"])
+    written = batch.writers.write(dataset, batch_id, frame, writing)
     with conn.transaction():
-        store = _store(conn, dataset, jobs)
+        store = batch.store()
         now = store.get(batch_id) or found
         for sink, stats in written.items():
             before = (now.sink_stats or {}).get(sink)

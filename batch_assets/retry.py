@@ -9,7 +9,6 @@ DynamoDB items are overwritten by `record_id`. Running it twice changes nothing 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import polars as pl
 import psycopg
@@ -18,10 +17,8 @@ from psycopg import sql
 from batch_assets.batches import batch_summary
 from batch_assets.datasets import Dataset
 from batch_assets.sinks.backoff import WriteStats
-from batch_assets.sinks.dynamodb import chunk_items, write_chunk_items
-from batch_assets.sinks.kinesis import chunk_entries
 from batch_assets.sinks.postgres import copy_frame, stored_counts
-from batch_assets.stored_batch import RecordWriters, StoredBatch, completed_batch
+from batch_assets.stored_batch import StoredBatch, completed_batch
 from batch_assets.tracking import BatchCounts, BatchJobs, Outcome
 from batch_assets.vocabulary import ERROR, FAILED, LINE, PROCESSED, REASON, RECORD, STATUS, VALID
 
@@ -69,7 +66,7 @@ def retry_failed(batch: StoredBatch) -> RetryResult:
         )
     )
     _update_results(conn, dataset, batch_id, out)
-    written = _write_sinks(dataset, batch_id, out, batch.writers)
+    written = batch.writers.write(dataset, batch_id, out, dataset.sinks)
     stored = stored_counts(conn, tables, batch_id)
     counts = BatchCounts(found.total_count, *stored)
     # as the completing run: a run that took the batch since wins
@@ -81,25 +78,6 @@ def retry_failed(batch: StoredBatch) -> RetryResult:
         jobs.record_sink(batch_id, sink, figures, attempt=attempt)
     now_processed = int((out[STATUS] == PROCESSED).sum())
     return RetryResult(failed.height, now_processed, failed.height - now_processed)
-
-
-def _write_sinks(
-    dataset: Dataset, batch_id: str, out: pl.DataFrame, writers: RecordWriters
-) -> dict[str, WriteStats]:
-    """Writes the retried records to the dataset's DynamoDB and Kinesis sinks (those given
-    a writer); what each write did, by sink."""
-    written: dict[str, WriteStats] = {}
-    created_at = datetime.now(UTC).isoformat()
-    layout = dataset.record_layout
-    if writers.dynamodb is not None and "dynamodb" in dataset.sinks:
-        items = chunk_items(out, layout, batch_id=batch_id, created_at=created_at)
-        written["dynamodb"] = WriteStats()
-        write_chunk_items(writers.dynamodb, items, batch_id=batch_id, stats=written["dynamodb"])
-    if writers.kinesis is not None and "kinesis" in dataset.sinks:
-        entries = chunk_entries(out, layout, batch_id=batch_id, created_at=created_at)
-        written["kinesis"] = WriteStats()
-        writers.kinesis.write(entries, batch_id=batch_id, stats=written["kinesis"])
-    return written
 
 
 def figures_after_retry(

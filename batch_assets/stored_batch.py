@@ -3,15 +3,19 @@ records (`retry`) and the replay of its rejected rows (`replay_rejected`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import polars as pl
 import psycopg
 
 from batch_assets.datasets import Dataset
 from batch_assets.errors import BatchError
-from batch_assets.sinks.dynamodb import BatchWriter
-from batch_assets.sinks.kinesis import StreamWriter
+from batch_assets.sinks.backoff import WriteStats
+from batch_assets.sinks.dynamodb import BatchWriter, chunk_items, write_chunk_items
+from batch_assets.sinks.kinesis import StreamWriter, chunk_entries
 from batch_assets.tracking import BatchJobs, BatchRecord, BatchStore
 
 if TYPE_CHECKING:
@@ -41,6 +45,25 @@ class RecordWriters:
 
     def has(self, sink: str) -> bool:
         return getattr(self, sink, None) is not None
+
+    def write(
+        self, dataset: Dataset, batch_id: str, records: pl.DataFrame, sinks: Iterable[str]
+    ) -> dict[str, WriteStats]:
+        """Writes `records` (result rows) to those of `sinks` there is a writer for; what
+        each write did, by sink."""
+        written: dict[str, WriteStats] = {}
+        created_at = datetime.now(UTC).isoformat()
+        layout = dataset.record_layout
+        wanted = set(sinks)
+        if self.dynamodb is not None and "dynamodb" in wanted:
+            items = chunk_items(records, layout, batch_id=batch_id, created_at=created_at)
+            written["dynamodb"] = WriteStats()
+            write_chunk_items(self.dynamodb, items, batch_id=batch_id, stats=written["dynamodb"])
+        if self.kinesis is not None and "kinesis" in wanted:
+            entries = chunk_entries(records, layout, batch_id=batch_id, created_at=created_at)
+            written["kinesis"] = WriteStats()
+            self.kinesis.write(entries, batch_id=batch_id, stats=written["kinesis"])
+        return written
 
 
 @dataclass(frozen=True)
